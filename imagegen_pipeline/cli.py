@@ -1,0 +1,142 @@
+"""`imagegen`: import datasets into the landing zone, ingest them through Dagster, start the UI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from imagegen_pipeline.paths import DataPaths, InvalidDatasetName, validate_dataset_name
+
+
+def _progress(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="img", disable=not sys.stderr.isatty())
+    return bar, bar.update
+
+
+def cmd_import(args: argparse.Namespace, paths: DataPaths) -> int:
+    from imagegen_pipeline.datasets import import_dataset, import_folder
+
+    name = args.name or (Path(args.path).resolve().name.lower() if args.kind == "folder" and args.path else args.kind)
+    if args.exist_ok and paths.raw(name).is_dir():
+        print(f"{name} already imported at {paths.raw(name)}; keeping it")
+        return 0
+    bar, tick = _progress(f"importing {args.kind}")
+    try:
+        if args.kind == "folder":
+            if not args.path:
+                raise SystemExit("usage: imagegen datasets import folder PATH --name NAME")
+            out = import_folder(paths, Path(args.path), name=name, resolution=args.resolution or 64,
+                                overwrite=args.overwrite, progress=tick)
+        else:
+            out = import_dataset(args.kind, paths, name=name, source=Path(args.source) if args.source else None,
+                                 limit=args.limit, overwrite=args.overwrite, progress=tick)
+    finally:
+        bar.close()
+    n = sum(1 for _ in out.rglob("*") if _.is_file())
+    print(f"imported {args.kind} -> {out} ({n} files)")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, paths: DataPaths) -> int:
+    from imagegen_pipeline.defs.instance import get_instance
+    from imagegen_pipeline.definitions import defs
+    from imagegen_pipeline.defs.partitions import dataset_partitions
+    from imagegen_pipeline.ingest.manifest import read_manifest
+    import json
+
+    dataset = validate_dataset_name(args.dataset)
+    if not paths.raw(dataset).is_dir():
+        print(f"error: no landing folder {paths.raw(dataset)}; run `imagegen datasets import ...` or copy images "
+              "there first", file=sys.stderr)
+        return 2
+    instance = get_instance(paths)
+    if not instance.has_dynamic_partition(dataset_partitions.name, dataset):
+        instance.add_dynamic_partitions(dataset_partitions.name, [dataset])
+    shard_cfg = {k: v for k, v in (("resolution", args.resolution), ("channels", args.channels)) if v is not None}
+    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+    if shard_cfg:
+        run_config["ops"] = {"image_shards": {"config": shard_cfg}}
+    result = defs.resolve_job_def("ingest_job").execute_in_process(
+        partition_key=dataset, instance=instance, run_config=run_config, raise_on_error=False,
+        tags={"imagegen/trigger": "cli"})
+    manifest = read_manifest(paths.manifest(dataset))
+    if manifest is not None:
+        counts = manifest["status"].value_counts().to_dict()
+        print(f"{dataset}: {counts.get('ok', 0)} accepted, {counts.get('duplicate', 0)} duplicates, "
+              f"{counts.get('quarantined', 0)} quarantined")
+        for reason, n in manifest.loc[manifest["status"] == "quarantined", "reason"].value_counts().head(10).items():
+            print(f"  quarantined x{n}: {reason}")
+    desc_file = paths.shards(dataset) / "description.json"
+    if result.success and desc_file.is_file():
+        desc = json.loads(desc_file.read_text())
+        files = sum(len(s["files"]) for s in desc["splits"].values())
+        print(f"shards: {files} files, {desc['num_rows']} images of shape {tuple(desc['shape'])} "
+              f"(train {desc['splits']['train']['rows']}, val {desc['splits']['val']['rows']}) in {paths.shards(dataset)}")
+    for check in result.get_asset_check_evaluations():
+        print(f"check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
+    print(f"dagster run {result.run_id} {'succeeded' if result.success else 'FAILED'} "
+          f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    return 0 if result.success else 1
+
+
+def cmd_ui(args: argparse.Namespace, paths: DataPaths) -> int:
+    from imagegen_pipeline.defs.instance import ensure_dagster_home
+    from imagegen_pipeline.paths import REPO_ROOT
+
+    ensure_dagster_home(paths)
+    os.environ["IMAGEGEN_HOME"] = str(paths.home)
+    dagster = Path(sys.executable).with_name("dagster")
+    argv = [str(dagster), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
+    print(f"Dagster UI on http://{args.host}:{args.port}  (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", flush=True)
+    os.chdir(REPO_ROOT)
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imagegen", description=__doc__)
+    p.add_argument("--home", help="data root (default: $IMAGEGEN_HOME, else the repo root)")
+    sub = p.add_subparsers(dest="command", required=True)
+    ds = sub.add_parser("datasets", help="datasets in the landing zone").add_subparsers(dest="action", required=True)
+    imp = ds.add_parser("import", help="import mnist, fashion-mnist, emoji, or `folder PATH`")
+    imp.add_argument("kind", choices=["mnist", "fashion-mnist", "emoji", "folder"])
+    imp.add_argument("path", nargs="?", help="with `folder`: the ImageFolder to copy (sub-folder = class)")
+    imp.add_argument("--name", help="dataset name (default: the kind, or the folder's name)")
+    imp.add_argument("--source", help="folder (or npm tarball folder) holding the source files, for offline use")
+    imp.add_argument("--limit", type=int, help="import only the first N images (small slices for tests)")
+    imp.add_argument("--resolution", type=int, help="with `folder`: default shard resolution (64)")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    imp.add_argument("--exist-ok", action="store_true", help="do nothing if the dataset is already imported")
+    imp.set_defaults(func=cmd_import)
+    ds.add_parser("list", help="datasets in the landing zone").set_defaults(
+        func=lambda a, paths: print("\n".join(sorted(d.name for d in paths.raw_root.iterdir()
+                                                     if d.is_dir() and not d.name.startswith(".")))
+                                    if paths.raw_root.is_dir() else "") or 0)
+    ing = sub.add_parser("ingest", help="materialize raw_images and image_shards for a dataset through Dagster")
+    ing.add_argument("dataset")
+    ing.add_argument("--resolution", type=int, help="shard resolution (default: the dataset's)")
+    ing.add_argument("--channels", choices=["L", "RGB"], help="shard channels (default: the dataset's)")
+    ing.set_defaults(func=cmd_ingest)
+    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    paths = DataPaths.from_home(args.home)
+    try:
+        return args.func(args, paths)
+    except (InvalidDatasetName, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Importers that put known datasets, or a user's folder, into the landing zone `data/raw/<dataset>/`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imagegen_pipeline.datasets.emoji import import_emoji
+from imagegen_pipeline.datasets.folder import import_folder
+from imagegen_pipeline.datasets.idx import FASHION_MNIST, MNIST, SourceNotFound, import_idx_dataset
+from imagegen_pipeline.datasets.landing import DatasetExists
+from imagegen_pipeline.paths import DataPaths, validate_dataset_name
+
+KNOWN = ("mnist", "fashion-mnist", "emoji")
+
+__all__ = ["KNOWN", "DatasetExists", "SourceNotFound", "import_dataset", "import_folder"]
+
+
+def import_dataset(kind: str, paths: DataPaths, *, name: str | None = None, source: Path | None = None,
+                   limit: int | None = None, overwrite: bool = False, progress=None) -> Path:
+    """Import a known dataset `kind` under the dataset name `name` (default: `kind`)."""
+    name = validate_dataset_name(name or kind)
+    if kind in ("mnist", "fashion-mnist"):
+        spec = MNIST if kind == "mnist" else FASHION_MNIST
+        return import_idx_dataset(spec, paths, name=name, source=source, limit=limit, overwrite=overwrite,
+                                  progress=progress)
+    if kind == "emoji":
+        return import_emoji(paths, name=name, source=source, limit=limit, overwrite=overwrite, progress=progress)
+    raise ValueError(f"unknown dataset {kind!r}; known: {', '.join(KNOWN)} (or `folder PATH` for your own images)")

@@ -1,0 +1,130 @@
+"""The manifest: one row per file in a landing folder, with its content hash, status and reason.
+
+Status is `ok` (accepted), `duplicate` (valid, but the same bytes as an earlier path) or
+`quarantined` (refused, with the reason). Files unchanged since the previous manifest
+(same size and mtime) are not decoded again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from imagegen_pipeline.atomic import atomic_path
+from imagegen_pipeline.datasets.landing import is_sidecar, read_label_table
+from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_workers
+from imagegen_pipeline.ingest.validate import ValidationConfig, inspect_chunk
+
+MANIFEST_COLUMNS = ["path", "status", "reason", "sha256", "label", "caption", "attributes", "width", "height",
+                    "mode", "format", "is_gray", "size_bytes", "mtime_ns", "valid"]
+STATUSES = ("ok", "duplicate", "quarantined")
+
+
+class EmptyDataset(ValueError):
+    """A landing folder with no files to ingest."""
+
+
+@dataclass
+class ManifestStats:
+    files: int = 0
+    decoded: int = 0  # files decoded in this run (new or changed)
+    reused: int = 0  # rows carried over from the previous manifest unchanged
+    counts: dict = field(default_factory=dict)  # status -> rows
+
+
+def list_landing_files(root: Path) -> list[str]:
+    """Every non-sidecar entry under `root` (symlinks included, never followed), sorted, '/'-separated."""
+    out: list[str] = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
+                else:
+                    rel = Path(e.path).relative_to(root).as_posix()
+                    if not is_sidecar(rel):
+                        out.append(rel)
+    return sorted(out)
+
+
+def _label_from_folder(rel: str) -> str | None:
+    return rel.split("/", 1)[0] if "/" in rel else None
+
+
+def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: ValidationConfig = ValidationConfig(),
+                   workers: int = 0, chunk_size: int = 512,
+                   log: Callable[[str], None] = lambda _: None) -> tuple[pd.DataFrame, ManifestStats]:
+    """Scan `root` and return the manifest (sorted by path) and what this scan did."""
+    if not root.is_dir():
+        raise EmptyDataset(f"landing folder {root} does not exist")
+    rels = list_landing_files(root)
+    if not rels:
+        raise EmptyDataset(f"landing folder {root} has no files to ingest (drop images into it, sub-folder = class)")
+    stats = ManifestStats(files=len(rels))
+    reuse: dict[str, dict] = {}
+    if previous is not None and len(previous):
+        prev = {r["path"]: r for r in previous.to_dict("records")}
+        for rel in rels:
+            if (old := prev.get(rel)) is None:
+                continue
+            try:
+                st = (root / rel).lstat()
+            except OSError:
+                continue
+            if int(old["size_bytes"]) == st.st_size and int(old["mtime_ns"]) == st.st_mtime_ns:
+                reuse[rel] = old
+    todo = [r for r in rels if r not in reuse]
+    stats.reused, stats.decoded = len(reuse), len(todo)
+    log(f"{len(rels)} files: {len(reuse)} unchanged, {len(todo)} to decode")
+    fn = partial(inspect_chunk, str(root), cfg=cfg)
+    decoded = {row["path"]: row for rows in ordered_map(fn, chunked(todo, chunk_size), workers=resolve_workers(workers))
+               for row in rows}
+    labels = read_label_table(root)
+    records = []
+    for rel in rels:
+        row = dict(reuse.get(rel) or decoded[rel])
+        meta = dict(labels.get(rel, {}))
+        row["label"] = meta.pop("label", None) or _label_from_folder(rel)
+        row["caption"] = meta.pop("caption", None)
+        row["attributes"] = json.dumps(meta, sort_keys=True, ensure_ascii=False) if meta else None
+        records.append(row)
+    df = pd.DataFrame.from_records(records)
+    for col in MANIFEST_COLUMNS:
+        if col not in df:
+            df[col] = None
+    df = df[MANIFEST_COLUMNS]
+    df["valid"] = df["valid"].astype(bool)
+    df = _mark_status(df)
+    stats.counts = {s: int((df["status"] == s).sum()) for s in STATUSES}
+    return df, stats
+
+
+def _mark_status(df: pd.DataFrame) -> pd.DataFrame:
+    """Quarantined if invalid; among valid rows the first path with a given sha256 is `ok`, the rest `duplicate`."""
+    df = df.sort_values("path", kind="stable").reset_index(drop=True)
+    df["status"] = "quarantined"
+    valid = df["valid"]
+    df.loc[valid, "status"] = "ok"
+    df.loc[valid, "reason"] = ""
+    first = df[valid].drop_duplicates("sha256", keep="first").set_index("sha256")["path"]
+    dup = valid & df.duplicated("sha256", keep="first") & df["sha256"].notna()
+    df.loc[dup, "status"] = "duplicate"
+    df.loc[dup, "reason"] = "same content as " + df.loc[dup, "sha256"].map(first)
+    return df
+
+
+def read_manifest(path: Path) -> pd.DataFrame | None:
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def write_manifest(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)

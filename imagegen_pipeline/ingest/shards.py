@@ -1,0 +1,159 @@
+"""Accepted images -> fixed-size uint8 tensors in Parquet shards, plus `description.json`.
+
+`description.json` is written last and lists the shard files: it is the commit point, so
+a reader never sees a mix of an old and a new shard set. Old shards are removed after it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from imagegen_pipeline.atomic import atomic_path, write_json_atomic
+from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_workers
+from imagegen_pipeline.ingest.validate import load_chunk
+
+DESCRIPTION_FILE = "description.json"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+
+
+class NoAcceptedImages(ValueError):
+    """Nothing to shard: every file was quarantined or a duplicate."""
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """How accepted images become tensors."""
+
+    resolution: int  # output side length; images are centre-cropped to square, then resized
+    channels: str  # "L" (1 channel) or "RGB" (3 channels)
+    val_fraction: float = 0.1  # share of images in the val split, chosen by content hash (stable across runs)
+    target_shard_mb: int = 64  # uncompressed pixel bytes per shard file
+    workers: int = 0  # decoding processes; 0 = one per core
+    chunk_size: int = 512  # images per worker task
+
+    def __post_init__(self):
+        if self.channels not in ("L", "RGB"):
+            raise ValueError(f"channels must be 'L' or 'RGB', not {self.channels!r}")
+        if not 4 <= self.resolution <= 1024:
+            raise ValueError(f"resolution must be between 4 and 1024, not {self.resolution}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), not {self.val_fraction}")
+
+    @property
+    def num_channels(self) -> int:
+        return 1 if self.channels == "L" else 3
+
+    @property
+    def image_bytes(self) -> int:
+        return self.resolution * self.resolution * self.num_channels
+
+
+def split_of(sha256: str, val_fraction: float) -> str:
+    """Deterministic split from the content hash: the same image lands in the same split forever."""
+    return "val" if int(sha256[:8], 16) / 2**32 < val_fraction else "train"
+
+
+def _schema(image_bytes: int) -> pa.Schema:
+    return pa.schema([
+        ("pixels", pa.binary(image_bytes)),  # (H, W, C) uint8, row-major
+        ("label_idx", pa.int32()),  # index into description.class_names; -1 = unlabelled
+        ("label", pa.string()),
+        ("caption", pa.string()),
+        ("sha256", pa.string()),
+        ("path", pa.string()),
+    ])
+
+
+class _SplitWriter:
+    """Buffers rows of one split and flushes a shard file (atomically) every `rows_per_shard` rows."""
+
+    def __init__(self, out_dir: Path, split: str, token: str, schema: pa.Schema, rows_per_shard: int):
+        self.out_dir, self.split, self.token, self.schema = out_dir, split, token, schema
+        self.rows_per_shard = rows_per_shard
+        self.buf: dict[str, list] = {name: [] for name in schema.names}
+        self.files: list[str] = []
+        self.rows = 0
+
+    def add(self, **row) -> None:
+        for k, v in row.items():
+            self.buf[k].append(v)
+        if len(self.buf["pixels"]) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        n = len(self.buf["pixels"])
+        if not n:
+            return
+        name = f"{self.split}-{self.token}-{len(self.files):05d}.parquet"
+        table = pa.Table.from_pydict(self.buf, schema=self.schema)
+        with atomic_path(self.out_dir / name) as tmp:
+            pq.write_table(table, tmp, compression="zstd", compression_level=1, row_group_size=4096)
+        self.files.append(name)
+        self.rows += n
+        self.buf = {k: [] for k in self.buf}
+
+
+def _strings_or_none(column: pd.Series) -> list[str | None]:
+    """pandas' string dtype turns None back into NaN; Arrow wants None."""
+    return [None if pd.isna(v) else str(v) for v in column]
+
+
+def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: ShardConfig, *,
+                 log: Callable[[str], None] = lambda _: None) -> dict:
+    """Decode, normalise and shard the `accepted` manifest rows; return the description written."""
+    if accepted.empty:
+        raise NoAcceptedImages(f"no accepted images in {landing}: every file was quarantined or a duplicate")
+    accepted = accepted.sort_values("path", kind="stable")
+    labels, captions = _strings_or_none(accepted["label"]), _strings_or_none(accepted["caption"])
+    class_names = sorted({x for x in labels if x is not None})
+    class_idx = {c: i for i, c in enumerate(class_names)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    schema = _schema(cfg.image_bytes)
+    rows_per_shard = max(1, cfg.target_shard_mb * 2**20 // cfg.image_bytes)
+    writers = {s: _SplitWriter(out_dir, s, token, schema, rows_per_shard) for s in SPLITS}
+    rels = accepted["path"].tolist()
+    meta = list(zip(rels, accepted["sha256"], labels, captions))
+    fn = partial(load_chunk, str(landing), resolution=cfg.resolution, channels=cfg.channels)
+    done = 0
+    for chunk_meta, blob in zip(chunked(meta, cfg.chunk_size),
+                                ordered_map(fn, chunked(rels, cfg.chunk_size), workers=resolve_workers(cfg.workers))):
+        for i, (rel, sha, label, caption) in enumerate(chunk_meta):
+            writers[split_of(sha, cfg.val_fraction)].add(
+                pixels=blob[i * cfg.image_bytes:(i + 1) * cfg.image_bytes], label_idx=class_idx.get(label, -1),
+                label=label, caption=caption, sha256=sha, path=rel)
+        done += len(chunk_meta)
+        if done % (cfg.chunk_size * 20) < cfg.chunk_size:
+            log(f"sharded {done}/{len(rels)} images")
+    for w in writers.values():
+        w.flush()
+    description = {
+        "format_version": FORMAT_VERSION,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "shape": [cfg.num_channels, cfg.resolution, cfg.resolution],
+        "storage": "column 'pixels': fixed-size binary, uint8, (H, W, C) row-major",
+        "dtype": "uint8",
+        "to_float": "x / 255.0, giving values in [0, 1]",
+        "channels": cfg.channels,
+        "class_names": class_names,
+        "num_rows": sum(w.rows for w in writers.values()),
+        "splits": {s: {"rows": w.rows, "files": w.files} for s, w in writers.items()},
+        "config": asdict(cfg),
+    }
+    write_json_atomic(out_dir / DESCRIPTION_FILE, description)
+    keep = {f for w in writers.values() for f in w.files}
+    for old in out_dir.glob("*.parquet"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+    return description

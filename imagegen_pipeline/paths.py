@@ -1,0 +1,78 @@
+"""Every on-disk location derives from one data root, so tests and users can point anywhere."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATASET_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+MAX_DATASET_NAME_LEN = 64
+
+
+class InvalidDatasetName(ValueError):
+    """A dataset (= partition) name that could escape the data root or is not portable."""
+
+
+def validate_dataset_name(name: str) -> str:
+    """Return `name` if it matches `[a-z0-9][a-z0-9_-]*`; raise a clear error otherwise."""
+    if not isinstance(name, str) or not DATASET_NAME_RE.fullmatch(name) or len(name) > MAX_DATASET_NAME_LEN:
+        raise InvalidDatasetName(
+            f"invalid dataset name {name!r}: use lowercase letters, digits, '_' and '-', "
+            f"starting with a letter or digit, at most {MAX_DATASET_NAME_LEN} characters "
+            "(names become folder names under the data root)"
+        )
+    return name
+
+
+def default_home() -> Path:
+    """`$IMAGEGEN_HOME` if set, else the repository root."""
+    env = os.environ.get("IMAGEGEN_HOME", "").strip()
+    return Path(env).expanduser().resolve() if env else REPO_ROOT
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """The folders of one data root; every per-dataset path validates the dataset name."""
+
+    home: Path
+
+    @classmethod
+    def from_home(cls, home: str | os.PathLike | None = None) -> "DataPaths":
+        return cls(Path(home).expanduser().resolve() if home else default_home())
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def raw_root(self) -> Path:
+        return self.data / "raw"
+
+    @property
+    def downloads(self) -> Path:
+        return self.data / "downloads"
+
+    @property
+    def mlruns(self) -> Path:
+        return self.home / "mlruns"
+
+    def _per_dataset(self, kind: str, dataset: str) -> Path:
+        return self.data / kind / validate_dataset_name(dataset)
+
+    def raw(self, dataset: str) -> Path:
+        return self._per_dataset("raw", dataset)
+
+    def manifest_dir(self, dataset: str) -> Path:
+        return self._per_dataset("manifests", dataset)
+
+    def manifest(self, dataset: str) -> Path:
+        return self.manifest_dir(dataset) / "manifest.parquet"
+
+    def shards(self, dataset: str) -> Path:
+        return self._per_dataset("shards", dataset)
+
+    def previews(self, dataset: str) -> Path:
+        return self._per_dataset("previews", dataset)

@@ -1,0 +1,62 @@
+"""Fixtures: a private data root and Dagster instance per test, and helpers to make real image files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagegen_pipeline.definitions import defs
+from imagegen_pipeline.paths import DataPaths
+
+# One decoding process keeps tiny tests fast; the parallel path has its own test.
+SERIAL = {"ops": {"raw_images": {"config": {"workers": 1}}, "image_shards": {"config": {"workers": 1}}}}
+
+
+@pytest.fixture
+def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataPaths:
+    monkeypatch.setenv("IMAGEGEN_HOME", str(tmp_path))
+    return DataPaths.from_home(tmp_path)
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def run_ingest(instance: dg.DagsterInstance, dataset: str, run_config: dict | None = None) -> dg.ExecuteInProcessResult:
+    """Run `ingest_job` for one dataset partition, as the CLI, the sensor and the UI do."""
+    if not instance.has_dynamic_partition("datasets", dataset):
+        instance.add_dynamic_partitions("datasets", [dataset])
+    return defs.resolve_job_def("ingest_job").execute_in_process(
+        partition_key=dataset, instance=instance, run_config=run_config or SERIAL, raise_on_error=False)
+
+
+def materialization_metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    [mat] = [m for m in result.asset_materializations_for_node(asset)]
+    return {k: v.value for k, v in mat.metadata.items()}
+
+
+def image_bytes(fmt: str = "PNG", *, size=(16, 16), mode="RGB", color=(200, 30, 30), **save) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def noise_png(seed: int, size=(16, 16), mode="RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path

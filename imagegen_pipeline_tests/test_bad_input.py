@@ -1,0 +1,156 @@
+"""Bad files become manifest rows with a reason; the rest of the dataset still reaches the shards."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imagegen_pipeline.ingest.manifest import EmptyDataset, build_manifest, read_manifest
+from imagegen_pipeline.ingest.validate import ValidationConfig
+from imagegen_pipeline.ml.shard_reader import ShardReader
+from imagegen_pipeline_tests.conftest import image_bytes, noise_png, run_ingest, write
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny valid-looking PNG whose header claims a huge image (a decompression bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def exif_rotated_jpeg() -> bytes:
+    """A 40x20 (landscape) JPEG whose EXIF says 'rotate 90 degrees': upright it is 20x40."""
+    im = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def sixteen_bit_png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((16, 16), value, dtype=np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def palette_png_with_transparency() -> bytes:
+    im = Image.new("P", (16, 16), 0)
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    im.paste(1, (0, 0, 8, 16))  # left half red, right half index 0 = transparent
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", transparency=0)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def bad_dataset(paths, tmp_path) -> Path:
+    root = paths.raw("messy")
+    good = noise_png(1)
+    write(root / "cats" / "good.png", good)
+    write(root / "cats" / "second copy.png", good)  # duplicate under another name
+    write(root / "cats" / "ñandú 猫 photo.png", noise_png(2))  # spaces and non-ASCII
+    write(root / "cats" / "truncated.png", noise_png(3, size=(64, 64))[:300])
+    write(root / "dogs" / "truncated.jpg", image_bytes("JPEG", size=(64, 64))[:400])
+    write(root / "dogs" / "empty.png", b"")
+    write(root / "dogs" / "notes.jpg", b"this is a text file, not a JPEG\n" * 4)
+    write(root / "dogs" / "bomb.png", png_declaring(100_000, 100_000))
+    write(root / "dogs" / "big.png", png_declaring(8_000, 8_000))  # 64 Mpx: over our 40 Mpx limit
+    write(root / "dogs" / "sixteen.png", sixteen_bit_png(51400))  # 51400 / 257 = 200
+    write(root / "dogs" / "cmyk.jpg", image_bytes("JPEG", mode="CMYK", color=(0, 255, 255, 0)))
+    write(root / "dogs" / "palette.png", palette_png_with_transparency())
+    write(root / "dogs" / "rotated.jpg", exif_rotated_jpeg())
+    write(root / "dogs" / "readme.txt", b"hello")
+    outside = write(tmp_path / "outside" / "secret.png", noise_png(4))
+    os.symlink(outside, root / "dogs" / "escape.png")
+    return root
+
+
+def test_each_bad_file_gets_a_reason_and_good_files_pass(bad_dataset):
+    df, stats = build_manifest(bad_dataset, workers=1)
+    by = df.set_index("path")
+    reason = lambda p: by.loc[p, "reason"]  # noqa: E731
+    assert by.loc["cats/good.png", "status"] == "ok"
+    assert by.loc["cats/second copy.png", "status"] == "duplicate"
+    assert "same content as cats/good.png" in reason("cats/second copy.png")
+    assert by.loc["cats/ñandú 猫 photo.png", "status"] == "ok"
+    assert "truncated" in reason("cats/truncated.png")
+    assert "truncated" in reason("dogs/truncated.jpg")
+    assert reason("dogs/empty.png") == "empty file (0 bytes)"
+    assert "not a recognisable image" in reason("dogs/notes.jpg")
+    assert "decompression bomb" in reason("dogs/bomb.png")
+    assert "over the 40,000,000 limit" in reason("dogs/big.png")
+    assert "unsupported file type '.txt'" in reason("dogs/readme.txt")
+    assert "symlink points outside" in reason("dogs/escape.png")
+    for ok in ("dogs/sixteen.png", "dogs/cmyk.jpg", "dogs/palette.png", "dogs/rotated.jpg"):
+        assert by.loc[ok, "status"] == "ok", (ok, reason(ok))
+    assert (by.loc["dogs/rotated.jpg", "width"], by.loc["dogs/rotated.jpg", "height"]) == (20, 40)
+    assert by.loc["dogs/sixteen.png", "mode"].startswith("I")
+    assert stats.counts == {"ok": 6, "duplicate": 1, "quarantined": 8}
+    assert df.loc[df["status"] == "quarantined", "reason"].str.len().gt(0).all()
+
+
+def test_bad_files_are_never_modified_moved_or_deleted(bad_dataset):
+    before = {p: p.lstat().st_mtime_ns for p in bad_dataset.rglob("*")}
+    build_manifest(bad_dataset, workers=1)
+    after = {p: p.lstat().st_mtime_ns for p in bad_dataset.rglob("*")}
+    assert before == after
+
+
+def test_messy_dataset_ingests_through_dagster_with_converted_pixels(bad_dataset, paths, instance):
+    result = run_ingest(instance, "messy", {"ops": {"raw_images": {"config": {"workers": 1}},
+                                                    "image_shards": {"config": {"workers": 1, "resolution": 16,
+                                                                                "channels": "RGB",
+                                                                                "val_fraction": 0.0}}}})
+    assert result.success
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+    reader = ShardReader(paths.shards("messy"))
+    images, _ = reader.load_split("train")
+    assert images.shape == (6, 3, 16, 16)
+    paths_in_shards = reader.read_column("train", "path")
+    px = {p: images[i] for i, p in enumerate(paths_in_shards)}
+    assert int(px["dogs/sixteen.png"].float().mean()) == 200  # 16-bit scaled by 1/257, not clipped to 255
+    pal = px["dogs/palette.png"]
+    assert pal[:, :, 12].tolist() == [[255] * 16] * 3  # transparent half composited on white
+    assert pal[0, :, 2].tolist() == [255] * 16 and pal[1, :, 2].tolist() == [0] * 16  # opaque half stays red
+    assert px["dogs/cmyk.jpg"].float().mean() > 0  # converted to RGB, not dropped
+    manifest = read_manifest(paths.manifest("messy"))
+    assert len(manifest) == 15
+
+
+def test_empty_dataset_folder_is_a_clear_error_and_writes_no_shards(paths, instance):
+    paths.raw("hollow").mkdir(parents=True)
+    with pytest.raises(EmptyDataset, match="no files to ingest"):
+        build_manifest(paths.raw("hollow"))
+    result = run_ingest(instance, "hollow")
+    assert not result.success
+    failure = result.failure_data_for_node("raw_images")
+    assert "no files to ingest" in str(failure.error.cause or failure.error)
+    assert not paths.shards("hollow").exists()
+
+
+def test_all_files_refused_means_no_shards(paths, instance):
+    write(paths.raw("junk") / "a.png", b"")
+    write(paths.raw("junk") / "b.jpg", b"not an image")
+    result = run_ingest(instance, "junk")
+    assert not result.success
+    assert "every file was quarantined" in str(result.failure_data_for_node("image_shards").error)
+    assert not list(paths.data.glob("shards/junk/*.parquet"))
+    assert read_manifest(paths.manifest("junk"))["status"].tolist() == ["quarantined", "quarantined"]
+
+
+def test_validation_limits_are_configurable(paths):
+    write(paths.raw("tiny") / "four.png", image_bytes(size=(4, 4)))
+    write(paths.raw("tiny") / "twelve.png", image_bytes(size=(12, 12)))
+    df, _ = build_manifest(paths.raw("tiny"), cfg=ValidationConfig(min_side=8), workers=1)
+    assert df.set_index("path").loc["four.png", "reason"] == "image is 4x4, smaller than 8 pixels on a side"
+    df, _ = build_manifest(paths.raw("tiny"), cfg=ValidationConfig(max_pixels=100), workers=1)
+    assert "over the 100 limit" in df.set_index("path").loc["twelve.png", "reason"]

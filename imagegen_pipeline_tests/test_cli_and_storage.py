@@ -1,0 +1,47 @@
+"""The `imagegen` CLI imports and ingests through Dagster into the same instance; writes are atomic."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import pytest
+
+from imagegen_pipeline.atomic import atomic_path, write_json_atomic
+from imagegen_pipeline.cli import main
+
+
+def test_cli_imports_then_ingests_and_records_the_run_in_the_instance(paths, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    assert main(["datasets", "import", "mnist", "--limit", "40"]) == 0
+    assert main(["datasets", "import", "mnist", "--exist-ok"]) == 0
+    assert main(["ingest", "mnist", "--resolution", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "mnist: 40 accepted, 0 duplicates, 0 quarantined" in out
+    assert "40 images of shape (1, 16, 16)" in out and "check shard_rows_match_manifest: passed" in out
+    assert json.loads((paths.shards("mnist") / "description.json").read_text())["shape"] == [1, 16, 16]
+    yaml = (tmp_path / "dagster_home" / "dagster.yaml").read_text()
+    assert "telemetry:\n  enabled: false" in yaml
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as inst:
+        [run] = inst.get_runs()
+        assert run.job_name == "ingest_job" and run.tags["dagster/partition"] == "mnist"
+        assert inst.get_dynamic_partitions("datasets") == ["mnist"]
+
+
+def test_cli_refuses_bad_names_and_missing_folders_with_a_clear_message(paths, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    assert main(["datasets", "import", "mnist", "--name", "../../etc"]) == 2
+    assert main(["ingest", "nothing-here"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid dataset name '../../etc'" in err and "no landing folder" in err
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "manifest.json"
+    write_json_atomic(target, {"version": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"version": 2, "half')
+            raise RuntimeError("killed mid-write")
+    assert json.loads(target.read_text()) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]  # no temp file left behind
