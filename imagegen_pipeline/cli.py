@@ -80,6 +80,8 @@ def cmd_ingest(args: argparse.Namespace, paths: DataPaths) -> int:
         print(f"check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
     print(f"dagster run {result.run_id} {'succeeded' if result.success else 'FAILED'} "
           f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    print(f"manifest: {paths.manifest(dataset)}\nsee it in the Dagster UI: `make ui`, then http://127.0.0.1:3000 "
+          "(Assets > raw_images / image_shards)")
     return 0 if result.success else 1
 
 

@@ -41,17 +41,16 @@ class ManifestStats:
 def list_landing_files(root: Path) -> list[str]:
     """Every non-sidecar entry under `root` (symlinks included, never followed), sorted, '/'-separated."""
     out: list[str] = []
-    stack = [root]
+    stack = [""]
     while stack:
-        d = stack.pop()
-        with os.scandir(d) as it:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(root, rel_dir)) as it:
             for e in it:
+                rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
                 if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
-                else:
-                    rel = Path(e.path).relative_to(root).as_posix()
-                    if not is_sidecar(rel):
-                        out.append(rel)
+                    stack.append(rel)
+                elif not is_sidecar(rel):
+                    out.append(rel)
     return sorted(out)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +31,17 @@ class ValidationConfig:
     min_side: int = 8  # images smaller than this on either side carry no usable signal
 
 
-def inspect_file(root: Path, rel: str, cfg: ValidationConfig) -> dict:
+def inspect_file(root: str, rel: str, cfg: ValidationConfig) -> dict:
     """Stat, hash and fully decode `root/rel`; return a manifest row with `valid` and `reason`."""
-    path = root / rel
     row = {"path": rel, "size_bytes": 0, "mtime_ns": 0, "sha256": None, "width": None, "height": None,
            "mode": None, "format": None, "is_gray": None, "valid": False, "reason": ""}
+    path = os.path.join(root, rel)
     try:
-        st = path.lstat()
+        st = os.lstat(path)
         row["size_bytes"], row["mtime_ns"] = st.st_size, st.st_mtime_ns
-        if path.is_symlink():
-            target = path.resolve()
-            if not target.is_relative_to(root.resolve()):
+        if stat.S_ISLNK(st.st_mode):
+            target = Path(path).resolve()
+            if not target.is_relative_to(Path(root).resolve()):
                 row["reason"] = f"symlink points outside the landing folder (-> {os.readlink(path)})"
                 return row
             if not target.is_file():
@@ -48,10 +49,10 @@ def inspect_file(root: Path, rel: str, cfg: ValidationConfig) -> dict:
                 return row
             st = target.stat()
             row["size_bytes"] = st.st_size
-        elif not path.is_file():
+        elif not stat.S_ISREG(st.st_mode):
             row["reason"] = "not a regular file"
             return row
-        ext = path.suffix.lower()
+        ext = os.path.splitext(rel)[1].lower()
         if ext not in IMAGE_EXTENSIONS:
             row["reason"] = f"unsupported file type {ext or '(no extension)'!r}; images must be one of " + \
                             ", ".join(sorted(IMAGE_EXTENSIONS))
@@ -62,7 +63,8 @@ def inspect_file(root: Path, rel: str, cfg: ValidationConfig) -> dict:
         if st.st_size > cfg.max_bytes:
             row["reason"] = f"file is {st.st_size / 2**20:.1f} MiB, over the {cfg.max_bytes / 2**20:.0f} MiB limit"
             return row
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
         row["reason"] = f"cannot read file: {exc.strerror or exc}"
         return row
@@ -106,8 +108,7 @@ def upright(im: Image.Image) -> Image.Image:
 
 def inspect_chunk(root: str, rels: list[str], cfg: ValidationConfig) -> list[dict]:
     """Picklable worker entry point: inspect a batch of files."""
-    r = Path(root)
-    return [inspect_file(r, rel, cfg) for rel in rels]
+    return [inspect_file(root, rel, cfg) for rel in rels]
 
 
 def to_8bit(im: Image.Image, channels: str) -> Image.Image:
@@ -125,20 +126,24 @@ def to_8bit(im: Image.Image, channels: str) -> Image.Image:
     return im.convert(channels) if im.mode != channels else im
 
 
-def load_normalized(path: Path, *, resolution: int, channels: str) -> np.ndarray:
+def load_normalized(path: str | Path, *, resolution: int, channels: str) -> np.ndarray:
     """Decode, rotate upright, convert and centre-crop-resize: uint8 array (H, W, C)."""
     with Image.open(path) as im:
         if im.format == "JPEG":
             im.draft(channels if channels == "L" else "RGB", (resolution, resolution))  # DCT-domain downscale
         im = upright(im)
         im = to_8bit(im, channels)
-        if im.size != (resolution, resolution):
-            im = ImageOps.fit(im, (resolution, resolution), Image.Resampling.BICUBIC)
+        if im.size[0] != im.size[1]:
+            side = min(im.size)
+            left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
+            im = im.crop((left, top, left + side, top + side))  # centre square
+        if im.size[0] != resolution:
+            im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
         arr = np.asarray(im, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def load_chunk(root: str, rels: list[str], resolution: int, channels: str) -> bytes:
     """Picklable worker entry point: a batch of images as contiguous (N, H, W, C) uint8 bytes."""
-    r = Path(root)
-    return b"".join(load_normalized(r / rel, resolution=resolution, channels=channels).tobytes() for rel in rels)
+    return b"".join(load_normalized(os.path.join(root, rel), resolution=resolution, channels=channels).tobytes()
+                    for rel in rels)
