@@ -9,7 +9,7 @@ import torch
 
 from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.ingest import checks
-from imagegen_pipeline.ingest.manifest import read_manifest, write_manifest
+from imagegen_pipeline.ingest.manifest import read_manifest
 from imagegen_pipeline.ingest.shards import split_of
 from imagegen_pipeline.ml.shard_reader import ShardReader, to_float
 from imagegen_pipeline_tests.conftest import materialization_metadata, noise_png, run_ingest, write

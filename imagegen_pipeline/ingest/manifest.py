@@ -58,7 +58,7 @@ def _label_from_folder(rel: str) -> str | None:
     return rel.split("/", 1)[0] if "/" in rel else None
 
 
-def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: ValidationConfig = ValidationConfig(),
+def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: ValidationConfig | None = None,
                    workers: int = 0, chunk_size: int = 512,
                    log: Callable[[str], None] = lambda _: None) -> tuple[pd.DataFrame, ManifestStats]:
     """Scan `root` and return the manifest (sorted by path) and what this scan did."""
@@ -83,7 +83,7 @@ def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: Val
     todo = [r for r in rels if r not in reuse]
     stats.reused, stats.decoded = len(reuse), len(todo)
     log(f"{len(rels)} files: {len(reuse)} unchanged, {len(todo)} to decode")
-    fn = partial(inspect_chunk, str(root), cfg=cfg)
+    fn = partial(inspect_chunk, str(root), cfg=cfg or ValidationConfig())
     decoded = {row["path"]: row for rows in ordered_map(fn, chunked(todo, chunk_size), workers=resolve_workers(workers))
                for row in rows}
     labels = read_label_table(root)

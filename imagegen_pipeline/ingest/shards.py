@@ -13,7 +13,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -124,11 +123,12 @@ def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Shar
     rows_per_shard = max(1, cfg.target_shard_mb * 2**20 // cfg.image_bytes)
     writers = {s: _SplitWriter(out_dir, s, token, schema, rows_per_shard) for s in SPLITS}
     rels = accepted["path"].tolist()
-    meta = list(zip(rels, accepted["sha256"], labels, captions))
+    meta = list(zip(rels, accepted["sha256"], labels, captions, strict=True))
     fn = partial(load_chunk, str(landing), resolution=cfg.resolution, channels=cfg.channels)
     done = 0
     for chunk_meta, blob in zip(chunked(meta, cfg.chunk_size),
-                                ordered_map(fn, chunked(rels, cfg.chunk_size), workers=resolve_workers(cfg.workers))):
+                                ordered_map(fn, chunked(rels, cfg.chunk_size), workers=resolve_workers(cfg.workers)),
+                                strict=True):
         for i, (rel, sha, label, caption) in enumerate(chunk_meta):
             writers[split_of(sha, cfg.val_fraction)].add(
                 pixels=blob[i * cfg.image_bytes:(i + 1) * cfg.image_bytes], label_idx=class_idx.get(label, -1),

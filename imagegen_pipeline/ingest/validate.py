@@ -145,5 +145,11 @@ def load_normalized(path: str | Path, *, resolution: int, channels: str) -> np.n
 
 def load_chunk(root: str, rels: list[str], resolution: int, channels: str) -> bytes:
     """Picklable worker entry point: a batch of images as contiguous (N, H, W, C) uint8 bytes."""
-    return b"".join(load_normalized(os.path.join(root, rel), resolution=resolution, channels=channels).tobytes()
-                    for rel in rels)
+    out = []
+    for rel in rels:
+        try:
+            out.append(load_normalized(os.path.join(root, rel), resolution=resolution, channels=channels).tobytes())
+        except Exception as exc:  # noqa: BLE001 - name the file instead of a bare worker traceback
+            raise RuntimeError(f"{rel!r} changed or became unreadable after raw_images validated it ({exc}); "
+                               "re-materialize raw_images, then image_shards") from None
+    return b"".join(out)
