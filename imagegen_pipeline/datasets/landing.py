@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -114,8 +115,6 @@ class LandingWriter:
 
 
 def read_dataset_defaults(dataset_dir: Path) -> DatasetDefaults | None:
-    import json
-
     f = dataset_dir / DATASET_FILE
     if not f.is_file():
         return None
