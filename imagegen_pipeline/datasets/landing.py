@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 from PIL import Image
 
 from imagegen_pipeline.atomic import write_json_atomic
@@ -32,6 +33,20 @@ def is_sidecar(rel_path: str) -> bool:
     if "/" in rel_path:
         return False
     return rel_path in SIDECAR_NAMES or rel_path.startswith(SIDECAR_PREFIXES)
+
+
+def walk_files(root: str | os.PathLike) -> Iterator[tuple[str, os.DirEntry]]:
+    """Every non-folder entry under `root` as ('/'-separated relative path, entry); symlinks are never followed."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        with os.scandir(os.path.join(root, rel_dir)) as it:
+            for e in it:
+                rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(rel)
+                else:
+                    yield rel, e
 
 
 def slug(text: str) -> str:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from imagegen_pipeline.datasets.landing import walk_files
 from imagegen_pipeline.paths import DATASET_NAME_RE
 
 
@@ -27,15 +28,9 @@ class Fingerprint:
 
 def fingerprint(folder: Path) -> Fingerprint:
     files = total = newest = 0
-    stack = [folder]
-    while stack:
-        with os.scandir(stack.pop()) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(Path(e.path))
-                    continue
-                st = e.stat(follow_symlinks=False)
-                files, total, newest = files + 1, total + st.st_size, max(newest, st.st_mtime_ns)
+    for _, entry in walk_files(folder):
+        st = entry.stat(follow_symlinks=False)
+        files, total, newest = files + 1, total + st.st_size, max(newest, st.st_mtime_ns)
     return Fingerprint(files, total, newest)
 
 

@@ -8,7 +8,6 @@ Status is `ok` (accepted), `duplicate` (valid, but the same bytes as an earlier 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Callable
 import pandas as pd
 
 from imagegen_pipeline.atomic import atomic_path
-from imagegen_pipeline.datasets.landing import is_sidecar, read_label_table
+from imagegen_pipeline.datasets.landing import is_sidecar, read_label_table, walk_files
 from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_workers
 from imagegen_pipeline.ingest.validate import ValidationConfig, inspect_chunk
 
@@ -40,18 +39,7 @@ class ManifestStats:
 
 def list_landing_files(root: Path) -> list[str]:
     """Every non-sidecar entry under `root` (symlinks included, never followed), sorted, '/'-separated."""
-    out: list[str] = []
-    stack = [""]
-    while stack:
-        rel_dir = stack.pop()
-        with os.scandir(os.path.join(root, rel_dir)) as it:
-            for e in it:
-                rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(rel)
-                elif not is_sidecar(rel):
-                    out.append(rel)
-    return sorted(out)
+    return sorted(rel for rel, _ in walk_files(root) if not is_sidecar(rel))
 
 
 def _label_from_folder(rel: str) -> str | None:
