@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -41,28 +43,68 @@ def cmd_import(args: argparse.Namespace, paths: DataPaths) -> int:
     return 0
 
 
-def cmd_ingest(args: argparse.Namespace, paths: DataPaths) -> int:
-    from imagegen_pipeline.defs.instance import get_instance
+PID_TAG = "imagegen/cli_process"
+
+
+def reap_dead_cli_runs(instance) -> None:
+    """A CLI run killed with SIGKILL stays STARTED and keeps its `gpu` pool slot forever; mark such runs
+    failed and free their slots, so the next run (a resume) is not queued behind a ghost."""
+    import dagster as dg
+
+    host = socket.gethostname()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        owner = run.tags.get(PID_TAG, "")
+        if not owner.startswith(host + ":"):
+            continue
+        pid = int(owner.rsplit(":", 1)[1])
+        try:
+            os.kill(pid, 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        instance.report_run_failed(run, f"its process {pid} is gone (killed); marked failed by the next CLI run")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        print(f"run {run.run_id} ({run.job_name}) had died with process {pid}: marked failed, its slots freed")
+
+
+def run_job(job: str, dataset: str, paths: DataPaths, run_config: dict | None = None, *, tags: dict | None = None):
+    """Launch one of the Definitions' jobs for a dataset partition in this process, as the UI would."""
     from imagegen_pipeline.definitions import defs
+    from imagegen_pipeline.defs.instance import get_instance
     from imagegen_pipeline.defs.partitions import dataset_partitions
+
+    instance = get_instance(paths)
+    reap_dead_cli_runs(instance)
+    if not instance.has_dynamic_partition(dataset_partitions.name, dataset):
+        instance.add_dynamic_partitions(dataset_partitions.name, [dataset])
+    config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
+    result = defs.resolve_job_def(job).execute_in_process(
+        partition_key=dataset, instance=instance, run_config=config, raise_on_error=False,
+        tags={"imagegen/trigger": "cli", PID_TAG: f"{socket.gethostname()}:{os.getpid()}", **(tags or {})})
+    for check in result.get_asset_check_evaluations():
+        print(f"check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
+    print(f"dagster run {result.run_id} ({job}) {'succeeded' if result.success else 'FAILED'} "
+          f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
+    return result
+
+
+def _materialized(result, asset: str) -> dict:
+    mats = result.asset_materializations_for_node(asset) if result.success else []
+    return {k: v.value for k, v in mats[-1].metadata.items()} if mats else {}
+
+
+def cmd_ingest(args: argparse.Namespace, paths: DataPaths) -> int:
     from imagegen_pipeline.ingest.manifest import read_manifest
-    import json
 
     dataset = validate_dataset_name(args.dataset)
     if not paths.raw(dataset).is_dir():
         print(f"error: no landing folder {paths.raw(dataset)}; run `imagegen datasets import ...` or copy images "
               "there first", file=sys.stderr)
         return 2
-    instance = get_instance(paths)
-    if not instance.has_dynamic_partition(dataset_partitions.name, dataset):
-        instance.add_dynamic_partitions(dataset_partitions.name, [dataset])
     shard_cfg = {k: v for k, v in (("resolution", args.resolution), ("channels", args.channels)) if v is not None}
-    run_config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-    if shard_cfg:
-        run_config["ops"] = {"image_shards": {"config": shard_cfg}}
-    result = defs.resolve_job_def("ingest_job").execute_in_process(
-        partition_key=dataset, instance=instance, run_config=run_config, raise_on_error=False,
-        tags={"imagegen/trigger": "cli"})
+    result = run_job("ingest_job", dataset, paths, {"ops": {"image_shards": {"config": shard_cfg}}} if shard_cfg else None)
     manifest = read_manifest(paths.manifest(dataset))
     if manifest is not None:
         counts = manifest["status"].value_counts().to_dict()
@@ -76,12 +118,58 @@ def cmd_ingest(args: argparse.Namespace, paths: DataPaths) -> int:
         files = sum(len(s["files"]) for s in desc["splits"].values())
         print(f"shards: {files} files, {desc['num_rows']} images of shape {tuple(desc['shape'])} "
               f"(train {desc['splits']['train']['rows']}, val {desc['splits']['val']['rows']}) in {paths.shards(dataset)}")
-    for check in result.get_asset_check_evaluations():
-        print(f"check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
-    print(f"dagster run {result.run_id} {'succeeded' if result.success else 'FAILED'} "
-          f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     print(f"manifest: {paths.manifest(dataset)}\nsee it in the Dagster UI: `make ui`, then http://127.0.0.1:3000 "
           "(Assets > raw_images / image_shards)")
+    return 0 if result.success else 1
+
+
+def _op_config(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """CLI flags that were given, as asset config (flag --max-train-images -> max_train_images)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _load_config_file(path: str | None) -> dict:
+    if not path:
+        return {}
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def cmd_features(args: argparse.Namespace, paths: DataPaths) -> int:
+    dataset = validate_dataset_name(args.dataset)
+    ops = _load_config_file(args.config).get("ops", {})
+    ops.setdefault("feature_extractor", {}).setdefault("config", {}).update(
+        _op_config(args, ("device", "input_size", "head_epochs", "finetune_epochs", "max_train_images",
+                          "max_val_images", "batch_size")))
+    ops.setdefault("image_embeddings", {}).setdefault("config", {}).update(_op_config(args, ("device",)))
+    result = run_job("features_job", dataset, paths, {"ops": ops})
+    meta = _materialized(result, "feature_extractor")
+    if meta:
+        print(f"extractor: val accuracy {meta['val_accuracy']}, from scratch "
+              f"{meta['baseline_val_accuracy (from scratch, same steps)']}; {meta['registered_model']}; "
+              f"MLflow run {meta['mlflow_run']}")
+    emb = _materialized(result, "image_embeddings")
+    if emb:
+        print(f"embeddings: {emb['dagster/row_count']} x {emb['dim']} at {emb['images_per_second']} img/s -> {emb['path']}")
+    return 0 if result.success else 1
+
+
+def cmd_train(args: argparse.Namespace, paths: DataPaths) -> int:
+    dataset = validate_dataset_name(args.dataset)
+    ops = _load_config_file(args.config).get("ops", {})
+    ops.setdefault("dcgan_checkpoint", {}).setdefault("config", {}).update(
+        _op_config(args, ("device", "steps", "batch_size", "conditioning", "ngf", "ndf", "checkpoint_every",
+                          "sample_every", "init_from")))
+    result = run_job("train_job", dataset, paths, {"ops": ops})
+    meta = _materialized(result, "dcgan_checkpoint")
+    if meta:
+        print(f"dcgan: {meta['steps']} steps (resumed from {meta['resumed_from_step']}), "
+              f"{meta['images_per_second']} img/s on {meta['device']}; {meta['registered_model']}; "
+              f"checkpoint {meta['checkpoint']}")
     return 0 if result.success else 1
 
 
@@ -123,6 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--resolution", type=int, help="shard resolution (default: the dataset's)")
     ing.add_argument("--channels", choices=["L", "RGB"], help="shard channels (default: the dataset's)")
     ing.set_defaults(func=cmd_ingest)
+    feat = sub.add_parser("features", help="fine-tune the extractor and embed every image (features_job)")
+    feat.add_argument("dataset")
+    feat.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section), flags override it")
+    feat.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    for flag in ("input-size", "head-epochs", "finetune-epochs", "max-train-images", "max-val-images", "batch-size"):
+        feat.add_argument(f"--{flag}", type=int)
+    feat.set_defaults(func=cmd_features)
+    tr = sub.add_parser("train", help="train or resume the dataset's DCGAN and register it (train_job)")
+    tr.add_argument("dataset")
+    tr.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section), flags override it")
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--conditioning", choices=["auto", "none", "class", "text"])
+    tr.add_argument("--init-from", help="start from this dataset's trained DCGAN")
+    for flag in ("steps", "batch-size", "ngf", "ndf", "checkpoint-every", "sample-every"):
+        tr.add_argument(f"--{flag}", type=int)
+    tr.set_defaults(func=cmd_train)
     ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=3000)

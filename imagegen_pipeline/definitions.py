@@ -3,15 +3,18 @@
 import dagster as dg
 
 from imagegen_pipeline.defs.checks import ingestion_checks
+from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
+from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
+from imagegen_pipeline.defs.feature_checks import feature_checks
 from imagegen_pipeline.defs.ingestion import image_shards, raw_images
-from imagegen_pipeline.defs.jobs import ingest_job
-from imagegen_pipeline.defs.resources import ImagegenStorage
+from imagegen_pipeline.defs.jobs import features_job, ingest_job, train_job
+from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.defs.sensors import landing_sensor
 
 defs = dg.Definitions(
-    assets=[raw_images, image_shards],
-    asset_checks=ingestion_checks,
-    jobs=[ingest_job],
+    assets=[raw_images, image_shards, feature_extractor, image_embeddings, dcgan_checkpoint],
+    asset_checks=[*ingestion_checks, *feature_checks],
+    jobs=[ingest_job, features_job, train_job],
     sensors=[landing_sensor],
-    resources={"storage": ImagegenStorage()},
+    resources={"storage": ImagegenStorage(), "mlflow_tracker": MlflowTracker()},
 )

@@ -76,3 +76,18 @@ class DataPaths:
 
     def previews(self, dataset: str) -> Path:
         return self._per_dataset("previews", dataset)
+
+    def models(self, dataset: str) -> Path:
+        """Trained weights the next stages read (extractor, exported generators), per dataset."""
+        return self._per_dataset("models", dataset)
+
+    def embeddings(self, dataset: str) -> Path:
+        return self._per_dataset("embeddings", dataset)
+
+    def checkpoints(self, dataset: str) -> Path:
+        """Resumable training state (DCGAN `latest.pt`)."""
+        return self._per_dataset("checkpoints", dataset)
+
+    def reports(self, dataset: str) -> Path:
+        """Evaluation reports, galleries and cached detector statistics."""
+        return self._per_dataset("reports", dataset)

@@ -60,3 +60,23 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow sqlite store with its tables created once (migrations take seconds); tests get copies."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_uri(paths: DataPaths, _mlflow_template: Path) -> str:
+    """A fresh MLflow store under the test's data root, where the assets' default would put it."""
+    import shutil
+
+    paths.mlruns.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_mlflow_template, paths.mlruns / "mlflow.db")
+    return f"sqlite:///{paths.mlruns / 'mlflow.db'}"

@@ -10,7 +10,7 @@ from imagegen_pipeline.ingest.manifest import read_manifest
 from imagegen_pipeline.ml.shard_reader import ShardReader
 
 
-def _datasets(context: dg.AssetCheckExecutionContext, storage: ImagegenStorage) -> list[str]:
+def datasets_in_scope(context: dg.AssetCheckExecutionContext, storage: ImagegenStorage) -> list[str]:
     """The run's partition; or, for a check launched on its own (no partition), every ingested dataset."""
     if context.op_execution_context.has_partition_key:
         return [context.partition_key]
@@ -18,9 +18,9 @@ def _datasets(context: dg.AssetCheckExecutionContext, storage: ImagegenStorage) 
     return sorted(d.name for d in root.iterdir() if (d / "manifest.parquet").is_file()) if root.is_dir() else []
 
 
-def _check_each(context, storage, fn) -> dg.AssetCheckResult:
-    """Run `fn(dataset) -> (passed, details)` per dataset; pass only if all pass."""
-    results = {ds: fn(ds) for ds in _datasets(context, storage)}
+def check_each(context, storage, fn) -> dg.AssetCheckResult:
+    """Run `fn(dataset) -> (passed, details)` per dataset in scope; pass only if all pass."""
+    results = {ds: fn(ds) for ds in datasets_in_scope(context, storage)}
     if len(results) == 1:
         [(passed, details)] = results.values()
         return dg.AssetCheckResult(passed=passed, metadata=details)
@@ -41,7 +41,7 @@ def _manifest(storage: ImagegenStorage, dataset: str):
                 description="Every file in the landing folder is accounted for in the manifest, once.")
 def manifest_accounts_for_every_file(context: dg.AssetCheckExecutionContext,
                                      storage: ImagegenStorage) -> dg.AssetCheckResult:
-    return _check_each(context, storage, lambda ds: checks.manifest_covers_landing(
+    return check_each(context, storage, lambda ds: checks.manifest_covers_landing(
         storage.paths.raw(ds), _manifest(storage, ds)))
 
 
@@ -49,7 +49,7 @@ def manifest_accounts_for_every_file(context: dg.AssetCheckExecutionContext,
                 description="Shard rows equal accepted manifest rows, with the same content hashes.")
 def shard_rows_match_manifest(context: dg.AssetCheckExecutionContext,
                               storage: ImagegenStorage) -> dg.AssetCheckResult:
-    return _check_each(context, storage, lambda ds: checks.shards_match_manifest(
+    return check_each(context, storage, lambda ds: checks.shards_match_manifest(
         _manifest(storage, ds), ShardReader(storage.paths.shards(ds))))
 
 
@@ -57,7 +57,7 @@ def shard_rows_match_manifest(context: dg.AssetCheckExecutionContext,
                 description="Pixel widths, row counts, shapes and the [0, 1] range match description.json.")
 def shard_pixels_match_description(context: dg.AssetCheckExecutionContext,
                                    storage: ImagegenStorage) -> dg.AssetCheckResult:
-    return _check_each(context, storage, lambda ds: checks.shards_match_description(
+    return check_each(context, storage, lambda ds: checks.shards_match_description(
         ShardReader(storage.paths.shards(ds))))
 
 

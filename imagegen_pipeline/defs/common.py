@@ -1,0 +1,49 @@
+"""Helpers every ML asset shares: the partition's dataset, its shards, a stamp of their content, plots."""
+
+
+import hashlib
+import io
+
+import dagster as dg
+
+from imagegen_pipeline.ml.shard_reader import DESCRIPTION_FILE, ShardReader
+from imagegen_pipeline.paths import DataPaths, validate_dataset_name
+
+
+def dataset_of(context: dg.AssetExecutionContext) -> str:
+    return validate_dataset_name(context.partition_key)
+
+
+def open_shards(paths: DataPaths, dataset: str) -> ShardReader:
+    try:
+        return ShardReader(paths.shards(dataset))
+    except FileNotFoundError as exc:
+        raise dg.Failure(f"{dataset}: {exc}") from exc
+
+
+def shards_stamp(reader: ShardReader) -> str:
+    """sha256 of description.json: it lists every shard file (content-token names), so it names the data."""
+    return hashlib.sha256((reader.dir / DESCRIPTION_FILE).read_bytes()).hexdigest()[:16]
+
+
+def curves_png(series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str) -> bytes:
+    """Line plots of named (x, y) series, one figure; for loss and accuracy curves in metadata."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=name, marker="o" if len(points) < 30 else None, markersize=3)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,46 @@
+"""Checkpoints and exported weights: one dict, written atomically, read back without unpickling code.
+
+`save_checkpoint`/`load_checkpoint` hold training state (state_dicts, optimizer state, step, config, RNG);
+`load_checkpoint` uses `weights_only=True`, so a tampered file cannot run code. Model weights that leave the
+training loop (MLflow artifacts, the registry) are safetensors: tensors only, nothing executable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from imagegen_pipeline.atomic import atomic_path
+
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write `state` (plus a format version) to `path` atomically: a kill leaves the old file or the new one."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"format_version": CHECKPOINT_VERSION, **state}, tmp)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`; tensors, numbers, strings and dicts only."""
+    return torch.load(Path(path), map_location=map_location, weights_only=True)
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], *,
+                 metadata: dict[str, str] | None = None) -> Path:
+    """A module's state_dict as safetensors (contiguous CPU copies), written atomically."""
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return path
+
+
+def load_weights(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return load_file(str(path), device=str(device))

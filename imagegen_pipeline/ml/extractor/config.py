@@ -1,0 +1,31 @@
+"""The extractor's settings: one typed dataclass, saved with every model it trains."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class ExtractorConfig:
+    input_size: int = 96  # images are resized to this square side; MobileNetV2 sees 28-32 px digits poorly
+    batch_size: int = 128  # training images per optimizer step
+    head_epochs: int = 1  # phase 1: a new head trained on the frozen ImageNet backbone
+    finetune_epochs: int = 2  # phase 2: the last `unfreeze_blocks` backbone blocks trained too
+    unfreeze_blocks: int = 5  # how many of the 19 `features` blocks (counted from the top) phase 2 unfreezes
+    lr_head: float = 1e-3  # AdamW learning rate of phase 1 (head only)
+    lr_finetune: float = 1e-4  # AdamW learning rate of phase 2: lower, so ImageNet features are nudged, not erased
+    lr_scratch: float = 1e-3  # AdamW learning rate of the from-scratch baseline (all layers, random init)
+    weight_decay: float = 1e-4  # AdamW decoupled weight decay, all phases
+    label_smoothing: float = 0.1  # cross-entropy label smoothing: calmer logits, better-spread embeddings
+    dropout: float = 0.2  # dropout before the linear head (torchvision's MobileNetV2 uses 0.2)
+    max_train_images: int | None = None  # cap on labelled training images (None = all); the demo uses a slice
+    max_val_images: int | None = None  # cap on labelled validation images (None = all)
+    train_baseline: bool = True  # also train the same net from scratch for the same steps: what transfer bought
+    seed: int = 0  # seeds init, shuffling and augmentation (via runtime.seed_everything)
+    augment: bool = True  # light random shift and zoom (no flips: they change digits and text)
+    max_shift: float = 0.1  # augmentation: largest translation, as a fraction of the image side
+    max_zoom: float = 0.1  # augmentation: largest zoom-in, as a fraction (crop of 90-100% of the image)
+    embed_batch_size: int = 256  # images per forward pass when computing embeddings
+
+    def to_dict(self) -> dict:
+        return asdict(self)

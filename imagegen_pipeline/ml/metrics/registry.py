@@ -1,0 +1,125 @@
+"""The metric registry (after stylegan2-ada's `metric_main.py`): name -> fn(ctx) -> dict, results as JSON lines.
+
+A metric is a function of a `MetricContext` that returns a flat-ish, JSON-able dict. It pulls what it needs
+with `ctx.require(...)`; a missing input raises `MetricUnavailable`, which `compute_metrics` records as a
+skip with its reason instead of failing the whole evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from imagegen_pipeline.atomic import write_bytes_atomic
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot run on this context (an input is missing, too few samples ...); the message says why."""
+
+
+@dataclass(eq=False)
+class MetricContext:
+    """Everything precomputed that metrics read. Arrays are numpy; leave a field None if you do not have it."""
+
+    real_features: np.ndarray | None = None  # (N_r, 2048) detector features of the reference split (e.g. train)
+    real_stats: tuple[np.ndarray, np.ndarray] | None = None  # cached (mu (2048,), sigma (2048, 2048)) of real_features
+    real_labels: np.ndarray | None = None  # (N_r,) int class of each reference image (per-class FID)
+    heldout_features: np.ndarray | None = None  # (N_h, 2048) a second real split (e.g. val): the real floor
+    fake_features: np.ndarray | None = None  # (N_g, 2048) detector features of generated images
+    fake_labels: np.ndarray | None = None  # (N_g,) int class each generated image was asked for
+    fake_probs: np.ndarray | None = None  # (N_g, K) the dataset classifier's probabilities for generated images
+    fake_embeddings: np.ndarray | None = None  # (N_g, D) generated images in the feature-extractor space
+    train_embeddings: np.ndarray | None = None  # (N_t, D) training images in the same space (memorization)
+    class_names: list[str] | None = None  # index -> name, for per-class keys; str(index) without it
+    kid_subsets: int = 100  # KID: number of random subsets (stylegan2-ada default)
+    kid_subset_size: int = 1000  # KID: max images per subset
+    pr_k: int = 3  # precision/recall: k of the k-NN manifold radius (Kynkäänniemi et al. 2019)
+    pr_max_samples: int = 10_000  # precision/recall: subsample each side to at most this many
+    is_splits: int = 10  # is_domain: number of splits for mean/std
+    per_class_min: int = 100  # per-class FID: minimum images of a class on both sides
+    seed: int = 0  # subset sampling (KID, precision/recall) is reproducible
+    device: str = "cpu"  # where blocked distance computations run ('cpu' or 'cuda')
+    extra: dict[str, Any] = field(default_factory=dict)  # anything a plugged-in metric needs
+
+    def require(self, *names: str) -> tuple:
+        """The named fields, or MetricUnavailable naming the ones that are None."""
+        missing = [n for n in names if getattr(self, n) is None]
+        if missing:
+            raise MetricUnavailable(f"needs {', '.join(missing)} in the MetricContext")
+        return tuple(getattr(self, n) for n in names)
+
+    def class_name(self, index: int) -> str:
+        return self.class_names[index] if self.class_names and 0 <= index < len(self.class_names) else str(index)
+
+
+MetricFn = Callable[[MetricContext], dict]
+_METRICS: dict[str, MetricFn] = {}
+
+
+def register_metric(fn: MetricFn) -> MetricFn:
+    """Decorator: make `fn` computable by its name."""
+    if not callable(fn):
+        raise TypeError("register_metric decorates a function ctx -> dict")
+    _METRICS[fn.__name__] = fn
+    return fn
+
+
+def list_metrics() -> list[str]:
+    return sorted(_METRICS)
+
+
+def compute_metrics(names: Sequence[str], ctx: MetricContext, *, skip_unavailable: bool = True) -> dict:
+    """{'results': merged metric dicts, 'skipped': {name: reason}, 'seconds': {name: s}}; unknown names fail early."""
+    unknown = [n for n in names if n not in _METRICS]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; registered: {list_metrics()}")
+    results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    for name in names:
+        t = time.perf_counter()
+        try:
+            out = _METRICS[name](ctx)
+        except MetricUnavailable as e:
+            if not skip_unavailable:
+                raise
+            skipped[name] = str(e)
+            continue
+        finally:
+            seconds[name] = round(time.perf_counter() - t, 4)
+        results.update(out)
+    return {"results": to_jsonable(results), "skipped": skipped, "seconds": seconds}
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays -> Python numbers and lists, so json.dumps takes any metric's dict."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def append_jsonl(path: str | os.PathLike, record: dict) -> Path:
+    """Append one JSON line by rewriting the whole file atomically: readers never see half a line."""
+    path = Path(path)
+    old = path.read_bytes() if path.exists() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    line = json.dumps(to_jsonable(record), sort_keys=True, default=str) + "\n"
+    write_bytes_atomic(path, old + line.encode())
+    return path
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]

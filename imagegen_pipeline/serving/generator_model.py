@@ -1,0 +1,93 @@
+"""The registered generator as an MLflow pyfunc: a table of requests in, images out.
+
+Input: a DataFrame with `seed` and `count` and, for a conditional model, `label` (class name or index) or
+`prompt` (text models). Row r gives `count` images with seeds seed, seed+1, ...; the same row always gives the
+same pixels. Output (params `format`): "png" (default) -> DataFrame of base64 PNGs with the request columns;
+"array" -> uint8 array (N, H, W, C).
+
+    gen = mlflow.pyfunc.load_model("models:/imagegen-generator-mnist@champion")
+    gen.predict(pd.DataFrame({"label": ["7"], "seed": [0], "count": [16]}), params={"format": "array"})
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class GeneratorModel(PythonModel):
+    def load_context(self, context) -> None:
+        from imagegen_pipeline.ml.dcgan import load_generator
+        from imagegen_pipeline.ml.runtime import resolve_runtime
+
+        self.runtime = resolve_runtime("auto")
+        self.generator, self.cfg = load_generator(context.artifacts["generator"])
+        self.generator = self.generator.to(self.runtime.device).eval()
+        self.class_names = list(self.cfg.extra.get("class_names", []))
+        self.text_encoder = None
+
+    def _cond(self, row: pd.Series, n: int):
+        import torch
+
+        if self.cfg.conditioning == "class":
+            label = row.get("label")
+            if label is None or (isinstance(label, float) and np.isnan(label)):
+                raise ValueError(f"this generator is conditioned on a class: give `label` (one of {self.class_names})")
+            label = str(label)
+            if label in self.class_names:
+                idx = self.class_names.index(label)
+            elif label.lstrip("-").isdigit() and 0 <= int(label) < self.cfg.num_classes:
+                idx = int(label)
+            else:
+                raise ValueError(f"unknown label {label!r}; known: {self.class_names}")
+            return torch.full((n,), idx, dtype=torch.long)
+        if self.cfg.conditioning == "text":
+            prompt = row.get("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError("this generator is conditioned on text: give a non-empty `prompt`")
+            if self.text_encoder is None:
+                from imagegen_pipeline.ml.text_encoder import TextEncoder
+
+                self.text_encoder = TextEncoder()
+            return torch.from_numpy(self.text_encoder.encode([prompt])).repeat(n, 1)
+        return None
+
+    def predict(self, context, model_input, params: dict | None = None):
+        from imagegen_pipeline.ml.dcgan import generate
+
+        frame = pd.DataFrame(model_input)
+        if "seed" not in frame:
+            raise ValueError("input needs a `seed` column (and optionally `count`, `label`, `prompt`)")
+        fmt = (params or {}).get("format", "png")
+        images, rows = [], []
+        for _, row in frame.iterrows():
+            count = int(row.get("count", 1) if pd.notna(row.get("count", 1)) else 1)
+            if not 1 <= count <= 256:
+                raise ValueError(f"count must be between 1 and 256, got {count}")
+            seeds = [int(row["seed"]) + i for i in range(count)]
+            batch = generate(self.generator, self.cfg, seeds=seeds, cond=self._cond(row, count), runtime=self.runtime)
+            images.append(batch)
+            rows += [{**{k: row.get(k) for k in ("label", "prompt") if k in frame}, "seed": s} for s in seeds]
+        out = np.concatenate(images) if images else np.zeros((0, self.cfg.resolution, self.cfg.resolution,
+                                                              self.cfg.channels), np.uint8)
+        if fmt == "array":
+            return out
+        result = pd.DataFrame(rows)
+        result["png_base64"] = [_png_b64(im) for im in out]
+        return result
+
+
+def _png_b64(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+mlflow.models.set_model(GeneratorModel())

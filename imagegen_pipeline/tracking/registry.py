@@ -1,0 +1,103 @@
+"""Models in the MLflow registry: logged as code (weights as artifacts), promoted by alias only when better."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+
+from imagegen_pipeline.paths import validate_dataset_name
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+CHAMPION = "champion"
+METRIC_TAG = "imagegen.metric."
+_SERVING_PACKAGES = ("torch", "torchvision", "safetensors", "numpy", "pandas", "pillow", "mlflow")
+
+
+def registered_name(kind: str, dataset: str) -> str:
+    """`imagegen-extractor-<dataset>`, `imagegen-generator-<dataset>`."""
+    return f"imagegen-{kind}-{validate_dataset_name(dataset)}"
+
+
+def pip_requirements() -> list[str]:
+    """Pinned from this environment: passing them skips MLflow's slow requirement inference."""
+    return [f"{p}=={importlib.metadata.version(p)}" for p in _SERVING_PACKAGES]
+
+
+def log_code_model(*, code_file: Path, artifacts: dict[str, str], registered_model_name: str,
+                   signature: Any = None, metadata: dict | None = None,
+                   metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> ModelVersion:
+    """Log a models-from-code pyfunc into the active run, register it, and tag the version with its metrics."""
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=str(code_file), artifacts=artifacts, code_paths=[str(PACKAGE_DIR)],
+        pip_requirements=pip_requirements(), signature=signature, metadata=metadata,
+        registered_model_name=registered_model_name)
+    client = MlflowClient()
+    version = str(info.registered_model_version)
+    for key, value in {**{METRIC_TAG + k: repr(float(v)) for k, v in (metrics or {}).items()},
+                       **(tags or {})}.items():
+        client.set_model_version_tag(registered_model_name, version, key, str(value))
+    return client.get_model_version(registered_model_name, version)
+
+
+def version_metric(mv: ModelVersion, name: str) -> float | None:
+    value = mv.tags.get(METRIC_TAG + name)
+    return float(value) if value is not None else None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """One comparison a new model must pass against the champion."""
+
+    metric: str
+    higher_is_better: bool
+    strict: bool = True  # must improve (True) or merely not get worse (False)
+    tolerance: float = 0.0  # allowed slack when strict is False
+
+    def passes(self, new: float, old: float) -> bool:
+        delta = (new - old) if self.higher_is_better else (old - new)
+        return delta > 0 if self.strict else delta >= -self.tolerance
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promoted: bool
+    reason: str
+    champion_before: str | None
+
+
+def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: str = CHAMPION,
+                      client: MlflowClient | None = None) -> PromotionDecision:
+    """Move `alias` to `version` only if every guard passes against the current holder; record why either way."""
+    client = client or MlflowClient()
+    new = client.get_model_version(name, version)
+    try:
+        old = client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException:
+        old = None
+    if old is None:
+        promoted, reason = True, f"first model: version {version} becomes {alias}"
+    elif old.version == new.version:
+        promoted, reason = True, f"version {version} already holds {alias}"
+    else:
+        failures, wins = [], []
+        for g in guards:
+            a, b = version_metric(new, g.metric), version_metric(old, g.metric)
+            if a is None or b is None:
+                failures.append(f"{g.metric} missing (new={a}, {alias}={b})")
+            elif g.passes(a, b):
+                wins.append(f"{g.metric} {a:.4g} vs {b:.4g}")
+            else:
+                failures.append(f"{g.metric} {a:.4g} vs {alias} v{old.version} {b:.4g}")
+        promoted = not failures
+        reason = (f"better than v{old.version}: " + "; ".join(wins)) if promoted else (
+            f"kept v{old.version} as {alias}: " + "; ".join(failures))
+    if promoted:
+        client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, "imagegen.promotion", reason)
+    return PromotionDecision(promoted, reason, old.version if old else None)

