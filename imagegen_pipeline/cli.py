@@ -173,18 +173,103 @@ def cmd_train(args: argparse.Namespace, paths: DataPaths) -> int:
     return 0 if result.success else 1
 
 
-def cmd_ui(args: argparse.Namespace, paths: DataPaths) -> int:
-    from imagegen_pipeline.defs.instance import ensure_dagster_home
-    from imagegen_pipeline.paths import REPO_ROOT
+def cmd_pipeline(args: argparse.Namespace, paths: DataPaths) -> int:
+    """The whole chain for one dataset (pipeline_job), then where to look."""
+    dataset = validate_dataset_name(args.dataset)
+    if not paths.raw(dataset).is_dir():
+        print(f"error: no landing folder {paths.raw(dataset)}; run `imagegen datasets import ...` first", file=sys.stderr)
+        return 2
+    run_config = _load_config_file(args.config)
+    result = run_job("pipeline_job", dataset, paths, run_config if run_config else None)
+    for asset, keys in (("feature_extractor", ("val_accuracy", "registered_model")),
+                        ("dcgan_checkpoint", ("steps", "images_per_second", "registered_model")),
+                        ("evaluation_report", ("fid", "kid", "precision", "recall", "conditional_accuracy",
+                                               "real_floor_fid", "report_html")),
+                        ("sample_gallery", ("index",))):
+        meta = _materialized(result, asset)
+        if meta:
+            print(f"{asset}: " + ", ".join(f"{k}={meta[k]}" for k in keys if k in meta))
+    promo = paths.reports(dataset) / "promotion.json"
+    if promo.is_file():
+        print(f"promotion: {json.loads(promo.read_text())['reason']}")
+    print("\nopen the UIs: `make ui` (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
+    return 0 if result.success else 1
 
-    ensure_dagster_home(paths)
-    os.environ["IMAGEGEN_HOME"] = str(paths.home)
-    dagster = Path(sys.executable).with_name("dagster")
-    argv = [str(dagster), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", args.host, "-p", str(args.port)]
-    print(f"Dagster UI on http://{args.host}:{args.port}  (DAGSTER_HOME={os.environ['DAGSTER_HOME']})", flush=True)
-    os.chdir(REPO_ROOT)
-    os.execv(argv[0], argv)
-    return 0  # pragma: no cover
+
+def cmd_ui(args: argparse.Namespace, paths: DataPaths) -> int:
+    from imagegen_pipeline.ui import serve
+
+    return serve(paths, host=args.host, port=args.port, mlflow_port=args.mlflow_port)
+
+
+def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
+    """Best-of-K images for a prompt (or a class label) from the registered generator, re-ranked by how well
+    their nearest training images' captions match the prompt."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from imagegen_pipeline.defs.extractor import EXTRACTOR_FILE
+    from imagegen_pipeline.ml.grids import image_grid, png_bytes
+    from imagegen_pipeline.ml.prompt_score import PromptScorer, best_of
+    from imagegen_pipeline.tracking.registry import registered_name
+    from imagegen_pipeline.tracking.store import default_tracking_uri, use_store
+
+    dataset = validate_dataset_name(args.dataset)
+    if args.n < 1 or args.candidates < 1:
+        raise ValueError("--n and --candidates must be at least 1")
+    use_store(default_tracking_uri(paths))
+    name = registered_name("generator", dataset)
+    uris = [args.model_uri] if args.model_uri else [f"models:/{name}@champion", f"models:/{name}@candidate"]
+    model = None
+    for i, uri in enumerate(uris):
+        try:
+            model = mlflow.pyfunc.load_model(uri)
+            break
+        except mlflow.exceptions.MlflowException as exc:
+            if i + 1 == len(uris):
+                print(f"error: cannot load {uri}: {str(exc).splitlines()[0]}\n(train one with `imagegen train "
+                      f"{dataset}`)", file=sys.stderr)
+                return 2
+            print(f"note: no {uri} yet (evaluation promotes the champion); using {uris[i + 1]}", file=sys.stderr)
+    conditioning = (model.metadata.metadata or {}).get("conditioning", "?")
+    print(f"generator {uri} (conditioning: {conditioning})")
+    text = args.prompt or args.label
+    scorer, k = None, args.candidates
+    if text:
+        try:
+            scorer = PromptScorer.load(extractor_file=paths.models(dataset) / EXTRACTOR_FILE,
+                                       embeddings_dir=paths.embeddings(dataset))
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"note: not scored ({exc}); materialize feature_extractor, image_embeddings and "
+                  f"caption_embeddings for {dataset} to re-rank by prompt", file=sys.stderr)
+            k = 1
+    total = args.n * k
+    request = pd.DataFrame([{"seed": args.seed + s, "count": min(256, total - s),
+                             **({"prompt": args.prompt} if args.prompt else {}),
+                             **({"label": args.label} if args.label else {})} for s in range(0, total, 256)])
+    images = model.predict(request, params={"format": "array"})  # uint8 (n * k, H, W, C), seed s -> row s - seed
+    if scorer is not None:
+        scores, nearest = scorer.score(images, text)
+        keep = best_of(scores, k=k)
+        print(f"best of {k} per image, scored against {text!r} (mean cosine of the 5 nearest training images' "
+              "captions):")
+        for rank, i in enumerate(keep):
+            print(f"{rank:3d}  seed {args.seed + int(i)}  score {scores[i]:.4f}  nearest: {nearest[i]}")
+    else:
+        keep = np.arange(len(images))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chosen = images[keep]
+    if args.separate:
+        files = [out.with_name(f"{out.stem}-{r:02d}{out.suffix or '.png'}") for r in range(len(chosen))]
+        for f, im in zip(files, chosen):
+            f.write_bytes(png_bytes(image_grid(im[None], pad=0)))
+        print(f"wrote {len(files)} images: {files[0]} ... {files[-1]}")
+    else:
+        out.write_bytes(png_bytes(image_grid(chosen, tile=max(64, chosen.shape[1]))))
+        print(f"wrote {out} ({len(chosen)} images)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--resolution", type=int, help="shard resolution (default: the dataset's)")
     ing.add_argument("--channels", choices=["L", "RGB"], help="shard channels (default: the dataset's)")
     ing.set_defaults(func=cmd_ingest)
+    pipe = sub.add_parser("pipeline", help="the whole chain for a dataset: ingest, extractor, DCGAN, evaluation, gallery")
+    pipe.add_argument("dataset")
+    pipe.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section)")
+    pipe.set_defaults(func=cmd_pipeline)
     feat = sub.add_parser("features", help="fine-tune the extractor and embed every image (features_job)")
     feat.add_argument("dataset")
     feat.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section), flags override it")
@@ -227,9 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("steps", "batch-size", "ngf", "ndf", "checkpoint-every", "sample-every"):
         tr.add_argument(f"--{flag}", type=int)
     tr.set_defaults(func=cmd_train)
-    ui = sub.add_parser("ui", help="start the Dagster UI (dagster dev) on 127.0.0.1")
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=3000)
+    gen = sub.add_parser("generate", help="images for a prompt (or --label) from the registered generator, "
+                                          "best of --candidates each by prompt score")
+    gen.add_argument("prompt", nargs="?", help='what to draw, e.g. "a cat with a hat" (text-conditioned models)')
+    gen.add_argument("--dataset", required=True, help="whose generator: imagegen-generator-<dataset>")
+    gen.add_argument("--label", help="class name for class-conditioned models (also the scoring text without a prompt)")
+    gen.add_argument("--n", type=int, default=16, help="images to return (default 16)")
+    gen.add_argument("--candidates", type=int, default=4, help="candidates generated per returned image (default 4)")
+    gen.add_argument("--seed", type=int, default=0, help="first seed; candidates use seed, seed+1, ...")
+    gen.add_argument("--model-uri", help="default models:/imagegen-generator-<dataset>@champion, else @candidate")
+    gen.add_argument("--out", default="generated.png", help="grid PNG (or name stem with --separate)")
+    gen.add_argument("--separate", action="store_true", help="one PNG per image: OUT-00.png, OUT-01.png, ...")
+    gen.set_defaults(func=cmd_generate)
+    ui = sub.add_parser("ui", help="start the Dagster and MLflow UIs on 127.0.0.1 (Ctrl-C stops both)")
+    ui.add_argument("--host", default="127.0.0.1", help="address both UIs bind to (default: loopback only)")
+    ui.add_argument("--port", type=int, default=3000, help="Dagster UI port")
+    ui.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port")
     ui.set_defaults(func=cmd_ui)
     return p
 

@@ -7,23 +7,27 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
 import mlflow
+import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 from mlflow.models import infer_signature
 from pydantic import Field
 
 from imagegen_pipeline.atomic import atomic_path, write_json_atomic
+from imagegen_pipeline.defs.captions import ENCODER_NAME, caption_embeddings
 from imagegen_pipeline.defs.common import curves_png, dataset_of, open_shards, shards_stamp
 from imagegen_pipeline.defs.extractor import EXTRACTOR_FILE
 from imagegen_pipeline.defs.extractor import SUMMARY_FILE as EXTRACTOR_SUMMARY
 from imagegen_pipeline.defs.extractor import feature_extractor
 from imagegen_pipeline.defs.ingestion import image_shards
 from imagegen_pipeline.defs.metadata import png_markdown
-from imagegen_pipeline.defs.partitions import dataset_partitions
+from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml import dcgan as core
 from imagegen_pipeline.ml.checkpoint import load_checkpoint
@@ -94,8 +98,8 @@ def _init_from(paths, source: str) -> dict | None:
     return load_checkpoint(runs[-1])
 
 
-@dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"pytorch", "mlflow"}, pool="gpu",
-          deps=[image_shards, feature_extractor],
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "mlflow"}, pool="gpu",
+          deps=[image_shards, feature_extractor, caption_embeddings],
           description="Conditional DCGAN (G + D, EMA generator) trained on the shards; checkpoints every N steps "
                       "and resumes after a kill. The EMA generator is registered as imagegen-generator-<dataset>.")
 def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig, storage: ImagegenStorage,
@@ -106,10 +110,13 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
     conditioning = config.conditioning
     if conditioning == "auto":
         conditioning = "class" if len(reader.class_names) >= 2 else "none"
-    if conditioning == "text":
-        raise dg.Failure("text conditioning needs caption embeddings, which this dataset does not have yet")
+    captions = _train_captions(paths, dataset, reader) if conditioning == "text" else None
     try:
         cfg = _core_config(config, reader, dataset, conditioning)
+        if captions is not None:  # the vectors fix text_dim; the caption file's stamp makes it a different run
+            cfg = cfg.replace(text_dim=captions.vectors.shape[1],
+                              extra={**cfg.extra, "text_encoder": ENCODER_NAME, "captions": captions.stamp,
+                                     "example_prompts": captions.examples})
     except ValueError as exc:
         raise dg.Failure(f"{dataset}: {exc}") from exc
     runtime = resolve_runtime(config.device)
@@ -118,6 +125,13 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
         keep = labels >= 0
         context.log.warning(f"{int((~keep).sum())} unlabelled images left out of class-conditional training")
         images, labels = images[keep], labels[keep]
+    text = None
+    if captions is not None:
+        keep = torch.from_numpy(captions.found)
+        if not bool(keep.all()):
+            context.log.warning(f"{int((~keep).sum())} images without a caption left out of text-conditional training")
+            images, labels = images[keep], labels[keep]
+        text = torch.from_numpy(captions.vectors[captions.found])
     feature_net = None
     if cfg.feature_head:
         from imagegen_pipeline.ml.extractor import load_extractor
@@ -157,7 +171,7 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
 
         t0 = time.perf_counter()
         try:
-            result = core.train_dcgan(cfg, core.TrainData(images=images, labels=labels), out_dir=out_dir,
+            result = core.train_dcgan(cfg, core.TrainData(images=images, labels=labels, text=text), out_dir=out_dir,
                                       runtime=runtime, feature_net=feature_net,
                                       init_from=_init_from(paths, config.init_from), on_step=on_step,
                                       on_sample=on_sample, log=context.log.info)
@@ -172,7 +186,8 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
         grid_png = png_bytes(Image.fromarray(result.grid))
         name = registered_name("generator", dataset)
         example = pd.DataFrame({"label": [reader.class_names[0] if conditioning == "class" else None],
-                                "prompt": [None], "seed": [0], "count": [1]})
+                                "prompt": [captions.examples[0] if captions is not None else None],
+                                "seed": [0], "count": [1]})
         signature = infer_signature(example, params={"format": "png"})
         mv = log_code_model(code_file=SERVING_CODE, artifacts={"generator": str(generator_file)},
                             registered_model_name=name, signature=signature,
@@ -206,6 +221,32 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
         "samples": png_markdown(grid_png, "fixed-noise samples of the EMA generator"),
         "loss_curves": png_markdown(curves, "losses"),
     })
+
+
+@dataclass
+class _TrainCaptions:
+    vectors: np.ndarray  # float32 (N_train, D) in the train split's row order; zero rows where found is False
+    found: np.ndarray  # bool (N_train,): the image has a caption vector
+    stamp: str  # content hash of captions.parquet: other caption vectors = another experiment
+    examples: list[str]  # a few training captions, e.g. as prompts to try
+
+
+def _train_captions(paths, dataset: str, reader) -> _TrainCaptions:
+    """caption_embeddings' vectors aligned to the train split's row order by sha256."""
+    from imagegen_pipeline.ml.prompt_score import CAPTIONS_FILE, read_captions, vectors_for
+
+    f = paths.embeddings(dataset) / CAPTIONS_FILE
+    if not f.is_file():
+        raise dg.Failure(f"{dataset}: text conditioning needs caption vectors; no {f}: materialize "
+                         "caption_embeddings first")
+    frame = read_captions(paths.embeddings(dataset), split="train")
+    vectors, found = vectors_for(reader.read_column("train", "sha256"), frame)
+    if not found.any():
+        raise dg.Failure(f"{dataset}: {f} has no caption for any training image (stale? the shards changed "
+                         "since): rematerialize caption_embeddings")
+    examples = sorted(set(frame["caption"].tolist()))
+    step = max(1, len(examples) // 8)
+    return _TrainCaptions(vectors, found, hashlib.sha256(f.read_bytes()).hexdigest()[:16], examples[::step][:8])
 
 
 def _extractor_version(paths, dataset: str) -> str | None:

@@ -14,7 +14,7 @@ from imagegen_pipeline.atomic import write_json_atomic
 from imagegen_pipeline.defs.common import curves_png, dataset_of, open_shards, shards_stamp
 from imagegen_pipeline.defs.ingestion import image_shards
 from imagegen_pipeline.defs.metadata import markdown_table, png_markdown
-from imagegen_pipeline.defs.partitions import dataset_partitions
+from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml import extractor as core
 from imagegen_pipeline.ml.embeddings_store import read_embeddings, write_embeddings
@@ -51,7 +51,7 @@ class FeatureExtractorConfig(dg.Config):
             train_baseline=self.train_baseline, seed=self.seed)
 
 
-@dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[image_shards],
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[image_shards],
           pool="gpu",
           description="MobileNetV2 with ImageNet weights, fine-tuned on the dataset's labels in two phases "
                       "(frozen backbone, then top blocks); a from-scratch baseline shows what transfer bought. "
@@ -147,7 +147,7 @@ class ImageEmbeddingsConfig(dg.Config):
                                                                     "have at least this cosine are reported.")
 
 
-@dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"pytorch", "parquet"},
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "parquet"},
           deps=[feature_extractor, image_shards],
           description="The fine-tuned extractor's 1280-d embedding of every accepted image, as Parquet under "
                       "data/embeddings/<dataset>/ (sha256, split, label, vector), with a 2-D map and near-duplicates.")

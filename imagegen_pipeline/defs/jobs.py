@@ -3,27 +3,28 @@
 import dagster as dg
 
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
+from imagegen_pipeline.defs.evaluation import evaluation_report
 from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
+from imagegen_pipeline.defs.gallery import sample_gallery
 from imagegen_pipeline.defs.ingestion import image_shards, raw_images
 from imagegen_pipeline.defs.partitions import dataset_partitions
 
-ingest_job = dg.define_asset_job(
-    "ingest_job",
-    selection=dg.AssetSelection.assets(raw_images, image_shards),
-    partitions_def=dataset_partitions,
-    description="Validate a dataset's landing folder and write its tensor shards (one partition = one dataset).",
-)
+INGEST = dg.AssetSelection.assets(raw_images, image_shards)
+FEATURES = dg.AssetSelection.assets(feature_extractor, image_embeddings)
+TRAIN = dg.AssetSelection.assets(dcgan_checkpoint)
+EVALUATE = dg.AssetSelection.assets(evaluation_report, sample_gallery)
 
-features_job = dg.define_asset_job(
-    "features_job",
-    selection=dg.AssetSelection.assets(feature_extractor, image_embeddings),
-    partitions_def=dataset_partitions,
-    description="Fine-tune the ImageNet extractor on a dataset and embed every image.",
-)
 
-train_job = dg.define_asset_job(
-    "train_job",
-    selection=dg.AssetSelection.assets(dcgan_checkpoint),
-    partitions_def=dataset_partitions,
-    description="Train (or resume) the dataset's DCGAN and register its EMA generator.",
-)
+def _job(name: str, selection: dg.AssetSelection, description: str):
+    return dg.define_asset_job(name, selection=selection, partitions_def=dataset_partitions, description=description)
+
+
+ingest_job = _job("ingest_job", INGEST,
+                  "Validate a dataset's landing folder and write its tensor shards (one partition = one dataset).")
+features_job = _job("features_job", FEATURES, "Fine-tune the ImageNet extractor on a dataset and embed every image.")
+train_job = _job("train_job", TRAIN, "Train (or resume) the dataset's DCGAN and register its EMA generator.")
+evaluate_job = _job("evaluate_job", EVALUATE, "Evaluate the latest generator, draw its gallery and promote it if it is better.")
+retrain_job = _job("retrain_job", FEATURES | TRAIN | EVALUATE,
+                   "Everything downstream of the shards: extractor, embeddings, DCGAN, evaluation, promotion.")
+pipeline_job = _job("pipeline_job", INGEST | FEATURES | TRAIN | EVALUATE,
+                    "The whole chain for one dataset: ingestion to a registered, evaluated generator.")

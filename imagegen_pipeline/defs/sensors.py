@@ -5,15 +5,15 @@ import json
 
 import dagster as dg
 
-from imagegen_pipeline.defs.jobs import ingest_job
+from imagegen_pipeline.defs.jobs import pipeline_job
 from imagegen_pipeline.defs.partitions import dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
 from imagegen_pipeline.ingest.landing_watch import decide
 
 
-@dg.sensor(job=ingest_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+@dg.sensor(job=pipeline_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Watches data/raw/: a new or changed dataset folder, once it stops changing for one tick, "
-                       "gets its partition and one ingestion run.")
+                       "gets its partition and one run of the whole chain (ingestion to evaluation).")
 def landing_sensor(context: dg.SensorEvaluationContext, storage: ImagegenStorage) -> dg.SensorResult:
     paths = storage.paths
     cursor = json.loads(context.cursor) if context.cursor else {}

@@ -1,0 +1,175 @@
+"""Asset `evaluation_report` and the `champion` promotion check: judge the latest trained generator by FID, KID,
+precision/recall and the extractor's scores, log it to the generator's MLflow run, and move the registry alias
+`champion` only when the new model is better."""
+
+import json
+import time
+
+import dagster as dg
+import mlflow
+from pydantic import Field
+
+from imagegen_pipeline.atomic import write_bytes_atomic, write_json_atomic
+from imagegen_pipeline.defs.common import curves_png, dataset_of, open_shards
+from imagegen_pipeline.defs.dcgan import GENERATOR_FILE, dcgan_checkpoint
+from imagegen_pipeline.defs.extractor import EXTRACTOR_FILE, image_embeddings
+from imagegen_pipeline.defs.metadata import png_markdown
+from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
+from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
+from imagegen_pipeline.ml import evaluation as core
+from imagegen_pipeline.ml.dcgan import load_generator
+from imagegen_pipeline.ml.embeddings_store import EMBEDDINGS_FILE, embedding_matrix, read_embeddings
+from imagegen_pipeline.ml.extractor import load_extractor
+from imagegen_pipeline.ml.grids import image_grid, png_bytes
+from imagegen_pipeline.ml.metrics import append_jsonl, read_jsonl
+from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache
+from imagegen_pipeline.ml.metrics.inception import InceptionFeatures, MissingDetectorError
+from imagegen_pipeline.ml.runtime import resolve_runtime
+from imagegen_pipeline.tracking.registry import METRIC_TAG, Guard, promote_if_better
+
+GROUP = "evaluation"
+LATEST_FILE = "latest_evaluation.json"  # in reports/<dataset>/: which version the last report judged
+HISTORY_FILE = "history.jsonl"
+
+
+class EvaluationConfig(dg.Config):
+    device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
+    num_samples: int = Field(default=500, description="Generated images to judge (10,000 for paper-comparable FID).")
+    num_real: int = Field(default=500, description="Cap on real images per split (val = reference, train = floor).")
+    per_class_min: int = Field(default=50, description="Per-class FID only for classes with this many images.")
+    detector_batch_size: int = Field(default=64, description="Images per Inception forward pass.")
+    seed: int = Field(default=0, description="Noise seeds and real subsets.")
+
+
+def _generator_summary(paths, dataset: str) -> dict:
+    f = paths.models(dataset) / "generator_summary.json"
+    if not f.is_file():
+        raise dg.Failure(f"{dataset}: no trained generator; materialize dcgan_checkpoint first")
+    return json.loads(f.read_text())
+
+
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "mlflow", "html"},
+          deps=[dcgan_checkpoint, image_embeddings],
+          description="FID/KID (standard InceptionV3) against the val split, the train-vs-val floor, precision/"
+                      "recall, is_domain, asked-for-class accuracy, diversity and memorisation of the latest "
+                      "EMA generator, as JSON, HTML and Markdown; logged to the generator's MLflow run.")
+def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig, storage: ImagegenStorage,
+                      mlflow_tracker: MlflowTracker) -> dg.MaterializeResult:
+    dataset = dataset_of(context)
+    paths = storage.paths
+    summary = _generator_summary(paths, dataset)
+    name, version = summary["registered_model"], str(summary["version"])
+    runtime = resolve_runtime(config.device)
+    reader = open_shards(paths, dataset)
+    generator, gcfg = load_generator(paths.models(dataset) / GENERATOR_FILE, device=runtime.device)
+    splits = {}
+    for split in ("train", "val"):
+        images, labels = reader.load_split(split)
+        splits[split] = core.RealSplit(images, labels, reader.read_column(split, "sha256"))
+    try:
+        detector = InceptionFeatures(runtime=runtime, batch_size=config.detector_batch_size)
+    except MissingDetectorError as exc:
+        raise dg.Failure(str(exc)) from exc
+    extractor = train_emb = None
+    if (paths.models(dataset) / EXTRACTOR_FILE).is_file():
+        extractor, _ = load_extractor(paths.models(dataset) / EXTRACTOR_FILE, device=runtime.device)
+    if (paths.embeddings(dataset) / EMBEDDINGS_FILE).is_file():
+        train_emb = embedding_matrix(read_embeddings(paths.embeddings(dataset), split="train"))
+    eval_cfg = core.EvalConfig(num_samples=config.num_samples, num_real=config.num_real,
+                               per_class_min=config.per_class_min, kid_subset_size=min(1000, config.num_samples),
+                               seed=config.seed)
+    t0 = time.perf_counter()
+    result = core.evaluate_generator(
+        generator, gcfg, train=splits["train"], val=splits["val"], detector=detector,
+        cache=FeatureCache(paths.reports(dataset) / "detector_cache"), extractor=extractor,
+        train_embeddings=train_emb, class_names=reader.class_names, eval_cfg=eval_cfg, runtime=runtime,
+        log=context.log.info)
+    seconds = time.perf_counter() - t0
+    head = core.headline(result.results)
+    out_dir = paths.reports(dataset) / f"eval-v{version}"
+    grid = png_bytes(image_grid(result.samples[:64], nrow=8, tile=max(32, gcfg.resolution)))
+    write_bytes_atomic(out_dir / "samples.png", grid)
+    record = {"dataset": dataset, "registered_model": name, "version": version, "time": time.time(),
+              "headline": head, "results": result.results, "skipped": result.skipped, "seconds": result.seconds,
+              "eval_config": core.eval_config_dict(eval_cfg), "generator_steps": summary.get("steps"),
+              "shards": summary.get("shards"), "extractor_version": summary.get("extractor_version")}
+    write_json_atomic(out_dir / "report.json", record)
+    history_file = paths.reports(dataset) / HISTORY_FILE
+    history = [r for r in (read_jsonl(history_file) if history_file.is_file() else []) if r.get("version") != version]
+    append_jsonl(history_file, {"version": version, "time": record["time"], **head})
+    history.append({"version": version, **head})
+    hist_png = curves_png({k: [(int(r["version"]), r[k]) for r in history if k in r]
+                           for k in ("fid", "kid", "precision", "recall", "conditional_accuracy")},
+                          title=f"{dataset}: metrics by generator version", xlabel="registered version")
+    write_bytes_atomic(out_dir / "history.png", hist_png)
+    title = f"{name} v{version}"
+    markdown = core.report_markdown(title, result.results, result.skipped)
+    write_bytes_atomic(out_dir / "report.md", markdown.encode())
+    write_bytes_atomic(out_dir / "report.html", core.report_html(
+        title, result.results, result.skipped, images={"fixed-seed samples": "samples.png"},
+        history_png="history.png", meta={"dataset": dataset, "generator steps": summary.get("steps"),
+                                         "samples": eval_cfg.num_samples, "real images per split": eval_cfg.num_real,
+                                         "device": runtime.describe()["device_name"]}).encode())
+    write_json_atomic(paths.reports(dataset) / LATEST_FILE, {"version": version, "registered_model": name,
+                                                             "report": str(out_dir / "report.json")})
+    with mlflow_tracker.start_run(paths, dataset, run_name="", run_id=summary["mlflow_run_id"]) as run:
+        mlflow.log_metrics({f"eval_{k}": v for k, v in head.items()})
+        mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
+        client = mlflow.MlflowClient()
+        for k, v in head.items():
+            client.set_model_version_tag(name, version, METRIC_TAG + k, repr(float(v)))
+        link = mlflow_tracker.link(run)
+    context.log.info(f"{title}: " + ", ".join(f"{k}={v:.4g}" for k, v in head.items()))
+    return dg.MaterializeResult(metadata={
+        **{k: round(v, 5) for k, v in head.items()},
+        "generator": title,
+        "eval_seconds": round(seconds, 1),
+        "summary": dg.MetadataValue.md(markdown),
+        "samples": png_markdown(grid, "fixed-seed samples"),
+        "history": png_markdown(hist_png, "metrics by version"),
+        "report_html": dg.MetadataValue.path(str(out_dir / "report.html")),
+        "report_json": dg.MetadataValue.path(str(out_dir / "report.json")),
+        "mlflow_run": dg.MetadataValue.url(link),
+    })
+
+
+def promotion_guards(new_tags: dict) -> list[Guard]:
+    """FID must improve; asked-for-class accuracy (when the model has one) must not drop."""
+    guards = [Guard("fid", higher_is_better=False, strict=True)]
+    if METRIC_TAG + "conditional_accuracy" in new_tags:
+        guards.append(Guard("conditional_accuracy", higher_is_better=True, strict=False))
+    return guards
+
+
+@dg.asset_check(asset=evaluation_report, blocking=False,
+                description="Moves the MLflow alias `champion` to the evaluated generator only if its FID is lower "
+                            "and its asked-for-class accuracy is not lower than the champion's; records why.")
+def generator_promotion(context: dg.AssetCheckExecutionContext, storage: ImagegenStorage,
+                        mlflow_tracker: MlflowTracker) -> dg.AssetCheckResult:
+    paths = storage.paths
+    dataset = context.partition_key if context.op_execution_context.has_partition_key else None
+    if dataset is None:
+        return dg.AssetCheckResult(passed=True, metadata={"note": "run per dataset partition to promote"})
+    latest = paths.reports(dataset) / LATEST_FILE
+    if not latest.is_file():
+        return dg.AssetCheckResult(passed=False, metadata={"error": "no evaluation report yet"})
+    info = json.loads(latest.read_text())
+    from imagegen_pipeline.tracking.store import use_store
+
+    use_store(mlflow_tracker.uri(paths))
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version(info["registered_model"], info["version"])
+    decision = promote_if_better(info["registered_model"], info["version"], promotion_guards(mv.tags), client=client)
+    write_json_atomic(paths.reports(dataset) / "promotion.json", {**info, "promoted": decision.promoted,
+                                                                    "reason": decision.reason,
+                                                                    "champion_before": decision.champion_before})
+    context.log.info(decision.reason)
+    return dg.AssetCheckResult(
+        passed=decision.promoted, severity=dg.AssetCheckSeverity.WARN,
+        metadata={"promoted": decision.promoted, "reason": decision.reason,
+                  "champion_before": decision.champion_before or "none",
+                  "champion_now": info["version"] if decision.promoted else (decision.champion_before or "none")})
+
+
+evaluation_assets = [evaluation_report]
+evaluation_checks = [generator_promotion]

@@ -1,0 +1,155 @@
+"""Judge one generator: sample it, describe samples and real images with the FID Inception and the fine-tuned
+extractor, run the metric registry, and render the report (JSON for machines, Markdown and HTML for people).
+
+Plain PyTorch/numpy: the Dagster asset only wires paths, MLflow and the promotion around `evaluate_generator`.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+
+from imagegen_pipeline.ml.dcgan import DCGANConfig, generate
+from imagegen_pipeline.ml.extractor import embed_images
+from imagegen_pipeline.ml.metrics import MetricContext, compute_metrics, list_metrics
+from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache, cached_reference_stats, hash_row_ids
+from imagegen_pipeline.ml.runtime import Runtime
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 1000  # generated images (balanced over classes for conditional models); 10k for papers
+    num_real: int = 1000  # cap on real images per split fed to the detector (seeded subset)
+    metrics: tuple[str, ...] = ()  # empty = every registered metric
+    per_class_min: int = 100  # per-class FID only where both sides have this many images
+    kid_subset_size: int = 1000  # KID subset size (smaller sets use all images)
+    seed: int = 0  # noise seeds are seed + i; real subsets drawn with this seed
+
+
+@dataclass
+class RealSplit:
+    """A real split as the evaluation needs it: uint8 images, labels and row hashes (the cache key)."""
+
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,), -1 = unlabelled
+    sha256: list[str]
+
+    def subset(self, n: int, seed: int) -> "RealSplit":
+        if len(self.images) <= n:
+            return self
+        idx = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return RealSplit(self.images[idx], self.labels[idx], [self.sha256[i] for i in idx.tolist()])
+
+
+@dataclass
+class EvalResult:
+    results: dict  # merged metric outputs
+    skipped: dict  # metric -> why it could not run
+    seconds: dict  # stage/metric -> seconds
+    samples: np.ndarray = field(repr=False)  # uint8 (N, H, W, C) generated images
+    sample_labels: np.ndarray | None = field(repr=False, default=None)
+    nearest_train: np.ndarray | None = field(repr=False, default=None)  # (N,) index into train rows
+
+
+def sample_for_eval(generator: torch.nn.Module, cfg: DCGANConfig, n: int, *, seed: int,
+                    runtime: Runtime) -> tuple[np.ndarray, np.ndarray | None]:
+    """n images with seeds seed..seed+n-1; class models get labels cycling over every class (balanced)."""
+    seeds = list(range(seed, seed + n))
+    labels = np.arange(n) % cfg.num_classes if cfg.conditioning == "class" else None
+    if cfg.conditioning == "text":
+        raise ValueError("text-conditioned evaluation needs prompts; use the prompt evaluation")
+    images = generate(generator, cfg, seeds=seeds, cond=labels, runtime=runtime)
+    return images, labels
+
+
+def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: RealSplit, val: RealSplit,
+                       detector, cache: FeatureCache, extractor=None, train_embeddings: np.ndarray | None = None,
+                       class_names: list[str] | None = None, eval_cfg: EvalConfig, runtime: Runtime,
+                       log: Callable[[str], None] = lambda _: None) -> EvalResult:
+    """FID/KID against the val split, the train-vs-val floor, precision/recall, extractor-based scores."""
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    samples, labels = sample_for_eval(generator, cfg, eval_cfg.num_samples, seed=eval_cfg.seed, runtime=runtime)
+    fake = torch.from_numpy(samples).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
+    seconds["sample"] = time.perf_counter() - t
+    val_sub, train_sub = val.subset(eval_cfg.num_real, eval_cfg.seed), train.subset(eval_cfg.num_real, eval_cfg.seed)
+    t = time.perf_counter()
+    ref = cached_reference_stats(cache, detector, val_sub.images, content_key=hash_row_ids(val_sub.sha256))
+    floor = cached_reference_stats(cache, detector, train_sub.images, content_key=hash_row_ids(train_sub.sha256))
+    seconds["real_features"] = time.perf_counter() - t
+    log(f"detector features of {len(val_sub.images)} val and {len(train_sub.images)} train images ready "
+        f"({seconds['real_features']:.1f}s, cached by content)")
+    t = time.perf_counter()
+    fake_features = detector.features(fake)
+    seconds["fake_features"] = time.perf_counter() - t
+    log(f"detector features of {len(fake)} samples in {seconds['fake_features']:.1f}s")
+    fake_probs = fake_emb = None
+    if extractor is not None:
+        fake_emb, fake_probs = embed_images(extractor, fake, runtime=runtime)
+    ctx = MetricContext(
+        real_features=ref.features, real_stats=(ref.mu, ref.sigma), real_labels=val_sub.labels.numpy(),
+        heldout_features=floor.features, fake_features=fake_features, fake_labels=labels, fake_probs=fake_probs,
+        fake_embeddings=fake_emb, train_embeddings=train_embeddings, class_names=class_names,
+        per_class_min=eval_cfg.per_class_min, kid_subset_size=eval_cfg.kid_subset_size, seed=eval_cfg.seed,
+        device=str(runtime.device))
+    if labels is None:
+        ctx.fake_labels = None
+    out = compute_metrics(list(eval_cfg.metrics) or list_metrics(), ctx)
+    nearest = None
+    if fake_emb is not None and train_embeddings is not None:
+        from imagegen_pipeline.ml.metrics.memorization import find_nearest_train
+
+        nearest = find_nearest_train(fake_emb, train_embeddings, device=str(runtime.device)).indices
+    return EvalResult(out["results"], out["skipped"], {**seconds, **out["seconds"]}, samples, labels, nearest)
+
+
+HEADLINE = ("fid", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity",
+            "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean")
+
+
+def headline(results: dict) -> dict[str, float]:
+    """The scalar metrics people compare runs by (missing ones left out)."""
+    return {k: float(results[k]) for k in HEADLINE if isinstance(results.get(k), (int, float))}
+
+
+def report_markdown(title: str, results: dict, skipped: dict, *, promotion: str | None = None) -> str:
+    lines = [f"### {title}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in headline(results).items()]
+    if promotion:
+        lines += ["", f"**Promotion:** {promotion}"]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())]
+    per_class = results.get("conditional_accuracy_per_class")
+    if isinstance(per_class, dict) and per_class:
+        lines += ["", "| class | asked-for accuracy |", "|---|---|"]
+        lines += [f"| {html.escape(str(c))} | {a:.3f} |" for c, a in list(per_class.items())[:40]]
+    return "\n".join(lines)
+
+
+def report_html(title: str, results: dict, skipped: dict, *, images: dict[str, str], history_png: str | None,
+                meta: dict) -> str:
+    """One page: headline table, all results, plots and sample images (as relative links or data URIs)."""
+    esc = html.escape
+    rows = "".join(f"<tr><td>{esc(k)}</td><td>{v:.4g}</td></tr>" for k, v in headline(results).items())
+    other = "".join(f"<tr><td>{esc(str(k))}</td><td><code>{esc(str(v))[:400]}</code></td></tr>"
+                    for k, v in results.items() if k not in HEADLINE)
+    skips = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in skipped.items())
+    pics = "".join(f"<figure><img src='{esc(src)}' alt='{esc(name)}'><figcaption>{esc(name)}</figcaption></figure>"
+                   for name, src in images.items())
+    hist = f"<h2>History</h2><img src='{esc(history_png)}' alt='metric history'>" if history_png else ""
+    meta_rows = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in meta.items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
+td{{border:1px solid #ccc;padding:3px 8px}}figure{{display:inline-block;margin:8px}}img{{image-rendering:pixelated;max-width:520px}}</style>
+</head><body><h1>{esc(title)}</h1><table>{meta_rows}</table><h2>Headline</h2><table>{rows}</table>
+<h2>Samples</h2>{pics}{hist}<h2>All results</h2><table>{other}</table><h2>Skipped</h2><ul>{skips or '<li>none</li>'}</ul>
+</body></html>"""
+
+
+def eval_config_dict(cfg: EvalConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,90 @@
+"""evaluation_report + the champion promotion check, through real Dagster runs, real Inception and real MLflow."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import mlflow
+import pytest
+
+from imagegen_pipeline.datasets import import_dataset
+from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
+from imagegen_pipeline.defs.evaluation import evaluation_checks, evaluation_report
+from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
+from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
+from imagegen_pipeline.tracking.registry import METRIC_TAG
+from imagegen_pipeline_tests.conftest import run_ingest
+from imagegen_pipeline_tests.test_dcgan_asset import TINY_GAN
+from imagegen_pipeline_tests.test_features_assets import TINY_EXTRACTOR
+
+TINY_EVAL = {"device": "cpu", "num_samples": 20, "num_real": 20, "per_class_min": 2, "detector_batch_size": 20}
+GENERATOR = "imagegen-generator-mnist"
+
+
+@pytest.fixture
+def trained(paths, instance, mlflow_uri):
+    import_dataset("mnist", paths, limit=200)
+    assert run_ingest(instance, "mnist").success
+    return paths
+
+
+def run(paths, instance, assets, **ops) -> dg.ExecuteInProcessResult:
+    config = {"feature_extractor": TINY_EXTRACTOR, "image_embeddings": {"device": "cpu"},
+              "dcgan_checkpoint": TINY_GAN, "evaluation_report": TINY_EVAL}
+    config.update(ops)
+    result = dg.materialize(assets, partition_key="mnist", instance=instance, raise_on_error=False,
+                            resources={"storage": ImagegenStorage(home=str(paths.home)),
+                                       "mlflow_tracker": MlflowTracker()},
+                            run_config={"ops": {k: {"config": v} for k, v in config.items()
+                                                if k in {key.to_user_string() for a in assets for key in a.keys}}})
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return result
+
+
+def promotion(result) -> tuple[bool, str]:
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "generator_promotion"]
+    return check.passed, check.metadata["reason"].value
+
+
+def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, instance, mlflow_uri):
+    """All metrics land in JSON/HTML/metadata and the generator's MLflow run; v1 takes `champion`."""
+    paths = trained
+    result = run(paths, instance, [feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report,
+                                   *evaluation_checks])
+    [mat] = result.asset_materializations_for_node("evaluation_report")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    for key in ("fid", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "real_floor_fid"):
+        assert isinstance(meta[key], float), key
+    assert meta["fid"] > 0 and 0 <= meta["conditional_accuracy"] <= 1
+    assert "| fid |" in meta["summary"] and "data:image/png;base64," in meta["samples"]
+    report = json.loads((paths.reports("mnist") / "eval-v1" / "report.json").read_text())
+    assert report["headline"]["fid"] == pytest.approx(meta["fid"], rel=1e-4)
+    assert "memorization_nn_distance_mean" in report["results"]
+    assert (paths.reports("mnist") / "eval-v1" / "report.html").read_text().count("<tr>") > 5
+    assert promotion(result) == (True, "first model: version 1 becomes champion")
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    champion = client.get_model_version_by_alias(GENERATOR, "champion")
+    assert str(champion.version) == "1" and float(champion.tags[METRIC_TAG + "fid"]) == pytest.approx(meta["fid"])
+    run_data = client.get_run(champion.run_id).data
+    assert run_data.metrics["eval_fid"] == pytest.approx(meta["fid"])
+    assert "evaluation" in {a.path for a in client.list_artifacts(champion.run_id)}
+
+
+def test_champion_moves_only_when_fid_improves(trained, instance, mlflow_uri):
+    """A worse FID keeps the old champion and says why; a better one takes the alias."""
+    paths = trained
+    run(paths, instance, [feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report, *evaluation_checks])
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(GENERATOR, "1", METRIC_TAG + "fid", "0.001")  # an unbeatable champion
+    second = run(paths, instance, [dcgan_checkpoint, evaluation_report, *evaluation_checks])
+    passed, reason = promotion(second)
+    assert not passed and reason.startswith("kept v1 as champion: fid")
+    assert str(client.get_model_version_by_alias(GENERATOR, "champion").version) == "1"
+    assert "kept v1" in client.get_model_version(GENERATOR, "2").tags["imagegen.promotion"]
+
+    client.set_model_version_tag(GENERATOR, "1", METRIC_TAG + "fid", "1e9")  # now v2 is better
+    third = run(paths, instance, [evaluation_report, *evaluation_checks])
+    assert promotion(third)[0] and str(client.get_model_version_by_alias(GENERATOR, "champion").version) == "2"
