@@ -234,6 +234,11 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
             print(f"note: no {uri} yet (evaluation promotes the champion); using {uris[i + 1]}", file=sys.stderr)
     conditioning = (model.metadata.metadata or {}).get("conditioning", "?")
     print(f"generator {uri} (conditioning: {conditioning})")
+    if conditioning == "text" and not args.prompt:
+        raise ValueError(f"{uri} is conditioned on text: give a prompt, e.g. imagegen generate \"a cat with a hat\" "
+                         f"--dataset {dataset}")
+    if conditioning == "class" and not args.label:
+        raise ValueError(f"{uri} is conditioned on classes: give --label (a class name); a prompt only re-ranks")
     text = args.prompt or args.label
     scorer, k = None, args.candidates
     if text:
@@ -320,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                                           "best of --candidates each by prompt score")
     gen.add_argument("prompt", nargs="?", help='what to draw, e.g. "a cat with a hat" (text-conditioned models)')
     gen.add_argument("--dataset", required=True, help="whose generator: imagegen-generator-<dataset>")
-    gen.add_argument("--label", help="class name for class-conditioned models (also the scoring text without a prompt)")
+    gen.add_argument("--label", help="class name for class-conditioned models (and the scoring text if no prompt)")
     gen.add_argument("--n", type=int, default=16, help="images to return (default 16)")
     gen.add_argument("--candidates", type=int, default=4, help="candidates generated per returned image (default 4)")
     gen.add_argument("--seed", type=int, default=0, help="first seed; candidates use seed, seed+1, ...")

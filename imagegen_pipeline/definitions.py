@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from imagegen_pipeline.defs.captions import caption_assets
 from imagegen_pipeline.defs.checks import ingestion_checks
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.defs.evaluation import evaluation_checks, evaluation_report
@@ -9,16 +10,17 @@ from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
 from imagegen_pipeline.defs.feature_checks import feature_checks
 from imagegen_pipeline.defs.gallery import gallery_assets
 from imagegen_pipeline.defs.ingestion import image_shards, raw_images
-from imagegen_pipeline.defs.jobs import evaluate_job, features_job, ingest_job, pipeline_job, retrain_job, train_job
+from imagegen_pipeline.defs.jobs import (captions_job, evaluate_job, features_job, ingest_job, pipeline_job, retrain_job,
+                                        train_job)
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.defs.schedules import retrain_changed_datasets
 from imagegen_pipeline.defs.sensors import landing_sensor
 
 defs = dg.Definitions(
     assets=[raw_images, image_shards, feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report,
-            *gallery_assets],
+            *gallery_assets, *caption_assets],
     asset_checks=[*ingestion_checks, *feature_checks, *evaluation_checks],
-    jobs=[ingest_job, features_job, train_job, evaluate_job, retrain_job, pipeline_job],
+    jobs=[ingest_job, features_job, captions_job, train_job, evaluate_job, retrain_job, pipeline_job],
     schedules=[retrain_changed_datasets],
     sensors=[landing_sensor],
     resources={"storage": ImagegenStorage(), "mlflow_tracker": MlflowTracker()},

