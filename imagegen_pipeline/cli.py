@@ -277,6 +277,46 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, paths: DataPaths) -> int:
+    """Become `mlflow models serve` for models:/imagegen-generator-<dataset>@<alias>, over the project's store.
+
+    exec, not a child: Ctrl-C and SIGTERM reach MLflow directly, and nothing is left behind when it stops."""
+    import mlflow
+
+    from imagegen_pipeline.tracking.registry import registered_name
+    from imagegen_pipeline.tracking.store import default_tracking_uri
+
+    dataset = validate_dataset_name(args.dataset)
+    name, tracking_uri = registered_name("generator", dataset), default_tracking_uri(paths)
+    try:
+        mv = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(
+            name, args.alias)
+    except mlflow.exceptions.MlflowException as exc:
+        print(f"error: no models:/{name}@{args.alias} in {tracking_uri}: {str(exc).splitlines()[0]}\n"
+              f"(`imagegen train {dataset}` registers @candidate; evaluation promotes @champion; "
+              "try --alias candidate)", file=sys.stderr)
+        return 2
+    bin_dir = str(Path(sys.executable).parent)  # MLflow starts `uvicorn` through $PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": tracking_uri,
+           "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
+    argv = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{name}@{args.alias}",
+            "--env-manager", "local", "-h", args.host, "-p", str(args.port)]
+    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
+    print(f"serving {name} v{mv.version} (@{args.alias}) on http://{host}:{args.port}/invocations "
+          f"(store {tracking_uri})\ntry: curl -s http://{host}:{args.port}/invocations -H 'Content-Type: "
+          "application/json' -d '{\"dataframe_split\": {\"columns\": [\"label\", \"seed\", \"count\"], "
+          "\"data\": [[\"3\", 7, 2]]}, \"params\": {\"format\": \"png\"}}'", flush=True)
+    os.execve(argv[0], argv, env)
+    return 1  # not reached
+
+
+def cmd_review(args: argparse.Namespace, paths: DataPaths) -> int:
+    from imagegen_pipeline.review.server import serve_review
+
+    return serve_review(paths, validate_dataset_name(args.dataset), host=args.host, port=args.port, n=args.n,
+                        model_uri=args.model_uri)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="imagegen", description=__doc__)
     p.add_argument("--home", help="data root (default: $IMAGEGEN_HOME, else the repo root)")
@@ -338,6 +378,23 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     ui.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port")
     ui.set_defaults(func=cmd_ui)
+    srv = sub.add_parser("serve", help="serve the registered generator over HTTP (`mlflow models serve`, "
+                                       "POST /invocations)")
+    srv.add_argument("dataset")
+    srv.add_argument("--alias", default="champion", help="registry alias to serve (default champion; "
+                                                         "`candidate` before evaluation has promoted one)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    srv.add_argument("--port", type=int, default=5001, help="port (default 5001; the MLflow UI has 5000)")
+    srv.set_defaults(func=cmd_serve)
+    rev = sub.add_parser("review", help="a web page where people tell real from generated images; answers "
+                                        "go to data/reviews/<dataset>/reviews.sqlite")
+    rev.add_argument("dataset")
+    rev.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    rev.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    rev.add_argument("--n", type=int, default=40, help="pairs to show (default 40)")
+    rev.add_argument("--model-uri", help="default models:/imagegen-generator-<dataset>@champion, else @candidate, "
+                                         "else data/models/<dataset>/generator.safetensors")
+    rev.set_defaults(func=cmd_review)
     return p
 
 

@@ -6,15 +6,18 @@ daemon and code server, MLflow's uvicorn worker). `imagegen ui` and the browser 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
 from imagegen_pipeline.paths import REPO_ROOT, DataPaths
 
 LOOPBACK = "127.0.0.1"
@@ -36,13 +39,26 @@ def _venv_bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+@contextlib.contextmanager
+def _children_get_default_sigint():
+    """`dagster dev` maps SIGTERM to its SIGINT handler, so a child that inherits an ignored SIGINT (we were
+    started as a background job) would ignore SIGTERM too. A handler set here is reset to the default at exec."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) != signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda *_: None)  # still ignored here
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _popen(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path | None) -> subprocess.Popen:
     """Start `argv` as the leader of a new process group; output to `log` (appended) or to our terminal."""
-    if log is None:
-        return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, start_new_session=True)
-    with open(log, "ab") as out:  # the child holds its own copy of the descriptor
+    with _children_get_default_sigint(), contextlib.ExitStack() as files:
+        out = files.enter_context(open(log, "ab")) if log else None  # the child keeps its own copy
         return subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT if out else None, start_new_session=True)
 
 
 def start_dagster(paths: DataPaths, *, host: str = LOOPBACK, port: int = 3000, mlflow_url: str | None = None,
@@ -61,7 +77,8 @@ def start_dagster(paths: DataPaths, *, host: str = LOOPBACK, port: int = 3000, m
     return _popen(argv, env=env, cwd=REPO_ROOT, log=log)
 
 
-def start_mlflow(paths: DataPaths, *, host: str = LOOPBACK, port: int = 5000, log: Path | None = None) -> subprocess.Popen:
+def start_mlflow(paths: DataPaths, *, host: str = LOOPBACK, port: int = 5000,
+                 log: Path | None = None) -> subprocess.Popen:
     """`mlflow server` over the pipeline's store (`<home>/mlruns/mlflow.db`, artifacts in `<home>/mlruns/artifacts`).
 
     One worker and no job runner (MLflow's GenAI job queue spawns its own consumers): a UI for one person."""
@@ -100,10 +117,14 @@ def stop(*procs: subprocess.Popen, timeout: float = 20) -> None:
     groups = []
     for proc in procs:
         try:
-            groups.append(os.getpgid(proc.pid))
-            os.killpg(groups[-1], signal.SIGTERM)
+            pgid = os.getpgid(proc.pid)
         except ProcessLookupError:  # already gone (and reaped)
-            pass
+            continue
+        if pgid == os.getpgid(0):  # not started in its own group: never signal our own
+            proc.terminate()
+            continue
+        groups.append(pgid)
+        os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(_group_alive(g) for g in groups):
         for proc in procs:
@@ -115,7 +136,11 @@ def stop(*procs: subprocess.Popen, timeout: float = 20) -> None:
         except ProcessLookupError:
             pass
     for proc in procs:
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # only a leader outside its own group can get here
+            proc.kill()
+            proc.wait()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -133,10 +158,10 @@ def serve(paths: DataPaths, *, host: str = LOOPBACK, port: int = 3000, mlflow_po
     dagster_url, mlflow_url = url_for(host, port), url_for(host, mlflow_port)
     procs: dict[str, subprocess.Popen] = {}
 
-    def _terminate(signum, _frame):
+    def _terminate(_signum, _frame):
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    previous_term, previous_int = signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGINT)
     try:
         procs["MLflow"] = start_mlflow(paths, host=host, port=mlflow_port)
         procs["Dagster"] = start_dagster(paths, host=host, port=port, mlflow_url=mlflow_url)
@@ -157,5 +182,5 @@ def serve(paths: DataPaths, *, host: str = LOOPBACK, port: int = 3000, mlflow_po
         try:
             stop(*procs.values())
         finally:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)

@@ -261,3 +261,13 @@ def test_quantize_uint8_follows_stylegan_rounding():
     x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0])
     assert inception.quantize_uint8(x).tolist() == [0, 0, 128, 255, 255]
     assert inception.quantize_uint8(torch.tensor([0.0, 0.5, 1.0]), value_range=(0.0, 1.0)).tolist() == [0, 128, 255]
+
+
+def test_fid_from_few_features_equals_the_covariance_formula():
+    """The nuclear-norm shortcut for N < D gives the same FID as the two-eigendecomposition formula."""
+    from imagegen_pipeline.ml.metrics.fid import feature_stats, fid_from_features, frechet_distance
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(40, 96)), rng.normal(size=(25, 96)) * 1.3 + 0.2
+    full = frechet_distance(*feature_stats(a), *feature_stats(b))
+    assert fid_from_features(a, b) == pytest.approx(full, rel=1e-6)

@@ -1,4 +1,4 @@
-"""The two UIs for real: `dagster dev` and `mlflow server` on loopback, driven like a person would, in headless Chromium."""
+"""The two UIs for real: `dagster dev` and `mlflow server` on loopback, looked at in headless Chromium."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ QUICK = {"execution": {"config": {"in_process": {}}},
 
 
 def graphql(base: str, query: str, variables: dict | None = None) -> dict:
-    req = urllib.request.Request(f"{base}/graphql", data=json.dumps({"query": query, "variables": variables or {}}).encode(),
-                                 headers={"Content-Type": "application/json"}, method="POST")
+    payload = json.dumps({"query": query, "variables": variables or {}}).encode()
+    req = urllib.request.Request(f"{base}/graphql", data=payload, headers={"Content-Type": "application/json"},
+                                 method="POST")
     with urllib.request.urlopen(req, timeout=30) as resp:
-        body = json.load(resp)
-    assert not body.get("errors"), body["errors"]
-    return body["data"]
+        answer = json.load(resp)
+    assert not answer.get("errors"), answer["errors"]
+    return answer["data"]
 
 
 WORKSPACE = """query { workspaceOrError { __typename ... on Workspace { locationEntries {
@@ -70,7 +71,7 @@ def wait_run(base: str, run_id: str, *, timeout: float) -> dict:
         time.sleep(0.5)
 
 
-def test_ingest_launched_through_the_dagster_ui_api_materializes_and_the_asset_page_shows_it(paths, tmp_path, monkeypatch):
+def test_dagster_ui_runs_ingest_for_a_partition_and_shows_the_materialized_asset(paths, tmp_path, monkeypatch):
     """A real `dagster dev` (webserver + daemon) runs `ingest_job` for partition mnist launched over GraphQL as the
     UI does, and the rendered asset page shows image_shards (upstream raw_images) materialized for mnist."""
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / ".dagster"))
@@ -88,7 +89,8 @@ def test_ingest_launched_through_the_dagster_ui_api_materializes_and_the_asset_p
         wait_http(f"{base}/server_info", timeout=90, proc=server)
         wait_location_loaded(base, timeout=90)
         launched = graphql(base, LAUNCH_RUN, {"executionParams": {
-            "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__", "jobName": "ingest_job"},
+            "selector": {"repositoryLocationName": LOCATION, "repositoryName": "__repository__",
+                         "jobName": "ingest_job"},
             "runConfigData": QUICK,
             "executionMetadata": {"tags": [{"key": "dagster/partition", "value": "mnist"}]}}})["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
@@ -115,7 +117,7 @@ MODEL_CODE = '''import mlflow.pyfunc
 
 
 class Echo(mlflow.pyfunc.PythonModel):
-    def predict(self, context, model_input):
+    def predict(self, model_input: list[str]) -> list[str]:
         return model_input
 
 
@@ -127,11 +129,11 @@ def test_registered_generator_is_listed_in_the_mlflow_ui(paths, mlflow_uri, tmp_
     """A real `mlflow server` over the pipeline's store lists imagegen-generator-mnist on its registered-models page."""
     import mlflow
 
+    from imagegen_pipeline.tracking.store import artifact_root, start_run
+
     code = tmp_path / "echo_model.py"
     code.write_text(MODEL_CODE)
-    mlflow.set_tracking_uri(mlflow_uri)
-    mlflow.set_registry_uri(mlflow_uri)
-    with mlflow.start_run():
+    with start_run(mlflow_uri, "mnist", artifacts=artifact_root(paths), run_name="tiny"):  # artifacts in tmp_path
         mlflow.pyfunc.log_model(name="generator", python_model=str(code), pip_requirements=["mlflow"],
                                 registered_model_name="imagegen-generator-mnist")
 

@@ -48,6 +48,27 @@ def _generator_summary(paths, dataset: str) -> dict:
     return json.loads(f.read_text())
 
 
+def _held_out_captions(paths, dataset: str, with_bank: bool) -> dict:
+    """A text model is judged on the val split's captions; the train split's captions + image embeddings are
+    the caption bank that R-precision describes generated images with."""
+    from imagegen_pipeline.ml.prompt_score import CAPTIONS_FILE, CaptionBank, read_captions
+
+    if not (paths.embeddings(dataset) / CAPTIONS_FILE).is_file():
+        raise dg.Failure(f"{dataset}: the generator is text-conditioned and is evaluated on held-out captions; "
+                         f"no {paths.embeddings(dataset) / CAPTIONS_FILE}: materialize caption_embeddings")
+    val = read_captions(paths.embeddings(dataset), split="val")
+    if len(val) < 2:
+        raise dg.Failure(f"{dataset}: {len(val)} val captions; a text model needs held-out captions to be judged on")
+    bank = None
+    if with_bank:
+        try:
+            bank = CaptionBank.from_frames(read_embeddings(paths.embeddings(dataset), split="train"),
+                                           read_captions(paths.embeddings(dataset), split="train"))
+        except ValueError:  # embeddings and captions from different shards: r_precision is skipped, says why
+            bank = None
+    return {"text_conds": embedding_matrix(val), "caption_ids": val["sha256"].tolist(), "caption_bank": bank}
+
+
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "mlflow", "html"},
           deps=[dcgan_checkpoint, image_embeddings],
           description="FID/KID (standard InceptionV3) against the val split, the train-vs-val floor, precision/"
@@ -75,6 +96,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         extractor, _ = load_extractor(paths.models(dataset) / EXTRACTOR_FILE, device=runtime.device)
     if (paths.embeddings(dataset) / EMBEDDINGS_FILE).is_file():
         train_emb = embedding_matrix(read_embeddings(paths.embeddings(dataset), split="train"))
+    text = _held_out_captions(paths, dataset, train_emb is not None) if gcfg.conditioning == "text" else {}
     eval_cfg = core.EvalConfig(num_samples=config.num_samples, num_real=config.num_real,
                                per_class_min=config.per_class_min, kid_subset_size=min(1000, config.num_samples),
                                seed=config.seed)
@@ -83,7 +105,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         generator, gcfg, train=splits["train"], val=splits["val"], detector=detector,
         cache=FeatureCache(paths.reports(dataset) / "detector_cache"), extractor=extractor,
         train_embeddings=train_emb, class_names=reader.class_names, eval_cfg=eval_cfg, runtime=runtime,
-        log=context.log.info)
+        log=context.log.info, **text)
     seconds = time.perf_counter() - t0
     head = core.headline(result.results)
     out_dir = paths.reports(dataset) / f"eval-v{version}"

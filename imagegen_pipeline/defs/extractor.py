@@ -2,6 +2,7 @@
 accepted image described as a 1280-d vector the GAN, the evaluation and near-duplicate search use."""
 
 
+import json
 import time
 from pathlib import Path
 
@@ -160,6 +161,9 @@ def image_embeddings(context: dg.AssetExecutionContext, config: ImageEmbeddingsC
     if not model_file.is_file():
         raise dg.Failure(f"{dataset}: no {model_file}; materialize feature_extractor first")
     model, meta = core.load_extractor(model_file)
+    summary_file = paths.models(dataset) / SUMMARY_FILE
+    if summary_file.is_file():  # the registered version is known only after the weights were saved
+        meta = {**meta, **json.loads(summary_file.read_text())}
     runtime = resolve_runtime(config.device)
     t0 = time.perf_counter()
     parts, n = [], 0

@@ -18,6 +18,7 @@ from imagegen_pipeline.ml.dcgan import DCGANConfig, generate
 from imagegen_pipeline.ml.extractor import embed_images
 from imagegen_pipeline.ml.metrics import MetricContext, compute_metrics, list_metrics
 from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache, cached_reference_stats, hash_row_ids
+from imagegen_pipeline.ml.prompt_score import CaptionBank, r_precision
 from imagegen_pipeline.ml.runtime import Runtime
 
 
@@ -56,25 +57,76 @@ class EvalResult:
     nearest_train: np.ndarray | None = field(repr=False, default=None)  # (N,) index into train rows
 
 
-def sample_for_eval(generator: torch.nn.Module, cfg: DCGANConfig, n: int, *, seed: int,
-                    runtime: Runtime) -> tuple[np.ndarray, np.ndarray | None]:
-    """n images with seeds seed..seed+n-1; class models get labels cycling over every class (balanced)."""
+def caption_rows(n: int, m: int, *, seed: int) -> np.ndarray:
+    """Which of m held-out captions each of n text-model samples is drawn for: a seeded subset when there are
+    enough captions, else all of them in turn."""
+    if m < 1:
+        raise ValueError("text-conditioned evaluation needs at least one held-out caption")
+    if m >= n:
+        return np.sort(np.random.default_rng(seed).choice(m, n, replace=False))
+    return np.arange(n) % m
+
+
+def sample_for_eval(generator: torch.nn.Module, cfg: DCGANConfig, n: int, *, seed: int, runtime: Runtime,
+                    text_conds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """n images with seeds seed..seed+n-1; class models get labels cycling over every class (balanced), text
+    models the held-out caption vectors `text_conds` (M, text_dim), rows picked by `caption_rows`."""
     seeds = list(range(seed, seed + n))
     labels = np.arange(n) % cfg.num_classes if cfg.conditioning == "class" else None
+    cond = labels
     if cfg.conditioning == "text":
-        raise ValueError("text-conditioned evaluation needs prompts; use the prompt evaluation")
-    images = generate(generator, cfg, seeds=seeds, cond=labels, runtime=runtime)
+        if text_conds is None:
+            raise ValueError("a text-conditioned generator is evaluated on held-out captions: pass text_conds "
+                             "(the val split's caption vectors from captions.parquet)")
+        text_conds = np.asarray(text_conds, dtype=np.float32)
+        if text_conds.ndim != 2 or text_conds.shape[1] != cfg.text_dim:
+            raise ValueError(f"text_conds must be (M, {cfg.text_dim}), got {text_conds.shape}")
+        cond = text_conds[caption_rows(n, len(text_conds), seed=seed)]  # (n, text_dim)
+    images = generate(generator, cfg, seeds=seeds, cond=cond, runtime=runtime)
     return images, labels
+
+
+def text_r_precision(bank: CaptionBank, fake_embeddings: np.ndarray, own_captions: np.ndarray, *,
+                     real_embeddings: np.ndarray | None = None, neighbours: int = 5, seed: int = 0) -> dict:
+    """R-precision (R=1): each generated image, described by the captions of its nearest training images, must
+    rank the caption it was drawn for above up to 99 other held-out captions (chance: 1 / (distractors + 1)). With
+    `real_embeddings` (the held-out images those captions belong to) the same judge scores the real images:
+    the ceiling this proxy can reach."""
+    out = {"r_precision": r_precision(bank.text_proxies(fake_embeddings, k=neighbours), own_captions, seed=seed)}
+    distinct = len(np.unique(np.round(own_captions, 5), axis=0))
+    out["r_precision_chance"] = 1.0 / min(100, distinct)
+    if real_embeddings is not None:
+        out["r_precision_real"] = r_precision(bank.text_proxies(real_embeddings, k=neighbours), own_captions,
+                                              seed=seed)
+    return out
 
 
 def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: RealSplit, val: RealSplit,
                        detector, cache: FeatureCache, extractor=None, train_embeddings: np.ndarray | None = None,
                        class_names: list[str] | None = None, eval_cfg: EvalConfig, runtime: Runtime,
+                       text_conds: np.ndarray | None = None, caption_ids: list[str] | None = None,
+                       caption_bank: CaptionBank | None = None,
                        log: Callable[[str], None] = lambda _: None) -> EvalResult:
-    """FID/KID against the val split, the train-vs-val floor, precision/recall, extractor-based scores."""
+    """FID/KID against the val split, the train-vs-val floor, precision/recall, extractor-based scores.
+
+    Text models are sampled on held-out captions: `text_conds` (M, text_dim) with `caption_ids` (M,), the sha256
+    of the val image each caption belongs to (its class becomes the sample's asked-for class). With the
+    extractor and `caption_bank` (training images' embeddings and captions) they also get `r_precision`.
+    """
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    samples, labels = sample_for_eval(generator, cfg, eval_cfg.num_samples, seed=eval_cfg.seed, runtime=runtime)
+    samples, labels = sample_for_eval(generator, cfg, eval_cfg.num_samples, seed=eval_cfg.seed, runtime=runtime,
+                                      text_conds=text_conds)
+    rows = source = None
+    if cfg.conditioning == "text":
+        rows = caption_rows(eval_cfg.num_samples, len(text_conds), seed=eval_cfg.seed)  # as sample_for_eval drew
+        if caption_ids is not None:
+            if len(caption_ids) != len(text_conds):
+                raise ValueError(f"{len(caption_ids)} caption_ids for {len(text_conds)} caption vectors")
+            where = {sha: i for i, sha in enumerate(val.sha256)}
+            source = np.array([where.get(caption_ids[r], -1) for r in rows], dtype=np.int64)  # (n,) val row or -1
+            if (source >= 0).all() and bool((val.labels[torch.from_numpy(source)] >= 0).all()):
+                labels = val.labels[torch.from_numpy(source)].numpy()
     fake = torch.from_numpy(samples).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     seconds["sample"] = time.perf_counter() - t
     val_sub, train_sub = val.subset(eval_cfg.num_real, eval_cfg.seed), train.subset(eval_cfg.num_real, eval_cfg.seed)
@@ -100,6 +152,12 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
     if labels is None:
         ctx.fake_labels = None
     out = compute_metrics(list(eval_cfg.metrics) or list_metrics(), ctx)
+    if rows is not None:
+        t = time.perf_counter()
+        _add_text_metrics(out, text_conds=np.asarray(text_conds, np.float32)[rows], fake_emb=fake_emb,
+                          bank=caption_bank, extractor=extractor, val=val, source=source, runtime=runtime,
+                          seed=eval_cfg.seed)
+        out["seconds"]["r_precision"] = round(time.perf_counter() - t, 4)
     nearest = None
     if fake_emb is not None and train_embeddings is not None:
         from imagegen_pipeline.ml.metrics.memorization import find_nearest_train
@@ -108,8 +166,25 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
     return EvalResult(out["results"], out["skipped"], {**seconds, **out["seconds"]}, samples, labels, nearest)
 
 
+def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray | None, bank: CaptionBank | None,
+                      extractor, val: RealSplit, source: np.ndarray | None, runtime: Runtime, seed: int) -> None:
+    """R-precision of a text model's samples into out['results'] (or the reason it could not run into 'skipped')."""
+    if fake_emb is None or bank is None:
+        out["skipped"]["r_precision"] = "needs the fine-tuned extractor and the caption bank (image_embeddings + " \
+                                        "caption_embeddings)"
+        return
+    real_emb = None
+    if source is not None and (source >= 0).all():
+        real_emb, _ = embed_images(extractor, val.images[torch.from_numpy(source)], runtime=runtime)
+    try:
+        out["results"].update(text_r_precision(bank, fake_emb, text_conds, real_embeddings=real_emb, seed=seed))
+    except ValueError as exc:
+        out["skipped"]["r_precision"] = str(exc)
+
+
 HEADLINE = ("fid", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity",
-            "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean")
+            "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean", "r_precision",
+            "r_precision_real")
 
 
 def headline(results: dict) -> dict[str, float]:

@@ -1,0 +1,186 @@
+"""Review pairs: one real image from the shards and one generated for the same label or caption, sides at random.
+
+No HTTP here: the server only looks pairs up by their random id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from imagegen_pipeline.ml.shard_reader import ShardReader
+from imagegen_pipeline.paths import DataPaths, validate_dataset_name
+
+GENERATOR_FILE = "generator.safetensors"  # what dcgan_checkpoint exports to data/models/<dataset>/
+
+
+@dataclass(frozen=True)
+class GeneratorSource:
+    """Where the generated images come from, and how to make them."""
+
+    model_name: str  # imagegen-generator-<dataset>, or file:<path>
+    model_version: str  # registry version, or sha256[:16] of the weights file
+    description: str  # for people: "imagegen-generator-mnist v3 (@champion)"
+    conditioning: str  # "none" | "class" | "text"
+    generate: Callable[[Sequence[str | None], Sequence[int]], np.ndarray]  # prompts, seeds -> uint8 (N, H, W, C)
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    id: str  # random token: says nothing about which side is real
+    prompt: str | None  # label or caption both images should show; None for an unconditional model
+    seed: int
+    real_sha256: str | None
+    real_side: str  # "left" | "right"
+    left_png: bytes
+    right_png: bytes
+
+
+def open_generator(paths: DataPaths, dataset: str, *, model_uri: str | None = None) -> GeneratorSource:
+    """`model_uri`, else the registry's @champion, else @candidate, else the exported generator.safetensors."""
+    import mlflow
+
+    from imagegen_pipeline.tracking.registry import registered_name
+    from imagegen_pipeline.tracking.store import default_tracking_uri, use_store
+
+    use_store(default_tracking_uri(paths))
+    name = registered_name("generator", validate_dataset_name(dataset))
+    uris = [model_uri] if model_uri else [f"models:/{name}@champion", f"models:/{name}@candidate"]
+    errors = []
+    for uri in uris:
+        try:
+            model, source = _load_pinned(uri)
+        except (mlflow.exceptions.MlflowException, OSError) as exc:
+            errors.append(f"{uri}: {str(exc).splitlines()[0]}")
+            continue
+        return _pyfunc_source(model, *source)
+    weights = paths.models(dataset) / GENERATOR_FILE
+    if model_uri is None and weights.is_file():
+        print(f"note: no registered generator ({'; '.join(errors)}); using {weights}", file=sys.stderr)
+        return _file_source(weights)
+    raise FileNotFoundError(f"no generator for {dataset}: {'; '.join(errors)}; and no {weights} "
+                            f"(train one with `imagegen train {dataset}`)")
+
+
+def _load_pinned(uri: str):
+    """Load a pyfunc; an alias is resolved to its version first, so the answers name the version that was shown
+    even if the alias moves meanwhile. Returns (model, (name, version, description))."""
+    import mlflow
+
+    if not uri.startswith("models:/"):
+        model = mlflow.pyfunc.load_model(uri)
+        return model, (uri, model.metadata.model_uuid or "?", uri)
+    name, _, alias = uri[len("models:/"):].partition("@")
+    if alias:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
+    else:
+        name, _, version = name.partition("/")
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    return model, (name, str(version), f"{name} v{version}" + (f" (@{alias})" if alias else ""))
+
+
+def _pyfunc_source(model, name: str, version: str, description: str) -> GeneratorSource:
+    import pandas as pd
+
+    conditioning = (model.metadata.metadata or {}).get("conditioning", "none")
+    column = {"class": "label", "text": "prompt"}.get(conditioning)
+
+    def generate(prompts: Sequence[str | None], seeds: Sequence[int]) -> np.ndarray:
+        frame = pd.DataFrame({"seed": [int(s) for s in seeds], "count": [1] * len(seeds)})
+        if column:
+            frame.insert(0, column, list(prompts))
+        return model.predict(frame, params={"format": "array"})
+
+    return GeneratorSource(name, version, description, conditioning, generate)
+
+
+def _file_source(weights: Path) -> GeneratorSource:
+    from imagegen_pipeline.ml.dcgan import generate as dcgan_generate
+    from imagegen_pipeline.ml.dcgan import load_generator
+
+    generator, cfg = load_generator(weights)
+    class_names = list(cfg.extra.get("class_names", []))
+    encoder = None
+
+    def generate(prompts: Sequence[str | None], seeds: Sequence[int]) -> np.ndarray:
+        nonlocal encoder
+        if cfg.conditioning == "class":
+            cond = [class_names.index(p) if p in class_names else int(p) for p in prompts]
+        elif cfg.conditioning == "text":
+            if encoder is None:
+                from imagegen_pipeline.ml.text_encoder import TextEncoder
+
+                encoder = TextEncoder()
+            cond = encoder.encode([str(p) for p in prompts])
+        else:
+            cond = None
+        return dcgan_generate(generator, cfg, seeds=list(seeds), cond=cond)
+
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return GeneratorSource(f"file:{weights}", digest, f"{weights} (sha256 {digest})", cfg.conditioning, generate)
+
+
+def sample_real(reader: ShardReader, n: int, rng: random.Random) -> list[dict]:
+    """n real rows ({'image': uint8 (H, W, C), 'label', 'caption', 'sha256'}) from val (train if val is empty);
+    without repeats while the split lasts."""
+    split = "val" if reader.num_rows("val") > 0 else "train"
+    total = reader.num_rows(split)
+    if total == 0:
+        raise ValueError(f"{reader.dir} has no images to compare against")
+    picks = rng.sample(range(total), n) if n <= total else [rng.randrange(total) for _ in range(n)]
+    wanted: dict[int, list[int]] = {}
+    for slot, row in enumerate(picks):
+        wanted.setdefault(row, []).append(slot)
+    out: list[dict] = [{}] * n
+    offset = 0
+    for batch in reader.iter_batches(split, columns=("label", "caption", "sha256")):
+        k = len(batch["images"])
+        for row in [r for r in wanted if offset <= r < offset + k]:
+            i = row - offset
+            rec = {"image": batch["images"][i].permute(1, 2, 0).numpy(), "label": batch["label"][i],
+                   "caption": batch["caption"][i], "sha256": batch["sha256"][i]}
+            for slot in wanted[row]:
+                out[slot] = rec
+        offset += k
+    return out
+
+
+def _png(image: np.ndarray, like: np.ndarray) -> bytes:
+    """uint8 (H, W, C) as PNG, resized and converted to `like`'s size and channels so only content differs."""
+    im = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    im = im.convert("L" if like.shape[-1] == 1 else "RGB")
+    if im.size != (like.shape[1], like.shape[0]):
+        im = im.resize((like.shape[1], like.shape[0]), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def build_pairs(source: GeneratorSource, reader: ShardReader, n: int, *, rng: random.Random | None = None
+                ) -> list[ReviewItem]:
+    """n pairs: a real image, its label (class models) or caption (text models) as the prompt, and an image
+    generated for that prompt from a fresh random seed; the real one on a random side."""
+    if not 1 <= n <= 1000:
+        raise ValueError(f"n must be between 1 and 1000, got {n}")
+    rng = rng or random.SystemRandom()
+    real = sample_real(reader, n, rng)
+    field = {"class": "label", "text": "caption"}.get(source.conditioning)
+    prompts = [(r[field] or r["label"]) if field else None for r in real]
+    seeds = [rng.randrange(2**31) for _ in range(n)]
+    fake = source.generate(prompts, seeds)  # uint8 (n, H, W, C)
+    items = []
+    for r, prompt, seed, gen in zip(real, prompts, seeds, fake):
+        real_png, gen_png = _png(r["image"], like=gen), _png(gen, like=gen)
+        side = rng.choice(("left", "right"))
+        left, right = (real_png, gen_png) if side == "left" else (gen_png, real_png)
+        items.append(ReviewItem(secrets.token_urlsafe(12), prompt, seed, r["sha256"], side, left, right))
+    return items

@@ -1,0 +1,283 @@
+"""`imagegen review`: a small web page where people tell real from generated images (stdlib http.server only).
+
+Routes: GET / (the page), GET /api/items (pairs in a fresh random order), GET /img/<id>/<left|right>.png,
+POST /api/answer (JSON, validated strictly), GET /api/summary (`review_summary` of the SQLite file).
+Every error is a JSON body with a 4xx/5xx status; a bad request never takes the server down.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import re
+import signal
+import socket
+import sys
+import traceback
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from imagegen_pipeline.paths import DataPaths
+from imagegen_pipeline.review.pairs import GeneratorSource, ReviewItem
+from imagegen_pipeline.review.store import Answer, ReviewStore, review_summary, reviews_db
+
+MAX_BODY = 4096  # bytes; an answer is about 100
+ANSWER_KEYS = frozenset({"item", "real", "prompt_match"})
+SIDES = ("left", "right")
+PAGE_FILE = Path(__file__).with_name("page.html")
+_IMG_PATH = re.compile(r"/img/([A-Za-z0-9_-]{1,64})/(left|right)\.png")
+
+
+class RequestError(Exception):
+    """A client mistake: becomes a JSON error with this status."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _page() -> tuple[bytes, str]:
+    """page.html and a Content-Security-Policy that allows exactly its inline <script> and <style>."""
+    html = PAGE_FILE.read_text(encoding="utf-8")
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    csp = (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; img-src 'self'; "
+           "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return html.encode("utf-8"), csp
+
+
+@dataclass
+class ReviewApp:
+    """The state behind the page: pairs by id (which side is real stays here) and where answers go."""
+
+    dataset: str
+    source: GeneratorSource
+    items: dict[str, ReviewItem]
+    store: ReviewStore
+    quiet: bool = False
+
+    def item_list(self) -> dict:
+        order = list(self.items.values())
+        random.SystemRandom().shuffle(order)
+        return {"dataset": self.dataset, "model": self.source.description, "conditioning": self.source.conditioning,
+                "items": [{"id": it.id, "prompt": it.prompt, "left": f"/img/{it.id}/left.png",
+                           "right": f"/img/{it.id}/right.png"} for it in order]}
+
+    def parse_answer(self, body: bytes) -> Answer:
+        """The POSTed JSON as an Answer, or RequestError(400) saying what is wrong with it."""
+        try:
+            data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise RequestError(400, f"body is not valid JSON: {str(exc)[:200]}") from None
+        if not isinstance(data, dict):
+            raise RequestError(400, "body must be a JSON object")
+        if unknown := set(data) - ANSWER_KEYS:
+            raise RequestError(400, f"unknown fields: {sorted(unknown)[:5]}; allowed: {sorted(ANSWER_KEYS)}")
+        item_id, real, match = data.get("item"), data.get("real"), data.get("prompt_match")
+        if not isinstance(item_id, str) or not item_id:
+            raise RequestError(400, "`item` must be a non-empty string (an id from /api/items)")
+        item = self.items.get(item_id)
+        if item is None:
+            raise RequestError(400, "unknown item id")
+        if not isinstance(real, str) or real not in SIDES:
+            raise RequestError(400, '`real` must be "left" or "right"')
+        if item.prompt is None:
+            if match is not None:
+                raise RequestError(400, "this item has no prompt: leave `prompt_match` out (or null)")
+        elif type(match) is not bool:
+            raise RequestError(400, "`prompt_match` must be true or false")
+        return Answer(item_id=item.id, model_name=self.source.model_name, model_version=self.source.model_version,
+                      prompt=item.prompt, seed=item.seed, real_sha256=item.real_sha256, real_side=item.real_side,
+                      answer=real, prompt_match=match)
+
+    def summary(self) -> dict:
+        return {"dataset": self.dataset, "model": self.source.description,
+                "model_version": self.source.model_version, **review_summary(self.store.path)}
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+class ReviewHandler(BaseHTTPRequestHandler):
+    server_version = "imagegen-review"
+    sys_version = ""
+    timeout = 15  # seconds a client may take to send its request: a stalled one cannot hold a thread forever
+    error_content_type = "application/json"
+
+    @property
+    def app(self) -> ReviewApp:
+        return self.server.app  # type: ignore[attr-defined]
+
+    # ---- responses --------------------------------------------------------------------------------------------
+
+    def _send(self, status: int, body: bytes, content_type: str, *, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Referrer-Policy", "no-referrer")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, payload: dict) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json")
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (bad request line, unsupported method, ...) as JSON too."""
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = ""
+        self.close_connection = True
+        self._json(code, {"error": message or phrase, "status": code})
+
+    def log_message(self, format: str, *args) -> None:
+        if not self.app.quiet:
+            super().log_message(format, *args)
+
+    # ---- routing ----------------------------------------------------------------------------------------------
+
+    def _guard(self, route) -> None:
+        try:
+            route()
+        except RequestError as exc:
+            self._json(exc.status, {"error": str(exc), "status": exc.status})
+        except (ConnectionError, socket.timeout):
+            self.close_connection = True
+        except Exception:  # a bug must cost one request, not the server
+            traceback.print_exc(file=sys.stderr)
+            self._json(500, {"error": "internal error (see the server log)", "status": 500})
+
+    def do_GET(self) -> None:
+        self._guard(self._get)
+
+    def do_HEAD(self) -> None:
+        self._guard(self._get)
+
+    def do_POST(self) -> None:
+        self._guard(self._post)
+
+    def _get(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/index.html"):
+            page, csp = self.server.page  # type: ignore[attr-defined]
+            self._send(200, page, "text/html; charset=utf-8", headers={"Content-Security-Policy": csp})
+        elif path == "/api/items":
+            self._json(200, self.app.item_list())
+        elif path == "/api/summary":
+            self._json(200, self.app.summary())
+        elif m := _IMG_PATH.fullmatch(path):
+            item = self.app.items.get(m.group(1))
+            if item is None:
+                raise RequestError(404, "unknown item id")
+            self._send(200, item.left_png if m.group(2) == "left" else item.right_png, "image/png")
+        else:
+            raise RequestError(404, f"no such page: {path[:100]}")
+
+    def _post(self) -> None:
+        if self.path != "/api/answer":
+            raise RequestError(404, "POST goes to /api/answer")
+        body = self._read_body()
+        answer = self.app.parse_answer(body)
+        row = self.app.store.add(answer)
+        self._json(201, {"ok": True, "id": row})
+
+    def _read_body(self) -> bytes:
+        """At most MAX_BODY bytes of JSON with a Content-Length; anything else is refused before it is read."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise RequestError(411, "send a Content-Length (chunked bodies are not accepted)")
+        mime = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        length = self.headers.get("Content-Length")
+        if length is None:
+            self.close_connection = True
+            raise RequestError(411, "Content-Length is required")
+        if not length.strip().isdigit():
+            self.close_connection = True
+            raise RequestError(400, "bad Content-Length")
+        n = int(length)
+        if n > MAX_BODY:
+            self._discard(n)
+            raise RequestError(413, f"body over {MAX_BODY} bytes")
+        body = self.rfile.read(n)
+        if len(body) != n:
+            self.close_connection = True
+            raise RequestError(400, "body shorter than its Content-Length")
+        if mime != "application/json":  # also keeps cross-site HTML forms out: they cannot send this type
+            raise RequestError(415, "Content-Type must be application/json")
+        return body
+
+    def _discard(self, n: int, limit: int = 1 << 20) -> None:
+        """Read and drop an oversized body (up to 1 MiB) so the client gets our error instead of a reset."""
+        self.close_connection = True
+        left = min(n, limit)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 65536))
+            if not chunk:
+                break
+            left -= len(chunk)
+
+
+class ReviewServer(ThreadingHTTPServer):
+    daemon_threads = True  # a hung client never blocks shutdown
+
+    def __init__(self, address: tuple[str, int], app: ReviewApp):
+        self.app = app
+        self.page = _page()
+        super().__init__(address, ReviewHandler)
+
+
+def make_server(app: ReviewApp, *, host: str = "127.0.0.1", port: int = 8765) -> ReviewServer:
+    """Bound and ready; call serve_forever() (in a thread for tests) and shutdown()/server_close() to stop."""
+    return ReviewServer((host, port), app)
+
+
+def build_app(paths: DataPaths, dataset: str, *, n: int = 40, model_uri: str | None = None,
+              quiet: bool = False) -> ReviewApp:
+    """Load the generator, sample real images, make n pairs, open the answers database."""
+    from imagegen_pipeline.ml.shard_reader import ShardReader
+    from imagegen_pipeline.review.pairs import build_pairs, open_generator
+
+    source = open_generator(paths, dataset, model_uri=model_uri)
+    items = build_pairs(source, ShardReader(paths.shards(dataset)), n)
+    return ReviewApp(dataset, source, {it.id: it for it in items}, ReviewStore(reviews_db(paths, dataset)), quiet)
+
+
+def serve_review(paths: DataPaths, dataset: str, *, host: str = "127.0.0.1", port: int = 8765, n: int = 40,
+                 model_uri: str | None = None) -> int:
+    """`imagegen review`: serve until Ctrl-C."""
+    print(f"making {n} pairs for {dataset} ...", flush=True)
+    app = build_app(paths, dataset, n=n, model_uri=model_uri)
+    server = make_server(app, host=host, port=port)
+    shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    print(f"review page: http://{shown}:{server.server_address[1]}/  ({n} pairs from {app.source.description})\n"
+          f"answers go to {app.store.path}; Ctrl-C stops", flush=True)
+    if shown != "127.0.0.1" and host != "localhost":
+        print(f"note: bound to {host}: anyone who can reach it can submit answers", file=sys.stderr)
+    def _terminate(signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)  # `kill` stops it as cleanly as Ctrl-C
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+    s = review_summary(app.store.path)
+    print(f"\n{s['answers']} answers stored; fooling rate {s['fooling_rate']}, prompt-match rate "
+          f"{s['prompt_match_rate']}")
+    return 0
