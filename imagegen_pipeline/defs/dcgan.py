@@ -40,6 +40,7 @@ GROUP = "generation"
 SERVING_CODE = Path(__file__).resolve().parent.parent / "serving" / "generator_model.py"
 CANDIDATE = "candidate"
 GENERATOR_FILE = "generator.safetensors"  # the latest trained EMA generator (weights + config metadata)
+GENERATOR_SUMMARY = "generator_summary.json"  # beside it: registered name/version, run, shards, steps
 DONE_FILE = "registered.json"  # written after registration: a later materialization starts a fresh run
 
 
@@ -199,7 +200,7 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
         mlflow.MlflowClient().set_registered_model_alias(name, CANDIDATE, mv.version)
         link = mlflow_tracker.link(run)
     write_json_atomic(out_dir / DONE_FILE, {"registered_model": name, "version": mv.version})
-    write_json_atomic(paths.models(dataset) / "generator_summary.json", {
+    write_json_atomic(paths.models(dataset) / GENERATOR_SUMMARY, {
         "registered_model": name, "version": mv.version, "mlflow_run_id": run.info.run_id, "steps": result.final_step,
         "checkpoint": str(result.checkpoint_path), "generator_file": str(generator_file), "conditioning": conditioning,
         "images_per_second": result.images_per_second, "seconds": round(seconds, 1), "shards": stamp,
@@ -248,6 +249,15 @@ def _train_captions(paths, dataset: str, reader) -> _TrainCaptions:
     examples = sorted(set(frame["caption"].tolist()))
     step = max(1, len(examples) // 8)
     return _TrainCaptions(vectors, found, hashlib.sha256(f.read_bytes()).hexdigest()[:16], examples[::step][:8])
+
+
+def trained_generator(paths, dataset: str, *, device) -> tuple[dict, core.Generator, core.DCGANConfig]:
+    """The latest trained EMA generator of a dataset and its summary (registered version, run, shards)."""
+    f = paths.models(dataset) / GENERATOR_SUMMARY
+    if not f.is_file() or not (paths.models(dataset) / GENERATOR_FILE).is_file():
+        raise dg.Failure(f"{dataset}: no trained generator; materialize dcgan_checkpoint first")
+    generator, cfg = core.load_generator(paths.models(dataset) / GENERATOR_FILE, device=device)
+    return json.loads(f.read_text()), generator, cfg
 
 
 def _extractor_version(paths, dataset: str) -> str | None:

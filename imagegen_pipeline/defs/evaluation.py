@@ -11,20 +11,19 @@ from pydantic import Field
 
 from imagegen_pipeline.atomic import write_bytes_atomic, write_json_atomic
 from imagegen_pipeline.defs.common import curves_png, dataset_of, open_shards
-from imagegen_pipeline.defs.dcgan import GENERATOR_FILE, dcgan_checkpoint
-from imagegen_pipeline.defs.extractor import EXTRACTOR_FILE, image_embeddings
+from imagegen_pipeline.defs.dcgan import dcgan_checkpoint, trained_generator
+from imagegen_pipeline.defs.extractor import fine_tuned_extractor, image_embeddings
 from imagegen_pipeline.defs.metadata import png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml import evaluation as core
-from imagegen_pipeline.ml.dcgan import load_generator
 from imagegen_pipeline.ml.embeddings_store import EMBEDDINGS_FILE, embedding_matrix, read_embeddings
-from imagegen_pipeline.ml.extractor import load_extractor
 from imagegen_pipeline.ml.grids import image_grid, png_bytes
 from imagegen_pipeline.ml.metrics import append_jsonl, read_jsonl
 from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache
 from imagegen_pipeline.ml.metrics.inception import InceptionFeatures, MissingDetectorError
 from imagegen_pipeline.ml.runtime import resolve_runtime
+from imagegen_pipeline.review import review_summary, reviews_db
 from imagegen_pipeline.tracking.registry import METRIC_TAG, Guard, promote_if_better
 
 GROUP = "evaluation"
@@ -39,13 +38,6 @@ class EvaluationConfig(dg.Config):
     per_class_min: int = Field(default=50, description="Per-class FID only for classes with this many images.")
     detector_batch_size: int = Field(default=64, description="Images per Inception forward pass.")
     seed: int = Field(default=0, description="Noise seeds and real subsets.")
-
-
-def _generator_summary(paths, dataset: str) -> dict:
-    f = paths.models(dataset) / "generator_summary.json"
-    if not f.is_file():
-        raise dg.Failure(f"{dataset}: no trained generator; materialize dcgan_checkpoint first")
-    return json.loads(f.read_text())
 
 
 def _held_out_captions(paths, dataset: str, with_bank: bool) -> dict:
@@ -78,11 +70,10 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
                       mlflow_tracker: MlflowTracker) -> dg.MaterializeResult:
     dataset = dataset_of(context)
     paths = storage.paths
-    summary = _generator_summary(paths, dataset)
-    name, version = summary["registered_model"], str(summary["version"])
     runtime = resolve_runtime(config.device)
+    summary, generator, gcfg = trained_generator(paths, dataset, device=runtime.device)
+    name, version = summary["registered_model"], str(summary["version"])
     reader = open_shards(paths, dataset)
-    generator, gcfg = load_generator(paths.models(dataset) / GENERATOR_FILE, device=runtime.device)
     splits = {}
     for split in ("train", "val"):
         images, labels = reader.load_split(split)
@@ -91,9 +82,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         detector = InceptionFeatures(runtime=runtime, batch_size=config.detector_batch_size)
     except MissingDetectorError as exc:
         raise dg.Failure(str(exc)) from exc
-    extractor = train_emb = None
-    if (paths.models(dataset) / EXTRACTOR_FILE).is_file():
-        extractor, _ = load_extractor(paths.models(dataset) / EXTRACTOR_FILE, device=runtime.device)
+    extractor, train_emb = fine_tuned_extractor(paths, dataset, device=runtime.device), None
     if (paths.embeddings(dataset) / EMBEDDINGS_FILE).is_file():
         train_emb = embedding_matrix(read_embeddings(paths.embeddings(dataset), split="train"))
     text = _held_out_captions(paths, dataset, train_emb is not None) if gcfg.conditioning == "text" else {}
@@ -111,8 +100,12 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     out_dir = paths.reports(dataset) / f"eval-v{version}"
     grid = png_bytes(image_grid(result.samples[:64], nrow=8, tile=max(32, gcfg.resolution)))
     write_bytes_atomic(out_dir / "samples.png", grid)
+    human = review_summary(reviews_db(paths, dataset), model_version=version)  # `imagegen review` answers
+    if human.get("answers"):
+        result.results.update(human_fooling_rate=human.get("fooling_rate"),
+                              human_prompt_match_rate=human.get("prompt_match_rate"), human_answers=human["answers"])
     record = {"dataset": dataset, "registered_model": name, "version": version, "time": time.time(),
-              "headline": head, "results": result.results, "skipped": result.skipped, "seconds": result.seconds,
+              "headline": head, "results": result.results, "human_review": human, "skipped": result.skipped, "seconds": result.seconds,
               "eval_config": core.eval_config_dict(eval_cfg), "generator_steps": summary.get("steps"),
               "shards": summary.get("shards"), "extractor_version": summary.get("extractor_version")}
     write_json_atomic(out_dir / "report.json", record)

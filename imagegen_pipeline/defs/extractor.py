@@ -198,6 +198,12 @@ def image_embeddings(context: dg.AssetExecutionContext, config: ImageEmbeddingsC
     })
 
 
+def fine_tuned_extractor(paths, dataset: str, *, device) -> core.ExtractorNet | None:
+    """The dataset's extractor in eval mode, or None when feature_extractor was never materialized."""
+    f = paths.models(dataset) / EXTRACTOR_FILE
+    return core.load_extractor(f, device=device)[0] if f.is_file() else None
+
+
 def _num(v: float | None) -> float | None:
     return None if v is None else round(float(v), 4)
 

@@ -2,7 +2,6 @@
 nearest training neighbours), one folder per registered version under reports/<dataset>/gallery/."""
 
 
-import json
 
 import dagster as dg
 import numpy as np
@@ -11,15 +10,13 @@ from pydantic import Field
 
 from imagegen_pipeline.atomic import write_json_atomic
 from imagegen_pipeline.defs.common import dataset_of, open_shards
-from imagegen_pipeline.defs.dcgan import GENERATOR_FILE, dcgan_checkpoint
-from imagegen_pipeline.defs.extractor import EXTRACTOR_FILE, image_embeddings
+from imagegen_pipeline.defs.dcgan import dcgan_checkpoint, trained_generator
+from imagegen_pipeline.defs.extractor import fine_tuned_extractor, image_embeddings
 from imagegen_pipeline.defs.metadata import png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
 from imagegen_pipeline.ml import gallery as core
-from imagegen_pipeline.ml.dcgan import load_generator
 from imagegen_pipeline.ml.embeddings_store import EMBEDDINGS_FILE, embedding_matrix, read_embeddings
-from imagegen_pipeline.ml.extractor import load_extractor
 from imagegen_pipeline.ml.runtime import resolve_runtime
 
 GROUP = "evaluation"
@@ -39,13 +36,6 @@ class SampleGalleryConfig(dg.Config):
     nn_samples: int = Field(default=16, description="Samples shown beside their nearest training image; 0 skips.")
     max_train_images: int | None = Field(default=20000, description="Cap on training images searched for "
                                                                     "neighbours (a fixed random subset); null = all.")
-
-
-def _generator_summary(paths, dataset: str) -> dict:
-    f = paths.models(dataset) / "generator_summary.json"
-    if not f.is_file() or not (paths.models(dataset) / GENERATOR_FILE).is_file():
-        raise dg.Failure(f"{dataset}: no trained generator; materialize dcgan_checkpoint first")
-    return json.loads(f.read_text())
 
 
 def _train_set(paths, dataset: str, reader, cap: int | None, log) -> tuple:
@@ -75,14 +65,11 @@ def sample_gallery(context: dg.AssetExecutionContext, config: SampleGalleryConfi
                    storage: ImagegenStorage) -> dg.MaterializeResult:
     dataset = dataset_of(context)
     paths = storage.paths
-    summary = _generator_summary(paths, dataset)
-    name, version = summary["registered_model"], str(summary["version"])
     runtime = resolve_runtime(config.device)
+    summary, generator, cfg = trained_generator(paths, dataset, device=runtime.device)
+    name, version = summary["registered_model"], str(summary["version"])
     reader = open_shards(paths, dataset)
-    generator, cfg = load_generator(paths.models(dataset) / GENERATOR_FILE, device=runtime.device)
-    extractor = None
-    if (paths.models(dataset) / EXTRACTOR_FILE).is_file():
-        extractor, _ = load_extractor(paths.models(dataset) / EXTRACTOR_FILE, device=runtime.device)
+    extractor = fine_tuned_extractor(paths, dataset, device=runtime.device)
     train_images, train_emb = (None, None)
     if extractor is not None and config.nn_samples > 0:
         train_images, train_emb = _train_set(paths, dataset, reader, config.max_train_images, context.log)

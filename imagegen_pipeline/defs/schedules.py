@@ -5,6 +5,7 @@ import json
 import dagster as dg
 
 from imagegen_pipeline.defs.common import shards_stamp
+from imagegen_pipeline.defs.dcgan import GENERATOR_SUMMARY
 from imagegen_pipeline.defs.jobs import retrain_job
 from imagegen_pipeline.defs.partitions import dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
@@ -19,7 +20,7 @@ def stale_datasets(storage: ImagegenStorage, datasets: list[str]) -> dict[str, s
         if not (paths.shards(ds) / DESCRIPTION_FILE).is_file():
             continue
         stamp = shards_stamp(ShardReader(paths.shards(ds)))
-        summary = paths.models(ds) / "generator_summary.json"
+        summary = paths.models(ds) / GENERATOR_SUMMARY
         trained_on = json.loads(summary.read_text()).get("shards") if summary.is_file() else None
         if trained_on != stamp:
             stale[ds] = stamp

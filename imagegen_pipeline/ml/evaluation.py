@@ -184,7 +184,7 @@ def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray
 
 HEADLINE = ("fid", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity",
             "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean", "r_precision",
-            "r_precision_real")
+            "r_precision_real", "human_fooling_rate", "human_prompt_match_rate")
 
 
 def headline(results: dict) -> dict[str, float]:
