@@ -11,16 +11,17 @@ from imagegen_pipeline.defs.feature_checks import feature_checks
 from imagegen_pipeline.defs.gallery import gallery_assets
 from imagegen_pipeline.defs.ingestion import image_shards, raw_images
 from imagegen_pipeline.defs.jobs import (captions_job, evaluate_job, features_job, ingest_job, pipeline_job, retrain_job,
-                                        train_job)
+                                        text_job, train_job)
+from imagegen_pipeline.defs.prompts import prompt_assets
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.defs.schedules import retrain_changed_datasets
 from imagegen_pipeline.defs.sensors import landing_sensor
 
 defs = dg.Definitions(
     assets=[raw_images, image_shards, feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report,
-            *gallery_assets, *caption_assets],
+            *gallery_assets, *caption_assets, *prompt_assets],
     asset_checks=[*ingestion_checks, *feature_checks, *evaluation_checks],
-    jobs=[ingest_job, features_job, captions_job, train_job, evaluate_job, retrain_job, pipeline_job],
+    jobs=[ingest_job, features_job, captions_job, train_job, evaluate_job, retrain_job, pipeline_job, text_job],
     schedules=[retrain_changed_datasets],
     sensors=[landing_sensor],
     resources={"storage": ImagegenStorage(), "mlflow_tracker": MlflowTracker()},

@@ -6,7 +6,7 @@ from imagegen_pipeline.definitions import defs
 
 STAGES = {"raw_images": "ingestion", "image_shards": "ingestion", "feature_extractor": "features",
           "image_embeddings": "features", "dcgan_checkpoint": "generation", "evaluation_report": "evaluation",
-          "sample_gallery": "evaluation"}
+          "sample_gallery": "evaluation", "caption_embeddings": "features", "prompt_gallery": "evaluation"}
 
 
 def test_definitions_load_with_partitioned_assets_checks_jobs_schedule_and_sensor():
@@ -22,7 +22,8 @@ def test_definitions_load_with_partitioned_assets_checks_jobs_schedule_and_senso
     assert {"manifest_accounts_for_every_file", "shard_rows_match_manifest", "shard_pixels_match_description",
             "extractor_accuracy_above_floor", "one_embedding_per_image", "embeddings_are_finite",
             "generator_promotion"} <= checks
-    for job in ("ingest_job", "features_job", "train_job", "evaluate_job", "retrain_job", "pipeline_job"):
+    for job in ("ingest_job", "features_job", "captions_job", "train_job", "evaluate_job", "retrain_job",
+                "pipeline_job", "text_job"):
         assert defs.resolve_job_def(job).partitions_def.name == "datasets"
     sensor = defs.resolve_sensor_def("landing_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING and sensor.job_name == "pipeline_job"

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from imagegen_pipeline.datasets.landing import read_dataset_defaults
 from imagegen_pipeline.defs.metadata import histogram_markdown, markdown_table, png_markdown
-from imagegen_pipeline.defs.partitions import dataset_partitions
+from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
 from imagegen_pipeline.ingest.manifest import build_manifest, read_manifest, write_manifest
 from imagegen_pipeline.ingest.preview import preview_grid_png
@@ -31,7 +31,7 @@ class RawImagesConfig(dg.Config):
         return ValidationConfig(max_pixels=self.max_pixels, max_bytes=self.max_file_mb * 2**20, min_side=self.min_side)
 
 
-@dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"python", "parquet"},
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"python", "parquet"},
           description="Every file of data/raw/<dataset>/ decoded and validated: a manifest with sha256, "
                       "status (ok / duplicate / quarantined) and the reason.")
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig,
@@ -77,7 +77,7 @@ class ImageShardsConfig(dg.Config):
     workers: int = Field(default=0, description="Decoding processes; 0 = one per CPU core.")
 
 
-@dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"pytorch", "parquet"}, deps=[raw_images],
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "parquet"}, deps=[raw_images],
           description="Accepted images resized to a square uint8 tensor in Parquet shards (train/val split by "
                       "content hash) plus description.json; pixel / 255 gives [0, 1].")
 def image_shards(context: dg.AssetExecutionContext, config: ImageShardsConfig,

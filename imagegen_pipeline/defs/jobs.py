@@ -8,6 +8,7 @@ from imagegen_pipeline.defs.evaluation import evaluation_report
 from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
 from imagegen_pipeline.defs.gallery import sample_gallery
 from imagegen_pipeline.defs.ingestion import image_shards, raw_images
+from imagegen_pipeline.defs.prompts import prompt_gallery
 from imagegen_pipeline.defs.partitions import dataset_partitions
 
 INGEST = dg.AssetSelection.assets(raw_images, image_shards)
@@ -31,3 +32,10 @@ pipeline_job = _job("pipeline_job", INGEST | FEATURES | TRAIN | EVALUATE,
                     "The whole chain for one dataset: ingestion to a registered, evaluated generator.")
 captions_job = _job("captions_job", dg.AssetSelection.assets(caption_embeddings),
                     "Encode every caption once with the offline sentence encoder (for text-conditioned training).")
+text_job = dg.define_asset_job(
+    "text_job", selection=dg.AssetSelection.assets(caption_embeddings, feature_extractor, image_embeddings,
+                                                   dcgan_checkpoint, evaluation_report, prompt_gallery),
+    partitions_def=dataset_partitions, config={"ops": {"dcgan_checkpoint": {"config": {"conditioning": "text"}}}},
+    description="Text to image for a captioned dataset: captions, extractor, embeddings, a text-conditioned DCGAN, "
+                "its evaluation (R-precision on held-out captions) and the prompt gallery. A launchpad config "
+                "with its own `ops` section must set dcgan_checkpoint's conditioning: text again.")

@@ -4,7 +4,6 @@ reports/<dataset>/prompts/v<version>/."""
 
 
 import html
-import json
 import re
 from dataclasses import dataclass
 
@@ -15,12 +14,12 @@ from pydantic import Field
 from imagegen_pipeline.atomic import write_bytes_atomic, write_json_atomic
 from imagegen_pipeline.defs.captions import caption_embeddings
 from imagegen_pipeline.defs.common import dataset_of
-from imagegen_pipeline.defs.dcgan import GENERATOR_FILE, dcgan_checkpoint
+from imagegen_pipeline.defs.dcgan import dcgan_checkpoint, trained_generator
 from imagegen_pipeline.defs.extractor import EXTRACTOR_FILE, image_embeddings
 from imagegen_pipeline.defs.metadata import markdown_table, png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
-from imagegen_pipeline.ml.dcgan import generate, load_generator
+from imagegen_pipeline.ml.dcgan import generate
 from imagegen_pipeline.ml.grids import image_grid, png_bytes
 from imagegen_pipeline.ml.prompt_score import PromptScorer, best_of
 from imagegen_pipeline.ml.runtime import resolve_runtime
@@ -97,13 +96,6 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}img{{image-rendering:pixelated;max
 (fine-tuned extractor space); each image is the best of its candidates.</p>{''.join(sections)}</body></html>"""
 
 
-def _summary(paths, dataset: str) -> dict:
-    f = paths.models(dataset) / "generator_summary.json"
-    if not f.is_file() or not (paths.models(dataset) / GENERATOR_FILE).is_file():
-        raise dg.Failure(f"{dataset}: no trained generator; materialize dcgan_checkpoint (conditioning 'text') first")
-    return json.loads(f.read_text())
-
-
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP,
           kinds={"pytorch", "html"}, deps=[dcgan_checkpoint, caption_embeddings, image_embeddings],
           description="Best-of-K images for a fixed list of prompts from the latest text-conditioned generator, "
@@ -118,10 +110,9 @@ def prompt_gallery(context: dg.AssetExecutionContext, config: PromptGalleryConfi
         raise dg.Failure(f"prompts must be a non-empty list of non-blank texts, got {config.prompts!r}")
     if config.images_per_prompt < 1 or config.candidates < 1:
         raise dg.Failure("images_per_prompt and candidates must be at least 1")
-    summary = _summary(paths, dataset)
-    name, version = summary["registered_model"], str(summary["version"])
     runtime = resolve_runtime(config.device)
-    generator, cfg = load_generator(paths.models(dataset) / GENERATOR_FILE, device=runtime.device)
+    summary, generator, cfg = trained_generator(paths, dataset, device=runtime.device)
+    name, version = summary["registered_model"], str(summary["version"])
     if cfg.conditioning != "text":
         raise dg.Failure(f"{dataset}: {name} v{version} is conditioned on {cfg.conditioning!r}, not on text, so it "
                          f"cannot follow prompts. Train a text model: `imagegen train {dataset} --conditioning text` "
