@@ -283,6 +283,8 @@ def cmd_serve(args: argparse.Namespace, paths: DataPaths) -> int:
     exec, not a child: Ctrl-C and SIGTERM reach MLflow directly, and nothing is left behind when it stops."""
     import mlflow
 
+    from imagegen_pipeline.ui import url_for
+
     from imagegen_pipeline.tracking.registry import registered_name
     from imagegen_pipeline.tracking.store import default_tracking_uri
 
@@ -301,9 +303,9 @@ def cmd_serve(args: argparse.Namespace, paths: DataPaths) -> int:
            "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])}
     argv = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{name}@{args.alias}",
             "--env-manager", "local", "-h", args.host, "-p", str(args.port)]
-    host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
-    print(f"serving {name} v{mv.version} (@{args.alias}) on http://{host}:{args.port}/invocations "
-          f"(store {tracking_uri})\ntry: curl -s http://{host}:{args.port}/invocations -H 'Content-Type: "
+    base = url_for(args.host, args.port)
+    print(f"serving {name} v{mv.version} (@{args.alias}) on {base}/invocations "
+          f"(store {tracking_uri})\ntry: curl -s {base}/invocations -H 'Content-Type: "
           "application/json' -d '{\"dataframe_split\": {\"columns\": [\"label\", \"seed\", \"count\"], "
           "\"data\": [[\"3\", 7, 2]]}, \"params\": {\"format\": \"png\"}}'", flush=True)
     os.execve(argv[0], argv, env)

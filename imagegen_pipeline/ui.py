@@ -7,6 +7,7 @@ daemon and code server, MLflow's uvicorn worker). `imagegen ui` and the browser 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -32,7 +33,11 @@ def free_port(host: str = LOOPBACK) -> int:
 
 def url_for(host: str, port: int) -> str:
     """The URL a browser on this machine opens; a wildcard bind address is reached through loopback."""
-    return f"http://{LOOPBACK if host in ('', '0.0.0.0', '::') else host}:{port}"
+    try:
+        wildcard = not host or ipaddress.ip_address(host).is_unspecified
+    except ValueError:  # a host name
+        wildcard = False
+    return f"http://{LOOPBACK if wildcard else host}:{port}"
 
 
 def _venv_bin(name: str) -> str:

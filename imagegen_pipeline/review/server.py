@@ -24,6 +24,7 @@ from pathlib import Path
 from imagegen_pipeline.paths import DataPaths
 from imagegen_pipeline.review.pairs import GeneratorSource, ReviewItem
 from imagegen_pipeline.review.store import Answer, ReviewStore, review_summary, reviews_db
+from imagegen_pipeline.ui import LOOPBACK, url_for
 
 MAX_BODY = 4096  # bytes; an answer is about 100
 ANSWER_KEYS = frozenset({"item", "real", "prompt_match"})
@@ -261,10 +262,10 @@ def serve_review(paths: DataPaths, dataset: str, *, host: str = "127.0.0.1", por
     print(f"making {n} pairs for {dataset} ...", flush=True)
     app = build_app(paths, dataset, n=n, model_uri=model_uri)
     server = make_server(app, host=host, port=port)
-    shown = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
-    print(f"review page: http://{shown}:{server.server_address[1]}/  ({n} pairs from {app.source.description})\n"
+    page = url_for(host, server.server_address[1])
+    print(f"review page: {page}/  ({n} pairs from {app.source.description})\n"
           f"answers go to {app.store.path}; Ctrl-C stops", flush=True)
-    if shown != "127.0.0.1" and host != "localhost":
+    if host not in (LOOPBACK, "localhost", "::1"):
         print(f"note: bound to {host}: anyone who can reach it can submit answers", file=sys.stderr)
     def _terminate(signum, _frame):
         raise KeyboardInterrupt
