@@ -145,6 +145,10 @@ def cmd_features(args: argparse.Namespace, paths: DataPaths) -> int:
     ops.setdefault("feature_extractor", {}).setdefault("config", {}).update(
         _op_config(args, ("device", "input_size", "head_epochs", "finetune_epochs", "max_train_images",
                           "max_val_images", "batch_size")))
+    extractor_cfg = ops["feature_extractor"]["config"]
+    for cap in ("max_train_images", "max_val_images"):
+        if extractor_cfg.get(cap) == 0:  # --max-train-images 0: every image
+            extractor_cfg[cap] = None
     ops.setdefault("image_embeddings", {}).setdefault("config", {}).update(_op_config(args, ("device",)))
     result = run_job("features_job", dataset, paths, {"ops": ops})
     meta = _materialized(result, "feature_extractor")
@@ -352,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section), flags override it")
     feat.add_argument("--device", choices=["auto", "cpu", "cuda"])
     for flag in ("input-size", "head-epochs", "finetune-epochs", "max-train-images", "max-val-images", "batch-size"):
-        feat.add_argument(f"--{flag}", type=int)
+        feat.add_argument(f"--{flag}", type=int, help="0 = all images" if flag.startswith("max-") else None)
     feat.set_defaults(func=cmd_features)
     tr = sub.add_parser("train", help="train or resume the dataset's DCGAN and register it (train_job)")
     tr.add_argument("dataset")
