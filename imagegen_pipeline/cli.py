@@ -139,18 +139,24 @@ def _load_config_file(path: str | None) -> dict:
     return json.loads(text)
 
 
+def _run_config(args: argparse.Namespace, flags_by_op: dict[str, tuple[str, ...]]) -> dict:
+    """The --config file's `ops`, with the CLI flags that were given layered on top, op by op."""
+    ops = _load_config_file(args.config).get("ops", {})
+    for op, names in flags_by_op.items():
+        ops.setdefault(op, {}).setdefault("config", {}).update(_op_config(args, names))
+    return {"ops": ops}
+
+
 def cmd_features(args: argparse.Namespace, paths: DataPaths) -> int:
     dataset = validate_dataset_name(args.dataset)
-    ops = _load_config_file(args.config).get("ops", {})
-    ops.setdefault("feature_extractor", {}).setdefault("config", {}).update(
-        _op_config(args, ("device", "input_size", "head_epochs", "finetune_epochs", "max_train_images",
-                          "max_val_images", "batch_size")))
-    extractor_cfg = ops["feature_extractor"]["config"]
+    run_config = _run_config(args, {"feature_extractor": ("device", "input_size", "head_epochs", "finetune_epochs",
+                                                          "max_train_images", "max_val_images", "batch_size"),
+                                    "image_embeddings": ("device",)})
+    extractor_cfg = run_config["ops"]["feature_extractor"]["config"]
     for cap in ("max_train_images", "max_val_images"):
         if extractor_cfg.get(cap) == 0:  # --max-train-images 0: every image
             extractor_cfg[cap] = None
-    ops.setdefault("image_embeddings", {}).setdefault("config", {}).update(_op_config(args, ("device",)))
-    result = run_job("features_job", dataset, paths, {"ops": ops})
+    result = run_job("features_job", dataset, paths, run_config)
     meta = _materialized(result, "feature_extractor")
     if meta:
         print(f"extractor: val accuracy {meta['val_accuracy']}, from scratch "
@@ -164,11 +170,9 @@ def cmd_features(args: argparse.Namespace, paths: DataPaths) -> int:
 
 def cmd_train(args: argparse.Namespace, paths: DataPaths) -> int:
     dataset = validate_dataset_name(args.dataset)
-    ops = _load_config_file(args.config).get("ops", {})
-    ops.setdefault("dcgan_checkpoint", {}).setdefault("config", {}).update(
-        _op_config(args, ("device", "steps", "batch_size", "conditioning", "ngf", "ndf", "checkpoint_every",
-                          "sample_every", "init_from")))
-    result = run_job("train_job", dataset, paths, {"ops": ops})
+    result = run_job("train_job", dataset, paths, _run_config(args, {"dcgan_checkpoint": (
+        "device", "steps", "batch_size", "conditioning", "ngf", "ndf", "checkpoint_every", "sample_every",
+        "init_from")}))
     meta = _materialized(result, "dcgan_checkpoint")
     if meta:
         print(f"dcgan: {meta['steps']} steps (resumed from {meta['resumed_from_step']}), "
