@@ -18,7 +18,7 @@ from imagegen_pipeline.defs.metadata import markdown_table, png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml import extractor as core
-from imagegen_pipeline.ml.embeddings_store import read_embeddings, write_embeddings
+from imagegen_pipeline.ml.embeddings_store import write_embeddings
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.tracking.registry import Guard, log_code_model, promote_if_better, registered_name
 
@@ -178,11 +178,11 @@ def image_embeddings(context: dg.AssetExecutionContext, config: ImageEmbeddingsC
         context.log.info(f"{dataset}/{split}: {len(images)} embeddings")
     seconds = time.perf_counter() - t0
     out = write_embeddings(paths.embeddings(dataset), parts, extractor=meta)
-    table = read_embeddings(paths.embeddings(dataset))
-    vectors = np.stack(table["embedding"].to_numpy())
+    vectors = np.concatenate([p["embedding"] for p in parts])  # the rows just written, in file order
     xy = core.pca_2d(vectors)
-    map_png = core.embedding_map_png(xy, table["label_idx"].to_numpy(), reader.class_names)
-    dups = core.near_duplicates(vectors, table["sha256"].tolist(), threshold=config.near_duplicate_cosine)
+    map_png = core.embedding_map_png(xy, np.concatenate([p["label_idx"] for p in parts]), reader.class_names)
+    dups = core.near_duplicates(vectors, [h for p in parts for h in p["sha256"]],
+                                threshold=config.near_duplicate_cosine)
     rows = [(a[:12], b[:12], f"{c:.4f}") for a, b, c in dups[:25]]
     return dg.MaterializeResult(metadata={
         "dagster/row_count": n,
