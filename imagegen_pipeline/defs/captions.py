@@ -26,7 +26,8 @@ class CaptionEmbeddingsConfig(dg.Config):
     batch_size: int = Field(default=128, description="Captions per encoder forward pass.")
 
 
-@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "parquet"}, deps=[image_shards],
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
+          group_name=GROUP, kinds={"pytorch", "parquet"}, deps=[image_shards],
           description="all-MiniLM-L6-v2 embedding (384-d, unit norm) of every captioned image, each distinct caption "
                       "encoded once, as Parquet under data/embeddings/<dataset>/captions.parquet "
                       "(sha256, split, caption, vector).")

@@ -100,7 +100,8 @@ def _init_from(paths, source: str) -> dict | None:
     return load_checkpoint(runs[-1])
 
 
-@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "mlflow"}, pool="gpu",
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
+          group_name=GROUP, kinds={"pytorch", "mlflow"}, pool="gpu",
           deps=[image_shards, feature_extractor, caption_embeddings],
           description="Conditional DCGAN (G + D, EMA generator) trained on the shards; checkpoints every N steps "
                       "and resumes after a kill. The EMA generator is registered as imagegen-generator-<dataset>.")

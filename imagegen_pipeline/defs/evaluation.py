@@ -61,7 +61,8 @@ def _held_out_captions(paths, dataset: str, with_bank: bool) -> dict:
     return {"text_conds": embedding_matrix(val), "caption_ids": val["sha256"].tolist(), "caption_bank": bank}
 
 
-@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "mlflow", "html"},
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
+          group_name=GROUP, kinds={"pytorch", "mlflow", "html"},
           deps=[dcgan_checkpoint, image_embeddings],
           description="FID/KID (standard InceptionV3) against the val split, the train-vs-val floor, precision/"
                       "recall, is_domain, asked-for-class accuracy, diversity and memorisation of the latest "

@@ -52,7 +52,8 @@ class FeatureExtractorConfig(dg.Config):
             train_baseline=self.train_baseline, seed=self.seed)
 
 
-@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[image_shards],
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
+          group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[image_shards],
           pool="gpu",
           description="MobileNetV2 with ImageNet weights, fine-tuned on the dataset's labels in two phases "
                       "(frozen backbone, then top blocks); a from-scratch baseline shows what transfer bought. "
@@ -148,7 +149,8 @@ class ImageEmbeddingsConfig(dg.Config):
                                                                     "have at least this cosine are reported.")
 
 
-@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "parquet"},
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
+          group_name=GROUP, kinds={"pytorch", "parquet"},
           deps=[feature_extractor, image_shards],
           description="The fine-tuned extractor's 1280-d embedding of every accepted image, as Parquet under "
                       "data/embeddings/<dataset>/ (sha256, split, label, vector), with a 2-D map and near-duplicates.")

@@ -31,7 +31,8 @@ class RawImagesConfig(dg.Config):
         return ValidationConfig(max_pixels=self.max_pixels, max_bytes=self.max_file_mb * 2**20, min_side=self.min_side)
 
 
-@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"python", "parquet"},
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
+          group_name=GROUP, kinds={"python", "parquet"},
           description="Every file of data/raw/<dataset>/ decoded and validated: a manifest with sha256, "
                       "status (ok / duplicate / quarantined) and the reason.")
 def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig,
@@ -77,7 +78,8 @@ class ImageShardsConfig(dg.Config):
     workers: int = Field(default=0, description="Decoding processes; 0 = one per CPU core.")
 
 
-@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP, kinds={"pytorch", "parquet"}, deps=[raw_images],
+@dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
+          group_name=GROUP, kinds={"pytorch", "parquet"}, deps=[raw_images],
           description="Accepted images resized to a square uint8 tensor in Parquet shards (train/val split by "
                       "content hash) plus description.json; pixel / 255 gives [0, 1].")
 def image_shards(context: dg.AssetExecutionContext, config: ImageShardsConfig,
