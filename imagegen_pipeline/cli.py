@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from imagegen_pipeline.paths import DataPaths, InvalidDatasetName, validate_dataset_name
+from imagegen_pipeline.presets import PRESETS, preset_run_config
 
 
 def _progress(desc: str):
@@ -79,8 +80,11 @@ def run_job(job: str, dataset: str, paths: DataPaths, run_config: dict | None = 
     reap_dead_cli_runs(instance)
     if not instance.has_dynamic_partition(dataset_partitions.name, dataset):
         instance.add_dynamic_partitions(dataset_partitions.name, [dataset])
+    job_def = defs.resolve_job_def(job)
     config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
-    result = defs.resolve_job_def(job).execute_in_process(
+    if "ops" in config:  # a preset configures the whole chain; a job takes the sections of its own ops
+        config["ops"] = {op: c for op, c in config["ops"].items() if job_def.graph.has_node_named(op)}
+    result = job_def.execute_in_process(
         partition_key=dataset, instance=instance, run_config=config, raise_on_error=False,
         tags={"imagegen/trigger": "cli", PID_TAG: f"{socket.gethostname()}:{os.getpid()}", **(tags or {})})
     for check in result.get_asset_check_evaluations():
@@ -140,8 +144,10 @@ def _load_config_file(path: str | None) -> dict:
 
 
 def _run_config(args: argparse.Namespace, flags_by_op: dict[str, tuple[str, ...]]) -> dict:
-    """The --config file's `ops`, with the CLI flags that were given layered on top, op by op."""
-    ops = _load_config_file(args.config).get("ops", {})
+    """The --preset's ops, then the --config file's `ops`, then the CLI flags that were given, op by op."""
+    ops = preset_run_config(args.preset)["ops"] if getattr(args, "preset", None) else {}
+    for op, section in _load_config_file(args.config).get("ops", {}).items():
+        ops.setdefault(op, {}).setdefault("config", {}).update((section or {}).get("config", {}))
     for op, names in flags_by_op.items():
         ops.setdefault(op, {}).setdefault("config", {}).update(_op_config(args, names))
     return {"ops": ops}
@@ -187,12 +193,18 @@ def cmd_pipeline(args: argparse.Namespace, paths: DataPaths) -> int:
     if not paths.raw(dataset).is_dir():
         print(f"error: no landing folder {paths.raw(dataset)}; run `imagegen datasets import ...` first", file=sys.stderr)
         return 2
-    run_config = _load_config_file(args.config)
-    result = run_job("pipeline_job", dataset, paths, run_config if run_config else None)
+    run_config = _run_config(args, {})
+    text = run_config["ops"].get("dcgan_checkpoint", {}).get("config", {}).get("conditioning") == "text"
+    if text and not (paths.shards(dataset) / "description.json").is_file():
+        print(f"error: a text-conditioned chain (text_job) starts from shards; run `imagegen ingest {dataset}` "
+              "first", file=sys.stderr)
+        return 2
+    result = run_job("text_job" if text else "pipeline_job", dataset, paths,
+                     run_config if run_config["ops"] else None)
     for asset, keys in (("feature_extractor", ("val_accuracy", "registered_model")),
                         ("dcgan_checkpoint", ("steps", "images_per_second", "registered_model")),
                         ("evaluation_report", ("fid", "kid", "precision", "recall", "conditional_accuracy",
-                                               "real_floor_fid", "report_html")),
+                                               "diversity_ratio", "real_floor_fid", "quality_gate", "report_html")),
                         ("sample_gallery", ("index",))):
         meta = _materialized(result, asset)
         if meta:
@@ -202,6 +214,18 @@ def cmd_pipeline(args: argparse.Namespace, paths: DataPaths) -> int:
         print(f"promotion: {json.loads(promo.read_text())['reason']}")
     print("\nopen the UIs: `make ui` (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
     return 0 if result.success else 1
+
+
+def cmd_presets(args: argparse.Namespace, paths: DataPaths) -> int:
+    if not args.name:
+        for name, ops in PRESETS.items():
+            print(f"{name}: " + (", ".join(f"{op}({len(cfg)} fields)" for op, cfg in ops.items()) or
+                                 "the assets' own defaults"))
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(preset_run_config(args.name), sort_keys=False), end="")
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace, paths: DataPaths) -> int:
@@ -353,12 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     ing.set_defaults(func=cmd_ingest)
     pipe = sub.add_parser("pipeline", help="the whole chain for a dataset: ingest, extractor, DCGAN, evaluation, gallery")
     pipe.add_argument("dataset")
-    pipe.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section)")
+    pipe.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section), over the preset")
+    pipe.add_argument("--preset", choices=sorted(PRESETS), help="named sizes for every stage (default: cpu-demo, "
+                                                                "the assets' defaults); see `imagegen presets`")
     pipe.set_defaults(func=cmd_pipeline)
     feat = sub.add_parser("features", help="fine-tune the extractor and embed every image (features_job)")
     feat.add_argument("dataset")
     feat.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section), flags override it")
     feat.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    feat.add_argument("--preset", choices=sorted(PRESETS), help="named sizes (see `imagegen presets`)")
     for flag in ("input-size", "head-epochs", "finetune-epochs", "max-train-images", "max-val-images", "batch-size"):
         feat.add_argument(f"--{flag}", type=int, help="0 = all images" if flag.startswith("max-") else None)
     feat.set_defaults(func=cmd_features)
@@ -366,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("dataset")
     tr.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section), flags override it")
     tr.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--preset", choices=sorted(PRESETS), help="named sizes (see `imagegen presets`)")
     tr.add_argument("--conditioning", choices=["auto", "none", "class", "text"])
     tr.add_argument("--init-from", help="start from this dataset's trained DCGAN")
     for flag in ("steps", "batch-size", "ngf", "ndf", "checkpoint-every", "sample-every"):
@@ -383,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", default="generated.png", help="grid PNG (or name stem with --separate)")
     gen.add_argument("--separate", action="store_true", help="one PNG per image: OUT-00.png, OUT-01.png, ...")
     gen.set_defaults(func=cmd_generate)
+    pre = sub.add_parser("presets", help="list the named presets, or print one as a run config (YAML)")
+    pre.add_argument("name", nargs="?", choices=sorted(PRESETS))
+    pre.set_defaults(func=cmd_presets)
     ui = sub.add_parser("ui", help="start the Dagster and MLflow UIs on 127.0.0.1 (Ctrl-C stops both)")
     ui.add_argument("--host", default="127.0.0.1", help="address both UIs bind to (default: loopback only)")
     ui.add_argument("--port", type=int, default=3000, help="Dagster UI port")

@@ -17,6 +17,27 @@ from imagegen_pipeline.paths import DataPaths
 SERIAL = {"ops": {"raw_images": {"config": {"workers": 1}}, "image_shards": {"config": {"workers": 1}}}}
 
 
+def _torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run fastest single-threaded, and a busy 2-core box must not be oversubscribed."""
+    yield from _torch_threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """Real-sized training steps (MNIST at demo width) use both cores."""
+    yield from _torch_threads(2)
+
+
 @pytest.fixture
 def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataPaths:
     monkeypatch.setenv("IMAGEGEN_HOME", str(tmp_path))

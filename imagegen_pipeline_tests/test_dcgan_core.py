@@ -32,13 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = dict(ngf=8, ndf=8, z_dim=16, batch_size=8, num_samples=4, text_dim=12, text_proj_dim=8, ema_start_step=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run fastest single-threaded, and a busy 2-core box must not be oversubscribed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(**kw) -> DCGANConfig:
@@ -106,7 +100,8 @@ def test_each_conditioning_mode_trains_and_writes_checkpoint_and_export(tmp_path
                          on_step=lambda s, m: steps.append((s, m)), on_sample=lambda s, g: samples.append(s))
     assert result.final_step == 4 and [s for s, _ in steps] == [2, 4] and samples == [2, 4]
     assert set(steps[0][1]) == {"loss_d", "loss_g", "d_real", "d_fake", "grad_norm_g", "grad_norm_d",
-                                "images_per_second"}
+                                "images_per_second", "z_sensitivity"}  # sample steps also carry z_sensitivity
+    assert all(np.isfinite(m["z_sensitivity"]) and m["z_sensitivity"] >= 0 for _, m in steps)
     assert all(np.isfinite(v) for _, m in steps for v in m.values())
     assert result.grid.dtype == np.uint8 and result.grid.ndim == 3 and result.grid.shape[2] == 3
     ckpt = load_checkpoint(result.checkpoint_path)

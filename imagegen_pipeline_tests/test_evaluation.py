@@ -19,6 +19,8 @@ from imagegen_pipeline_tests.test_dcgan_asset import TINY_GAN
 from imagegen_pipeline_tests.test_features_assets import TINY_EXTRACTOR
 
 TINY_EVAL = {"device": "cpu", "num_samples": 20, "num_real": 20, "per_class_min": 2, "detector_batch_size": 20}
+# A 6-step GAN cannot pass the real quality gate; the promotion-mechanics tests open it wide on purpose.
+OPEN_GATE = {"gate_min_diversity_ratio": 0.0, "gate_min_recall": 0.0, "gate_max_fid_over_floor": 1e9}
 GENERATOR = "imagegen-generator-mnist"
 
 
@@ -31,7 +33,7 @@ def trained(paths, instance, mlflow_uri):
 
 def run(paths, instance, assets, **ops) -> dg.ExecuteInProcessResult:
     config = {"feature_extractor": TINY_EXTRACTOR, "image_embeddings": {"device": "cpu"},
-              "dcgan_checkpoint": TINY_GAN, "evaluation_report": TINY_EVAL}
+              "dcgan_checkpoint": TINY_GAN, "evaluation_report": {**TINY_EVAL, **OPEN_GATE}}
     config.update(ops)
     result = dg.materialize(assets, partition_key="mnist", instance=instance, raise_on_error=False,
                             resources={"storage": ImagegenStorage(home=str(paths.home)),
@@ -62,7 +64,8 @@ def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, 
     assert report["headline"]["fid"] == pytest.approx(meta["fid"], rel=1e-4)
     assert "memorization_nn_distance_mean" in report["results"]
     assert (paths.reports("mnist") / "eval-v1" / "report.html").read_text().count("<tr>") > 5
-    assert promotion(result) == (True, "first model: version 1 becomes champion")
+    assert promotion(result) == (True, "first model: version 1 passed the quality gate and becomes champion")
+    assert meta["quality_gate"] == "passed" and report["quality_gate"]["passed"]
     mlflow.set_tracking_uri(mlflow_uri)
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias(GENERATOR, "champion")
@@ -88,3 +91,24 @@ def test_champion_moves_only_when_fid_improves(trained, instance, mlflow_uri):
     client.set_model_version_tag(GENERATOR, "1", METRIC_TAG + "fid", "1e9")  # now v2 is better
     third = run(paths, instance, [evaluation_report, *evaluation_checks])
     assert promotion(third)[0] and str(client.get_model_version_by_alias(GENERATOR, "champion").version) == "2"
+
+
+def test_quality_gate_rejects_a_rigged_short_run_even_as_the_first_model(trained, instance, mlflow_uri):
+    """A generator trained for 6 steps is scored for real (FID, recall, within-label diversity) and fails the
+    default gate: it is registered with the tag `rejected` and the reason, and no `champion` alias appears."""
+    paths = trained
+    result = run(paths, instance, [feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report,
+                                   *evaluation_checks], evaluation_report=TINY_EVAL)
+    passed, reason = promotion(result)
+    assert not passed and reason.startswith("version 1 failed the quality gate:") and "no champion yet" in reason
+    [mat] = result.asset_materializations_for_node("evaluation_report")
+    assert mat.metadata["quality_gate"].value.startswith("rejected: ")
+    report = json.loads((paths.reports("mnist") / "eval-v1" / "report.json").read_text())
+    assert not report["quality_gate"]["passed"] and report["quality_gate"]["failures"]
+    assert any("FID" in f or "recall" in f or "diversity" in f for f in report["quality_gate"]["failures"])
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    tags = client.get_model_version(GENERATOR, "1").tags
+    assert tags["rejected"] and tags["imagegen.gate"].startswith("rejected: ")
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(GENERATOR, "champion")

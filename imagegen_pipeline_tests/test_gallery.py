@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import torch
+from PIL import Image
 
 from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
@@ -70,8 +71,11 @@ def test_gallery_writes_linked_pngs_with_safe_names_and_a_reproducible_fixed_gri
     assert [p["file"] for p in result["per_class"]] == ["per_class/0_b-a-b-b.png", "per_class/1_class.png",
                                                         "per_class/2_cat.png"]
     assert all(f.resolve().is_relative_to(out.resolve()) for f in tmp_path.rglob("*") if f.is_file())
-    assert pngs_under(out) == {"fixed_seeds.png", "interpolations.png", "nearest_neighbours.png",
+    assert pngs_under(out) == {"fixed_seeds.png", "by_label.png", "interpolations.png", "nearest_neighbours.png",
                                *(p["file"] for p in result["per_class"])}
+    by_label = Image.open(out / "by_label.png")  # one row per class, one column per seed
+    per_class = Image.open(out / result["per_class"][0]["file"])
+    assert by_label.height > 2.5 * per_class.height
     assert linked_files(out / "index.html") == pngs_under(out)
     page = (out / "index.html").read_text(encoding="utf-8")
     assert "imagegen-generator-toy v7" in page and "&lt;b&gt;a/b&lt;/b&gt;" in page and "<b>a/b" not in page
@@ -123,7 +127,7 @@ def test_sample_gallery_asset_writes_a_versioned_gallery_and_a_latest_pointer(pa
     assert meta["index"] == str(out / "index.html") and "data:image/png;base64," in meta["fixed_seeds"]
     assert meta["nn_distance_mean"] is not None and meta["nn_distance_mean"] >= 0 and "notes" not in meta
     assert json.loads((out.parent / LATEST_FILE).read_text())["folder"] == "v1"
-    assert "nearest_neighbours.png" in pngs_under(out) and len(pngs_under(out)) == 13
+    assert "nearest_neighbours.png" in pngs_under(out) and len(pngs_under(out)) == 14
     assert linked_files(out / "index.html") == pngs_under(out)
 
     first = (out / "fixed_seeds.png").read_bytes()

@@ -22,9 +22,10 @@ from imagegen_pipeline.ml.grids import image_grid, png_bytes
 from imagegen_pipeline.ml.metrics import append_jsonl, read_jsonl
 from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache
 from imagegen_pipeline.ml.metrics.inception import InceptionFeatures, MissingDetectorError
+from imagegen_pipeline.ml.quality_gate import QualityGate, gate_failures
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.review import review_summary, reviews_db
-from imagegen_pipeline.tracking.registry import METRIC_TAG, Guard, promote_if_better
+from imagegen_pipeline.tracking.registry import GATE_TAG, METRIC_TAG, REJECTED_TAG, Guard, promote_if_better
 
 GROUP = "evaluation"
 LATEST_FILE = "latest_evaluation.json"  # in reports/<dataset>/: which version the last report judged
@@ -33,11 +34,20 @@ HISTORY_FILE = "history.jsonl"
 
 class EvaluationConfig(dg.Config):
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
-    num_samples: int = Field(default=500, description="Generated images to judge (10,000 for paper-comparable FID).")
-    num_real: int = Field(default=500, description="Cap on real images per split (val = reference, train = floor).")
+    num_samples: int = Field(default=1000, description="Generated images to judge (10,000 for paper-comparable "
+                                                       "FID); FID falls as N grows, so compare runs at one N.")
+    num_real: int = Field(default=1000, description="Cap on real images per split (val = reference, train = floor).")
     per_class_min: int = Field(default=50, description="Per-class FID only for classes with this many images.")
     detector_batch_size: int = Field(default=64, description="Images per Inception forward pass.")
     seed: int = Field(default=0, description="Noise seeds and real subsets.")
+    gate_min_diversity_ratio: float = Field(default=QualityGate.min_diversity_ratio,
+                                            description="Quality gate: within-label diversity vs real, at least.")
+    gate_min_recall: float = Field(default=QualityGate.min_recall, description="Quality gate: recall, at least.")
+    gate_max_fid_over_floor: float = Field(default=QualityGate.max_fid_over_floor,
+                                           description="Quality gate: FID at most this multiple of the real floor.")
+
+    def gate(self) -> QualityGate:
+        return QualityGate(self.gate_min_diversity_ratio, self.gate_min_recall, self.gate_max_fid_over_floor)
 
 
 def _held_out_captions(paths, dataset: str, with_bank: bool) -> dict:
@@ -98,6 +108,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         log=context.log.info, **text)
     seconds = time.perf_counter() - t0
     head = core.headline(result.results)
+    failures = gate_failures(result.results, config.gate())
+    gate = {"passed": not failures, "failures": failures, "thresholds": config.gate().to_dict()}
     out_dir = paths.reports(dataset) / f"eval-v{version}"
     grid = png_bytes(image_grid(result.samples[:64], nrow=8, tile=max(32, gcfg.resolution)))
     write_bytes_atomic(out_dir / "samples.png", grid)
@@ -106,7 +118,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         result.results.update(human_fooling_rate=human.get("fooling_rate"),
                               human_prompt_match_rate=human.get("prompt_match_rate"), human_answers=human["answers"])
     record = {"dataset": dataset, "registered_model": name, "version": version, "time": time.time(),
-              "headline": head, "results": result.results, "human_review": human, "skipped": result.skipped, "seconds": result.seconds,
+              "headline": head, "results": result.results, "quality_gate": gate, "human_review": human,
+              "skipped": result.skipped, "seconds": result.seconds,
               "eval_config": core.eval_config_dict(eval_cfg), "generator_steps": summary.get("steps"),
               "shards": summary.get("shards"), "extractor_version": summary.get("extractor_version")}
     write_json_atomic(out_dir / "report.json", record)
@@ -119,7 +132,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
                           title=f"{dataset}: metrics by generator version", xlabel="registered version")
     write_bytes_atomic(out_dir / "history.png", hist_png)
     title = f"{name} v{version}"
-    markdown = core.report_markdown(title, result.results, result.skipped)
+    markdown = core.report_markdown(title, result.results, result.skipped, gate_failures=failures)
     write_bytes_atomic(out_dir / "report.md", markdown.encode())
     write_bytes_atomic(out_dir / "report.html", core.report_html(
         title, result.results, result.skipped, images={"fixed-seed samples": "samples.png"},
@@ -134,10 +147,19 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         client = mlflow.MlflowClient()
         for k, v in head.items():
             client.set_model_version_tag(name, version, METRIC_TAG + k, repr(float(v)))
+        client.set_model_version_tag(name, version, GATE_TAG, "passed" if not failures else "rejected: " +
+                                     "; ".join(failures))
+        if failures:
+            client.set_model_version_tag(name, version, REJECTED_TAG, "; ".join(failures))
+        elif REJECTED_TAG in client.get_model_version(name, version).tags:  # re-evaluated and now passes
+            client.delete_model_version_tag(name, version, REJECTED_TAG)
         link = mlflow_tracker.link(run)
     context.log.info(f"{title}: " + ", ".join(f"{k}={v:.4g}" for k, v in head.items()))
+    if failures:
+        context.log.warning(f"{title} is rejected by the quality gate: " + "; ".join(failures))
     return dg.MaterializeResult(metadata={
         **{k: round(v, 5) for k, v in head.items()},
+        "quality_gate": "passed" if not failures else "rejected: " + "; ".join(failures),
         "generator": title,
         "eval_seconds": round(seconds, 1),
         "summary": dg.MetadataValue.md(markdown),

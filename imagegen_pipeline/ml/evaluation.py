@@ -140,13 +140,14 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
     fake_features = detector.features(fake)
     seconds["fake_features"] = time.perf_counter() - t
     log(f"detector features of {len(fake)} samples in {seconds['fake_features']:.1f}s")
-    fake_probs = fake_emb = None
+    fake_probs = fake_emb = real_emb = None
     if extractor is not None:
         fake_emb, fake_probs = embed_images(extractor, fake, runtime=runtime)
+        real_emb, _ = embed_images(extractor, val_sub.images, runtime=runtime)
     ctx = MetricContext(
         real_features=ref.features, real_stats=(ref.mu, ref.sigma), real_labels=val_sub.labels.numpy(),
         heldout_features=floor.features, fake_features=fake_features, fake_labels=labels, fake_probs=fake_probs,
-        fake_embeddings=fake_emb, train_embeddings=train_embeddings, class_names=class_names,
+        fake_embeddings=fake_emb, train_embeddings=train_embeddings, real_embeddings=real_emb, class_names=class_names,
         per_class_min=eval_cfg.per_class_min, kid_subset_size=eval_cfg.kid_subset_size, seed=eval_cfg.seed,
         device=str(runtime.device))
     if labels is None:
@@ -182,7 +183,7 @@ def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray
         out["skipped"]["r_precision"] = str(exc)
 
 
-HEADLINE = ("fid", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity",
+HEADLINE = ("fid", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity", "diversity_ratio",
             "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean", "r_precision",
             "r_precision_real", "human_fooling_rate", "human_prompt_match_rate")
 
@@ -192,8 +193,13 @@ def headline(results: dict) -> dict[str, float]:
     return {k: float(results[k]) for k in HEADLINE if isinstance(results.get(k), (int, float))}
 
 
-def report_markdown(title: str, results: dict, skipped: dict, *, promotion: str | None = None) -> str:
-    lines = [f"### {title}", "", "| metric | value |", "|---|---|"]
+def report_markdown(title: str, results: dict, skipped: dict, *, promotion: str | None = None,
+                    gate_failures: list[str] | None = None) -> str:
+    lines = [f"### {title}", ""]
+    if gate_failures is not None:
+        lines += [("**Quality gate: passed**" if not gate_failures else
+                   "**Quality gate: rejected** (never champion): " + "; ".join(gate_failures)), ""]
+    lines += ["| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4g} |" for k, v in headline(results).items()]
     if promotion:
         lines += ["", f"**Promotion:** {promotion}"]

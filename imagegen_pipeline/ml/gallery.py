@@ -28,6 +28,7 @@ from imagegen_pipeline.ml.runtime import Runtime
 
 PER_CLASS_DIR = "per_class"
 FIXED_SEEDS_FILE = "fixed_seeds.png"
+BY_LABEL_FILE = "by_label.png"  # one row per label, the same seeds in every row: collapse shows at a glance
 INTERPOLATIONS_FILE = "interpolations.png"
 NEAREST_FILE = "nearest_neighbours.png"
 INDEX_FILE = "index.html"
@@ -205,7 +206,7 @@ def build_gallery(generator: torch.nn.Module, cfg: DCGANConfig, *, out_dir: Path
         put(relative, png_bytes(grid), grid.size)
 
     # Per class: the same seeds for every class, one row per class grid.
-    per_class = []
+    per_class, rows_by_label = [], []
     seeds = list(range(seeds_per_class))
     nrow = min(seeds_per_class, 8)
     classes = list(enumerate(class_names)) if cfg.conditioning == "class" else [(None, "all")]
@@ -213,7 +214,9 @@ def build_gallery(generator: torch.nn.Module, cfg: DCGANConfig, *, out_dir: Path
         rel = f"{PER_CLASS_DIR}/{idx}_{slugify(name)}.png" if idx is not None else f"{PER_CLASS_DIR}/all.png"
         images = generate(generator, cfg, seeds=seeds, cond=idx, runtime=runtime)  # (S, H, W, C)
         put_grid(rel, images, nrow)
+        rows_by_label.append(images)
         per_class.append({"class_index": idx, "class_name": str(name), "file": rel})
+    put_grid(BY_LABEL_FILE, np.concatenate(rows_by_label), seeds_per_class)
     for stale in (out_dir / PER_CLASS_DIR).glob("*.png"):  # a rebuild into the same folder with other classes
         if f"{PER_CLASS_DIR}/{stale.name}" not in written:
             stale.unlink()
@@ -261,10 +264,13 @@ def build_gallery(generator: torch.nn.Module, cfg: DCGANConfig, *, out_dir: Path
          "text": f"Seeds 0-{fixed_seed_count - 1}" + (", labels cycling over the classes." if label_names else "."),
          "figures": [{"file": FIXED_SEEDS_FILE, "caption": f"{fixed_seed_count} fixed seeds"}]},
         {"id": "per-class", "title": "Per class" if label_names else "Samples",
-         "text": f"Seeds 0-{seeds_per_class - 1} for each class.",
-         "figures": [{"file": p["file"], "caption": (f"{p['class_index']}: {p['class_name']}"
-                                                     if p["class_index"] is not None else "all samples")}
-                     for p in per_class]},
+         "text": f"Seeds 0-{seeds_per_class - 1} for each class" + (", one row per class in the first grid: "
+                                                                    "a row of one repeated picture is a collapse."
+                                                                    if label_names else "."),
+         "figures": [{"file": BY_LABEL_FILE, "caption": "one row per class"}] + [
+             {"file": p["file"], "caption": (f"{p['class_index']}: {p['class_name']}"
+                                             if p["class_index"] is not None else "all samples")}
+             for p in per_class]},
         {"id": "interpolations", "title": "Interpolations",
          "text": f"{interpolation_rows} rows of {interpolation_steps} steps ({interpolation_mode})"
                  + (": " + "; ".join(f"row {i + 1} = {label_names[r['class_index']]}" for i, r in enumerate(rows))
@@ -285,7 +291,8 @@ def build_gallery(generator: torch.nn.Module, cfg: DCGANConfig, *, out_dir: Path
                                 notes=notes).encode("utf-8"))
     result = {
         "out_dir": str(out_dir), "index": INDEX_FILE, "files": written, "per_class": per_class,
-        "per_class_count": len(per_class), "fixed_seeds": {"file": FIXED_SEEDS_FILE, "count": fixed_seed_count,
+        "per_class_count": len(per_class), "by_label": BY_LABEL_FILE,
+        "fixed_seeds": {"file": FIXED_SEEDS_FILE, "count": fixed_seed_count,
                                                            "labels": fixed_labels},
         "interpolations": {"file": INTERPOLATIONS_FILE, "rows": rows, "steps": interpolation_steps,
                            "mode": interpolation_mode},

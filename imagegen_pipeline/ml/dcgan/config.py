@@ -35,9 +35,12 @@ class DCGANConfig:
     text_interpolation: bool = True  # text: G also learns from mixes of two captions' embeddings (GAN-INT)
     feature_head: bool = False  # extra D head on a frozen feature network's embedding of the same images
     feature_dim: int = 1280  # length of that feature network's embedding
+    mbstd_group: int = 4  # D's minibatch-stddev group size (ProGAN): lets D see a collapse; 0 turns it off
     freeze_d_blocks: int = 0  # with init_from: keep the first k D conv blocks fixed (FreezeD, Mo et al. 2020)
     # augmentation and averaging
-    diffaugment: str = "color,translation,cutout"  # DiffAugment policy (Zhao et al. 2020); "" turns it off
+    # DiffAugment policy (Zhao et al. 2020), for small datasets: on 60k MNIST images translation + cutout made G
+    # draw one digit per label (within-label diversity 0.10 of real vs 0.94 without, 4,000 steps, CPU demo sizes)
+    diffaugment: str = ""
     ema_beta: float = 0.999  # generator weight averaging; the EMA generator is the one sampled and exported
     ema_start_step: int = 1000  # before this step the EMA generator simply copies G
     # optimisation
@@ -70,7 +73,8 @@ class DCGANConfig:
              f"diffaugment may only name {AUGMENTATIONS}, not {self.diffaugment!r}"),
             (min(self.batch_size, self.sample_every, self.checkpoint_every, self.log_every, self.num_samples) >= 1,
              "batch_size, sample_every, checkpoint_every, log_every and num_samples must be >= 1"),
-            (self.steps >= 0 and self.freeze_d_blocks >= 0, "steps and freeze_d_blocks must be >= 0"),
+            (min(self.steps, self.freeze_d_blocks, self.mbstd_group) >= 0,
+             "steps, freeze_d_blocks and mbstd_group must be >= 0"),
             (0.0 <= self.ema_beta < 1.0, "ema_beta must be in [0, 1)"),
         ]
         for ok, message in checks:

@@ -44,7 +44,23 @@ def _up(c_in: int, c_out: int, *, first: bool = False) -> nn.Sequential:
 
 def _down(c_in: int, c_out: int) -> nn.Sequential:
     """Strided conv that halves the side, then LeakyReLU(0.2)."""
-    return nn.Sequential(_sn(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, inplace=True))
+    return nn.Sequential(_sn(nn.Conv2d(c_in, c_out, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True))
+
+
+def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
+    """ProGAN's minibatch standard deviation: one extra channel holding how much the images of a small group
+    differ. A generator that draws the same picture for every z gives a group std of ~0 there, which D sees at
+    once; without it an SN discriminator scores each image alone and cannot see a collapse. Groups are
+    consecutive rows, so batches concatenated from whole groups (real | fake) never mix."""
+    n, c, hh, ww = h.shape
+    g = min(group, n)
+    while n % g:
+        g -= 1
+    s = h.float().view(n // g, g, c, hh, ww)  # (N/G, G, C, H, W): rows k*G .. k*G+G-1 form group k
+    s = (s - s.mean(1, keepdim=True)).pow(2).mean(1).add(1e-8).sqrt()  # (N/G, C, H, W)
+    s = s.mean((1, 2, 3)).to(h.dtype)  # (N/G,)
+    s = s.repeat_interleave(g).view(n, 1, 1, 1).expand(n, 1, hh, ww)  # (N, 1, H, W)
+    return torch.cat([h, s], 1)  # (N, C + 1, H, W)
 
 
 def cond_input_dim(cfg: DCGANConfig) -> int:
@@ -83,14 +99,14 @@ class Generator(nn.Module):
                 _up(ngf * 8, ngf * 4),  # (N, ngf*4, 8, 8)
                 _up(ngf * 4, ngf * 2),  # (N, ngf*2, 16, 16)
                 _up(ngf * 2, ngf),  # (N, ngf, 32, 32)
-                nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False),  # (N, nc, 64, 64)
+                nn.ConvTranspose2d(ngf, nc, 4, 2, 1),  # (N, nc, 64, 64)
                 nn.Tanh())
         else:
             self.net = nn.Sequential(
                 _up(c_in, ngf * 4, first=True),  # (N, ngf*4, 4, 4)
                 _up(ngf * 4, ngf * 2),  # (N, ngf*2, 8, 8)
                 _up(ngf * 2, ngf),  # (N, ngf, 16, 16)
-                nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False),  # (N, nc, 32, 32)
+                nn.ConvTranspose2d(ngf, nc, 4, 2, 1),  # (N, nc, 32, 32)
                 nn.Tanh())
         init_dcgan_(self)
 
@@ -114,7 +130,7 @@ class Discriminator(nn.Module):
         super().__init__()
         self.cfg = cfg
         ndf, nc = cfg.ndf, cfg.channels
-        first = nn.Sequential(_sn(nn.Conv2d(nc, ndf, 4, 2, 1, bias=False)), nn.LeakyReLU(0.2, inplace=True))
+        first = nn.Sequential(_sn(nn.Conv2d(nc, ndf, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True))
         if cfg.resolution == 64:
             self.blocks = nn.Sequential(
                 first,  # (N, ndf, 32, 32)
@@ -134,7 +150,7 @@ class Discriminator(nn.Module):
             self.embed = nn.Sequential(_sn(nn.Linear(cfg.text_dim, cfg.text_proj_dim)), nn.LeakyReLU(0.2, True))
             self.joint = nn.Sequential(_sn(nn.Conv2d(c + cfg.text_proj_dim, c, 1, bias=False)),  # (N, c, 4, 4)
                                        nn.LeakyReLU(0.2, inplace=True))
-        self.head = _sn(nn.Conv2d(c, 1, 4, 1, 0, bias=False))  # (N, 1, 1, 1)
+        self.head = _sn(nn.Conv2d(c + (1 if cfg.mbstd_group else 0), 1, 4, 1, 0))  # (N, 1, 1, 1)
         if cfg.feature_head:
             self.feature_head = nn.Sequential(_sn(nn.Linear(cfg.feature_dim, 256)), nn.LeakyReLU(0.2, True),
                                               _sn(nn.Linear(256, 1)))  # (N, 1)
@@ -152,6 +168,8 @@ class Discriminator(nn.Module):
         elif cfg.conditioning == "text":
             t = self.embed(cond.to(h.dtype))[:, :, None, None].expand(-1, -1, *h.shape[2:])  # (N, text_proj, 4, 4)
             h = self.joint(torch.cat([h, t.to(h.dtype)], 1))  # (N, c, 4, 4)
+        if cfg.mbstd_group:
+            h = minibatch_stddev(h, cfg.mbstd_group)  # (N, c + 1, 4, 4)
         logits = self.head(h).flatten()  # (N,)
         if proj is not None:
             logits = logits + proj

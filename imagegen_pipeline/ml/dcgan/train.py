@@ -25,6 +25,7 @@ from imagegen_pipeline.ml.dcgan.config import ARCHITECTURE, RESUMABLE_CHANGES, D
 from imagegen_pipeline.ml.dcgan.ema import EMA
 from imagegen_pipeline.ml.dcgan.export import export_generator
 from imagegen_pipeline.ml.dcgan.losses import d_loss, g_loss
+from imagegen_pipeline.ml.dcgan.monitor import ZSensitivity
 from imagegen_pipeline.ml.dcgan.models import Discriminator, Generator
 from imagegen_pipeline.ml.dcgan.sample import render
 from imagegen_pipeline.ml.grids import image_grid
@@ -33,6 +34,8 @@ from imagegen_pipeline.ml.runtime import Runtime, resolve_runtime, seed_everythi
 CHECKPOINT_FILE = "latest.pt"
 FIXED_NOISE_SEED = 1234  # one constant for every run, so sample grids of different runs compare by eye
 METRIC_NAMES = ("loss_d", "loss_g", "d_real", "d_fake")
+COLLAPSE_WARNING = 0.2  # z_sensitivity below this (share of real) is logged as a likely collapse
+NORM_BATCHES = 16  # batches of cfg.batch_size that estimate the EMA generator's BatchNorm statistics
 
 
 class TrainingDiverged(RuntimeError):
@@ -125,11 +128,17 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
     D_plain = (torch.compile(D) if cfg.compile and runtime.is_cuda else D) if info.enabled else D_train
     batches = _Batches(cfg, data, runtime, data_gen)
     fixed_z, fixed_cond, grid_cols = _fixed_inputs(cfg, data)
+    z_sensitivity = ZSensitivity(cfg, data.images, data.labels, data.text) if info.is_main else None
     loop = _Loop(cfg, runtime, G_train, D_train, D_plain, d_params, opt_g, opt_d, feature_net)
+
+    def recalibrate_ema() -> None:
+        """Fresh BatchNorm statistics for the averaged weights, from draws that leave the training RNG alone."""
+        ema.recalibrate(batches.norm_inputs(step, cfg.batch_size), batches=NORM_BATCHES)
 
     def checkpoint() -> None:
         loop.raise_if_diverged()
         if info.is_main:
+            recalibrate_ema()
             save_checkpoint(out_dir / CHECKPOINT_FILE, {
                 "G": ddp.unwrap(G).state_dict(), "G_ema": ema.state_dict(), "D": ddp.unwrap(D).state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step, "config": cfg.to_dict(),
@@ -139,6 +148,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
         loop.raise_if_diverged()
         if not info.is_main:
             return None
+        recalibrate_ema()
         images = render(ema.model, fixed_z, fixed_cond, runtime=runtime)
         picture = image_grid(images, nrow=grid_cols)
         (out_dir / "samples").mkdir(parents=True, exist_ok=True)
@@ -146,9 +156,13 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
         grid = np.asarray(picture)
         if on_sample:
             on_sample(step, grid)
+        pending["z_sensitivity"] = z_sensitivity(ema.model, runtime)  # goes out with the next metrics
+        if pending["z_sensitivity"] < COLLAPSE_WARNING and step >= cfg.steps // 4:  # early G is blurry anyway
+            log(f"step {step}: z_sensitivity {pending['z_sensitivity']:.2f} of real: images barely change with z "
+                "(mode collapse?)")
         return grid
 
-    start_step, aborted, grid = step, False, None
+    start_step, aborted, grid, pending = step, False, None, {}
     per_step = cfg.batch_size * info.world_size
     t_window, window_start = time.perf_counter(), step
     t_first = None
@@ -165,16 +179,18 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
         if t_first is None:
             _sync(runtime)
             t_first = time.perf_counter()
+        if step % cfg.sample_every == 0:
+            grid = sample()
         if is_log:
             metrics = loop.collect()  # syncs the device, raises TrainingDiverged
             now = time.perf_counter()
             metrics["images_per_second"] = (step - window_start) * per_step / max(now - t_window, 1e-9)
             t_window, window_start = now, step
+            metrics.update(pending)
+            pending.clear()
             history.append({"step": step, **metrics})
             if on_step:
                 on_step(step, metrics)
-        if step % cfg.sample_every == 0:
-            grid = sample()
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             checkpoint()
     _sync(runtime)
@@ -184,7 +200,12 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
     checkpoint()
     if info.is_main and (grid is None or step % cfg.sample_every):
         grid = sample()
+    if pending and history and history[-1]["step"] == step:  # the final grid's figure joins the last metrics
+        history[-1].update(pending)
+    elif pending:
+        history.append({"step": step, **pending})
     if info.is_main:
+        recalibrate_ema()
         export_generator(ema.model, cfg, out_dir, step=step)
     return TrainResult(out_dir / CHECKPOINT_FILE, out_dir / "generator.safetensors", step, history, ips, grid,
                        start_step, aborted)
@@ -311,6 +332,20 @@ class _Batches:
             out["cond_wrong"] = other if cfg.matching_aware else None
             out["cond_int"] = 0.5 * (t + other)[: max(1, b // 2)] if cfg.text_interpolation else None
         return out
+
+
+    def norm_inputs(self, step: int, n: int) -> Callable[[], tuple]:
+        """(z, cond) draws for G shaped like training's, from their own generator seeded by (seed, step): the
+        same checkpoint gets the same statistics, and the training stream is not advanced."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step + 17)
+        rows = self.labels if self.labels is not None else self.text
+
+        def draw() -> tuple:
+            z = torch.randn(n, self.cfg.z_dim, generator=gen).to(self.runtime.device)
+            if rows is None:
+                return (z, None)
+            return (z, rows[torch.randint(len(rows), (n,), generator=gen).to(rows.device)])
+        return draw
 
 
 def _check_inputs(cfg: DCGANConfig, data: TrainData, feature_net: nn.Module | None) -> None:

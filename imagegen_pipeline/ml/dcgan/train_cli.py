@@ -25,7 +25,8 @@ from imagegen_pipeline.ml.shard_reader import ShardReader
 # flag -> DCGANConfig field; a flag left out keeps the --config file's value, then the dataclass default.
 FLAGS = {"steps": int, "batch_size": int, "conditioning": str, "z_dim": int, "ngf": int, "ndf": int,
          "lr_g": float, "lr_d": float, "loss": str, "diffaugment": str, "ema_beta": float, "ema_start_step": int,
-         "sample_every": int, "checkpoint_every": int, "log_every": int, "num_samples": int, "seed": int}
+         "sample_every": int, "checkpoint_every": int, "log_every": int, "num_samples": int, "seed": int,
+         "mbstd_group": int}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

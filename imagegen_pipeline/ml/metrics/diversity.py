@@ -1,8 +1,9 @@
-"""Sample diversity: mean pairwise cosine distance of generated images' embeddings.
+"""Sample diversity: mean pairwise cosine distance of generated images' embeddings, and the same inside each
+asked-for label as a share of what real images of that label show (`diversity_ratio`).
 
-Mode collapse shows as a low value (identical samples give 0). Computed in O(N D) from the sum of unit
-vectors: sum_{i != j} cos_ij = |sum_i u_i|^2 - N. Per class too, when the requested labels are known,
-because a conditional generator can collapse inside one class while the overall number looks healthy.
+Mode collapse shows as a low value (identical samples give 0); a conditional generator that ignores its noise
+draws one picture per label and has a diversity ratio near 0 while its overall diversity looks healthy.
+Computed in O(N D) from the sum of unit vectors: sum_{i != j} cos_ij = |sum_i u_i|^2 - N.
 """
 
 from __future__ import annotations
@@ -34,3 +35,31 @@ def diversity(ctx: MetricContext) -> dict:
         out["diversity_per_class"] = {ctx.class_name(int(c)): mean_pairwise_cosine_distance(emb[labels == c])
                                       for c in np.unique(labels) if (labels == c).sum() >= 2}
     return out
+
+
+def within_label_diversity(embeddings: np.ndarray, labels: np.ndarray | None) -> float:
+    """Mean over labels (with >= 2 rows) of the within-label diversity; the whole set when labels is None."""
+    if labels is None:
+        return mean_pairwise_cosine_distance(embeddings)
+    labels = np.asarray(labels)
+    values = [mean_pairwise_cosine_distance(embeddings[labels == c]) for c in np.unique(labels)
+              if c >= 0 and (labels == c).sum() >= 2]
+    if not values:
+        raise MetricUnavailable("within-label diversity needs at least 2 images of one label")
+    return float(np.mean(values))
+
+
+@register_metric
+def diversity_ratio(ctx: MetricContext) -> dict:
+    """Within-label diversity of samples / the same of real reference images (1 = as varied as the data)."""
+    fake, real = ctx.require("fake_embeddings", "real_embeddings")
+    fake_labels = None if ctx.fake_labels is None else np.asarray(ctx.fake_labels)
+    real_labels = None if fake_labels is None or ctx.real_labels is None else np.asarray(ctx.real_labels)
+    if fake_labels is not None and real_labels is None:
+        raise MetricUnavailable("diversity_ratio of a conditional generator needs the real images' labels")
+    if real_labels is not None:  # compare label by label over the labels both sides have
+        shared = np.intersect1d(np.unique(fake_labels), np.unique(real_labels[real_labels >= 0]))
+        fake, fake_labels = fake[np.isin(fake_labels, shared)], fake_labels[np.isin(fake_labels, shared)]
+        real, real_labels = real[np.isin(real_labels, shared)], real_labels[np.isin(real_labels, shared)]
+    f, r = within_label_diversity(fake, fake_labels), within_label_diversity(real, real_labels)
+    return {"diversity_ratio": f / max(r, 1e-12), "diversity_within_label": f, "diversity_within_label_real": r}

@@ -36,6 +36,7 @@ class MetricContext:
     fake_probs: np.ndarray | None = None  # (N_g, K) the dataset classifier's probabilities for generated images
     fake_embeddings: np.ndarray | None = None  # (N_g, D) generated images in the feature-extractor space
     train_embeddings: np.ndarray | None = None  # (N_t, D) training images in the same space (memorization)
+    real_embeddings: np.ndarray | None = None  # (N_r, D) reference images in the same space (diversity vs real)
     class_names: list[str] | None = None  # index -> name, for per-class keys; str(index) without it
     kid_subsets: int = 100  # KID: number of random subsets (stylegan2-ada default)
     kid_subset_size: int = 1000  # KID: max images per subset

@@ -1,0 +1,48 @@
+"""The quality gate: what a generator must show before it may ever be served, whatever the champion scores.
+
+Promotion compares a candidate with the champion; the gate compares it with the data. A generator that draws
+one picture per label (diversity far below real), covers none of the real images (recall about 0) or sits
+many times above the real train-vs-val FID floor is registered with the reason and the tag `rejected`, and
+never becomes champion, the first model included.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    min_diversity_ratio: float = 0.4  # within-label diversity of samples / of real images (extractor space)
+    min_recall: float = 0.05  # share of real images inside the samples' k-NN manifold (Kynkäänniemi et al.)
+    max_fid_over_floor: float = 8.0  # FID / real train-vs-val FID at the same N and detector
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def gate_failures(results: dict, gate: QualityGate = QualityGate()) -> list[str]:
+    """Why `results` (an evaluation's metric dict) fail the gate; [] when they pass. A missing or non-finite
+    figure fails too: a model is not let through on a metric nobody could compute."""
+    def value(key: str) -> float | None:
+        v = results.get(key)
+        return float(v) if isinstance(v, (int, float)) and math.isfinite(float(v)) else None
+
+    failures = []
+    ratio = value("diversity_ratio")
+    if ratio is None:
+        failures.append("diversity_ratio missing")
+    elif ratio < gate.min_diversity_ratio:
+        failures.append(f"within-label diversity {ratio:.2f} of real < {gate.min_diversity_ratio} (collapse)")
+    recall = value("recall")
+    if recall is None:
+        failures.append("recall missing")
+    elif recall < gate.min_recall:
+        failures.append(f"recall {recall:.3f} < {gate.min_recall}")
+    fid, floor = value("fid"), value("real_floor_fid")
+    if fid is None or floor is None:
+        failures.append(f"fid or real_floor_fid missing (fid={fid}, floor={floor})")
+    elif fid > gate.max_fid_over_floor * floor:
+        failures.append(f"FID {fid:.1f} > {gate.max_fid_over_floor} x real floor {floor:.1f}")
+    return failures

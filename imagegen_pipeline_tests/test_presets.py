@@ -1,0 +1,62 @@
+"""Named presets: every field exists on its asset's Config, and each GPU preset's DCGAN takes its first steps on
+CPU with the preset's own architecture and loss settings (CI has no GPU; the full runs are for a GPU box)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from imagegen_pipeline.defs.dcgan import DcganTrainConfig, _core_config
+from imagegen_pipeline.defs.evaluation import EvaluationConfig
+from imagegen_pipeline.defs.extractor import FeatureExtractorConfig, ImageEmbeddingsConfig
+from imagegen_pipeline.defs.gallery import SampleGalleryConfig
+from imagegen_pipeline.ml.dcgan import TrainData, train_dcgan
+from imagegen_pipeline.ml.runtime import resolve_runtime
+from imagegen_pipeline.presets import PRESETS, preset_run_config
+
+CONFIGS = {"feature_extractor": FeatureExtractorConfig, "image_embeddings": ImageEmbeddingsConfig,
+           "dcgan_checkpoint": DcganTrainConfig, "evaluation_report": EvaluationConfig,
+           "sample_gallery": SampleGalleryConfig}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_field_is_a_field_of_its_assets_config(name):
+    for op, section in preset_run_config(name)["ops"].items():
+        CONFIGS[op](**section["config"])  # pydantic refuses unknown or mistyped fields
+        assert set(section["config"]) <= set(CONFIGS[op].model_fields), (name, op)
+
+
+def test_unknown_preset_names_the_choices():
+    with pytest.raises(ValueError, match="gpu-mnist"):
+        preset_run_config("gpu-mnsit")
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(PRESETS) if n.startswith("gpu-")])
+def test_gpu_preset_dcgan_takes_its_first_steps_on_cpu(name, tmp_path, one_thread):
+    over = preset_run_config(name)["ops"]["dcgan_checkpoint"]["config"]
+    config = DcganTrainConfig(**{**over, "device": "cpu", "steps": 2, "batch_size": 4, "compile": False})
+    text = over["conditioning"] == "text"
+    reader = SimpleNamespace(shape=(3, 64, 64) if text else (1, 32, 32), class_names=[str(i) for i in range(10)])
+    cfg = _core_config(config, reader, "presettest", over["conditioning"])
+    if text:
+        cfg = cfg.replace(text_dim=16)
+    g = torch.Generator().manual_seed(0)
+    data = TrainData(torch.randint(0, 256, (8, *reader.shape), dtype=torch.uint8, generator=g),
+                     torch.arange(8) % 10, torch.randn(8, 16, generator=g))
+    result = train_dcgan(cfg, data, out_dir=tmp_path, runtime=resolve_runtime("cpu"))
+    assert result.final_step == 2 and (tmp_path / "generator.safetensors").is_file()
+    assert cfg.ngf == over["ngf"] and cfg.lr_g == over["lr_g"] and cfg.diffaugment == over.get("diffaugment", "")
+
+
+def test_cli_layers_flags_over_the_config_file_over_the_preset(tmp_path):
+    from imagegen_pipeline.cli import _run_config, build_parser
+
+    f = tmp_path / "run.yaml"
+    f.write_text("ops:\n  dcgan_checkpoint:\n    config:\n      ngf: 48\n      batch_size: 32\n")
+    args = build_parser().parse_args(["train", "mnist", "--preset", "gpu-mnist", "--config", str(f), "--steps", "7"])
+    ops = _run_config(args, {"dcgan_checkpoint": ("steps", "batch_size", "ngf")})["ops"]
+    dcgan = ops["dcgan_checkpoint"]["config"]
+    assert (dcgan["steps"], dcgan["ngf"], dcgan["batch_size"], dcgan["ema_beta"]) == (7, 48, 32, 0.999)
+    assert ops["evaluation_report"]["config"]["num_samples"] == 10_000
