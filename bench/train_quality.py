@@ -135,7 +135,9 @@ def main() -> None:
         out = run()
         rows[name] = {"steps": out["steps"], "train_seconds": round(time.perf_counter() - t, 1),
                       **judge(out["images"], out["labels"], real_features, detector, val)}
-        order = np.argsort(out["labels"], kind="stable")[:100] if out["labels"] is not None else np.arange(100)
+        labels = out["labels"]  # a grid of one row per label (10 seeds each), or 100 unconditional samples
+        order = (np.concatenate([np.flatnonzero(labels == k)[:10] for k in np.unique(labels)[:10]])
+                 if labels is not None else np.arange(100))
         image_grid(out["images"][order], nrow=10).save(args.out / f"train_quality_{name}.png")
     report = {"dataset": args.dataset, "device": runtime.describe(), "seconds_each": args.seconds, "n": args.n,
               "preset": args.preset, "real_floor_fid": floor, **rows,

@@ -70,6 +70,14 @@ def reap_dead_cli_runs(instance) -> None:
         print(f"run {run.run_id} ({run.job_name}) had died with process {pid}: marked failed, its slots freed")
 
 
+def job_run_config(job_def, run_config: dict | None) -> dict:
+    """A preset configures the whole chain; a job takes the `ops` sections of the ops it runs."""
+    config = dict(run_config or {})
+    if "ops" in config:
+        config["ops"] = {op: c for op, c in config["ops"].items() if job_def.graph.has_node_named(op)}
+    return config
+
+
 def run_job(job: str, dataset: str, paths: DataPaths, run_config: dict | None = None, *, tags: dict | None = None):
     """Launch one of the Definitions' jobs for a dataset partition in this process, as the UI would."""
     from imagegen_pipeline.definitions import defs
@@ -81,9 +89,7 @@ def run_job(job: str, dataset: str, paths: DataPaths, run_config: dict | None = 
     if not instance.has_dynamic_partition(dataset_partitions.name, dataset):
         instance.add_dynamic_partitions(dataset_partitions.name, [dataset])
     job_def = defs.resolve_job_def(job)
-    config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **(run_config or {})}
-    if "ops" in config:  # a preset configures the whole chain; a job takes the sections of its own ops
-        config["ops"] = {op: c for op, c in config["ops"].items() if job_def.graph.has_node_named(op)}
+    config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **job_run_config(job_def, run_config)}
     result = job_def.execute_in_process(
         partition_key=dataset, instance=instance, run_config=config, raise_on_error=False,
         tags={"imagegen/trigger": "cli", PID_TAG: f"{socket.gethostname()}:{os.getpid()}", **(tags or {})})

@@ -60,3 +60,17 @@ def test_cli_layers_flags_over_the_config_file_over_the_preset(tmp_path):
     dcgan = ops["dcgan_checkpoint"]["config"]
     assert (dcgan["steps"], dcgan["ngf"], dcgan["batch_size"], dcgan["ema_beta"]) == (7, 48, 32, 0.999)
     assert ops["evaluation_report"]["config"]["num_samples"] == 10_000
+
+
+@pytest.mark.parametrize("job,preset", [("train_job", "gpu-mnist"), ("features_job", "gpu-fashion-mnist"),
+                                        ("pipeline_job", "gpu-mnist-uncond"), ("text_job", "gpu-emoji-text")])
+def test_each_job_accepts_the_part_of_a_preset_it_runs(job, preset):
+    import dagster as dg
+
+    from imagegen_pipeline.cli import job_run_config
+    from imagegen_pipeline.definitions import defs
+
+    job_def = defs.resolve_job_def(job)
+    config = job_run_config(job_def, preset_run_config(preset))
+    assert dg.validate_run_config(job_def, config)  # raises on a section for an op the job does not run
+    assert config["ops"] and all(job_def.graph.has_node_named(op) for op in config["ops"])
