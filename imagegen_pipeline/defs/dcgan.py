@@ -48,7 +48,7 @@ class DcganTrainConfig(dg.Config):
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
     conditioning: str = Field(default="auto", description="'none', 'class', 'text' or 'auto' (class when the "
                                                           "dataset has at least 2 classes, else none).")
-    steps: int = Field(default=5000, description="Optimizer steps (the cpu-demo default: about 4 min on 2 cores; "
+    steps: int = Field(default=6000, description="Optimizer steps (the cpu-demo default: about 4 min on 2 cores; "
                                                "see `imagegen presets` for GPU sizes).")
     batch_size: int = Field(default=64, description="Images per step.")
     ngf: int = Field(default=32, description="Generator width (64 is the paper's).")

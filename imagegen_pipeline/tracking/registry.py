@@ -88,7 +88,8 @@ def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: st
         promoted, reason = False, f"version {version} failed the quality gate: {new.tags[REJECTED_TAG]}" + (
             f"; v{old.version} stays {alias}" if old is not None else f"; no {alias} yet")
     elif old is None:
-        promoted, reason = True, f"first model: version {version} passed the quality gate and becomes {alias}"
+        gated = " passed the quality gate and" if new.tags.get(GATE_TAG) == "passed" else ""
+        promoted, reason = True, f"first model: version {version}{gated} becomes {alias}"
     elif old.version == new.version:
         promoted, reason = True, f"version {version} already holds {alias}"
     else:
