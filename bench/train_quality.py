@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from train_throughput import BaselineD, BaselineG, weights_init  # noqa: E402  (the recipe's nets, one copy)
 
-from imagegen_pipeline.defs.dcgan import DcganTrainConfig  # noqa: E402
+from imagegen_pipeline.defs.dcgan import DcganTrainConfig, _core_config  # noqa: E402
 from imagegen_pipeline.ml.dcgan import DCGANConfig, TrainData, generate, load_generator, train_dcgan  # noqa: E402
-from imagegen_pipeline.ml.dcgan.monitor import pixel_spread  # noqa: E402
+from imagegen_pipeline.ml.dcgan.monitor import pixel_spread, within_label_spread  # noqa: E402
 from imagegen_pipeline.ml.dcgan.sample import to_uint8  # noqa: E402
 from imagegen_pipeline.ml.grids import image_grid  # noqa: E402
 from imagegen_pipeline.ml.metrics import fid_from_features  # noqa: E402
@@ -43,16 +43,12 @@ from imagegen_pipeline.ml.shard_reader import ShardReader  # noqa: E402
 from imagegen_pipeline.presets import preset_run_config  # noqa: E402
 
 
-def ours_config(preset: str, reader: ShardReader) -> DCGANConfig:
-    """The preset's dcgan_checkpoint settings as the asset would build them (steps: as many as fit)."""
+def ours_config(preset: str, reader: ShardReader, dataset: str) -> DCGANConfig:
+    """The preset's dcgan_checkpoint settings, built as the asset builds them; steps: as many as fit the time."""
     over = preset_run_config(preset)["ops"].get("dcgan_checkpoint", {}).get("config", {})
-    asset = DcganTrainConfig(**{k: v for k, v in over.items() if k not in ("device", "compile")})
-    c, h, _ = reader.shape
-    return DCGANConfig(resolution=h, channels=c, conditioning="class", num_classes=len(reader.class_names),
-                       ngf=asset.ngf, ndf=asset.ndf, loss=asset.loss, diffaugment=asset.diffaugment,
-                       ema_beta=asset.ema_beta, ema_start_step=asset.ema_start_step, batch_size=asset.batch_size,
-                       lr_g=asset.lr_g, lr_d=asset.lr_d, steps=10**9, sample_every=10**9, checkpoint_every=10**9,
-                       log_every=100, num_samples=10, seed=0)
+    asset = DcganTrainConfig(**{k: v for k, v in over.items() if k not in ("device", "compile", "conditioning")})
+    return _core_config(asset, reader, dataset, "class").replace(
+        steps=10**9, sample_every=10**9, checkpoint_every=10**9, log_every=100, num_samples=10)
 
 
 def run_ours(cfg: DCGANConfig, data: TrainData, runtime: Runtime, out_dir: Path, seconds: float, n: int) -> dict:
@@ -100,8 +96,9 @@ def judge(images: np.ndarray, labels: np.ndarray | None, real_features: np.ndarr
     if labels is None:
         spread, real_spread = pixel_spread(images), pixel_spread(real_images)
     else:
-        spread = np.mean([pixel_spread(images[labels == k]) for k in np.unique(labels)])
-        real_spread = np.mean([pixel_spread(real_images[real_labels == k]) for k in np.unique(labels)])
+        keep = np.isin(real_labels, np.unique(labels))
+        spread, real_spread = within_label_spread(images, labels), within_label_spread(real_images[keep],
+                                                                                       real_labels[keep])
     return {"fid": fid_from_features(detector.features(fake), real_features), "dark_share": float((images < 10).mean()),
             "within_label_spread_vs_real": float(spread / real_spread)}
 
@@ -127,7 +124,7 @@ def main() -> None:
     floor = fid_from_features(detector.features(train.images[floor_pick]), real_features)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = {}
-    cfg = ours_config(args.preset, reader)
+    cfg = ours_config(args.preset, reader, args.dataset)
     for name, run in (("ours", lambda: run_ours(cfg, train, runtime, args.out / "train_quality_run", args.seconds,
                                                  args.n)),
                       ("dcgan_example", lambda: run_baseline(train, runtime, args.seconds, args.n))):
@@ -137,7 +134,7 @@ def main() -> None:
                       **judge(out["images"], out["labels"], real_features, detector, val)}
         labels = out["labels"]  # a grid of one row per label (10 seeds each), or 100 unconditional samples
         order = (np.concatenate([np.flatnonzero(labels == k)[:10] for k in np.unique(labels)[:10]])
-                 if labels is not None else np.arange(100))
+                 if labels is not None else np.arange(min(100, len(out["images"]))))
         image_grid(out["images"][order], nrow=10).save(args.out / f"train_quality_{name}.png")
     report = {"dataset": args.dataset, "device": runtime.describe(), "seconds_each": args.seconds, "n": args.n,
               "preset": args.preset, "real_floor_fid": floor, **rows,

@@ -17,6 +17,12 @@ def pixel_spread(images_uint8: np.ndarray | torch.Tensor) -> float:
     return float(x.std(0).mean()) if len(x) > 1 else 0.0
 
 
+def within_label_spread(images_uint8: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor) -> float:
+    """Mean over labels of the pixel spread among that label's images (0 = one picture per label)."""
+    labels = np.asarray(labels)
+    return float(np.mean([pixel_spread(images_uint8[labels == c]) for c in np.unique(labels)]))
+
+
 class ZSensitivity:
     """Pixel spread across `per` noise vectors for each of up to `conditions` fixed conditions (labels or the
     first captions), as a share of the spread of real images under the same condition (the real images of one
@@ -38,8 +44,7 @@ class ZSensitivity:
                 k = min(conditions, len(text))
                 self.cond = text[:k].float().repeat_interleave(per, 0)  # (k * per, text_dim)
         self.real = float(np.mean(spreads))
-        n = per * (1 if self.cond is None else len(self.cond) // per)
-        self.z = torch.randn(n, cfg.z_dim, generator=g)
+        self.z = torch.randn(per if self.cond is None else len(self.cond), cfg.z_dim, generator=g)
         self.per = per
 
     def __call__(self, generator: nn.Module, runtime=None) -> float:
