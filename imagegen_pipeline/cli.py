@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from imagegen_pipeline.paths import DataPaths, InvalidDatasetName, validate_dataset_name
+from imagegen_pipeline.ml.protocols import PROTOCOLS
 from imagegen_pipeline.presets import PRESETS, preset_run_config
 
 
@@ -222,6 +223,23 @@ def cmd_pipeline(args: argparse.Namespace, paths: DataPaths) -> int:
     return 0 if result.success else 1
 
 
+def cmd_evaluate(args: argparse.Namespace, paths: DataPaths) -> int:
+    """Judge the latest generator under a named protocol (evaluate_job), then print the figures with it."""
+    dataset = validate_dataset_name(args.dataset)
+    run_config = _run_config(args, {"evaluation_report": ("device", "protocol", "num_samples", "num_real")})
+    result = run_job("evaluate_job", dataset, paths, run_config)
+    meta = _materialized(result, "evaluation_report")
+    if meta:
+        print(f"{meta['generator']} under protocol {meta['protocol']}")
+        print(", ".join(f"{k}={meta[k]}" for k in ("fid", "kid", "precision", "recall", "conditional_accuracy",
+                                                   "diversity_ratio", "real_floor_fid", "quality_gate") if k in meta))
+        print(f"report: {meta['report_html']}")
+    promo = paths.reports(dataset) / "promotion.json"
+    if result.success and promo.is_file():
+        print(f"promotion: {json.loads(promo.read_text())['reason']}")
+    return 0 if result.success else 1
+
+
 def cmd_presets(args: argparse.Namespace, paths: DataPaths) -> int:
     if not args.name:
         for name, ops in PRESETS.items():
@@ -405,6 +423,17 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("steps", "batch-size", "ngf", "ndf", "checkpoint-every", "sample-every"):
         tr.add_argument(f"--{flag}", type=int)
     tr.set_defaults(func=cmd_train)
+    ev = sub.add_parser("evaluate", help="evaluate the latest generator under a named protocol, then promote it "
+                                         "if it is better (evaluate_job)")
+    ev.add_argument("dataset")
+    ev.add_argument("--protocol", choices=sorted(PROTOCOLS), help="quick: 1,000 samples vs 1,000 val images "
+                    "(default); paper: 10,000 vs 10,000 (MNIST's official test images), as published FIDs")
+    ev.add_argument("--num-samples", type=int, help="override the protocol's sample count (recorded as 'custom')")
+    ev.add_argument("--num-real", type=int, help="override the protocol's real-image count")
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    ev.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section), flags override it")
+    ev.add_argument("--preset", choices=sorted(PRESETS), help="named sizes (see `imagegen presets`)")
+    ev.set_defaults(func=cmd_evaluate)
     gen = sub.add_parser("generate", help="images for a prompt (or --label) from the registered generator, "
                                           "best of --candidates each by prompt score")
     gen.add_argument("prompt", nargs="?", help='what to draw, e.g. "a cat with a hat" (text-conditioned models)')

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 
-_GPU_FEATURES = {"device": "cuda", "input_size": 96, "head_epochs": 1, "finetune_epochs": 3,
+_GPU_FEATURES = {"device": "cuda", "input_size": 96, "finetune_epochs": 3, "batch_size": 256, "train_baseline": True,
                  "max_train_images": None, "max_val_images": None}
 _GPU_EMBED = {"device": "cuda"}
 _GPU_DCGAN = {"device": "cuda", "steps": 20_000, "batch_size": 256, "ngf": 64, "ndf": 64, "lr_g": 2e-4, "lr_d": 2e-4,
               "ema_beta": 0.999, "ema_start_step": 2000, "sample_every": 1000, "checkpoint_every": 2000,
               "log_every": 100, "compile": True}
-_GPU_EVAL = {"device": "cuda", "num_samples": 10_000, "num_real": 10_000}
+_GPU_EVAL = {"device": "cuda", "protocol": "paper"}
 
 
 def _gpu(**dcgan) -> dict:

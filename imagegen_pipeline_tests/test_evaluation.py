@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import dagster as dg
 import mlflow
@@ -13,7 +14,8 @@ from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.defs.evaluation import evaluation_checks, evaluation_report
 from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
-from imagegen_pipeline.tracking.registry import METRIC_TAG
+from imagegen_pipeline.ml.metrics.inception import DETECTOR_ID
+from imagegen_pipeline.tracking.registry import METRIC_TAG, PROTOCOL_TAG
 from imagegen_pipeline_tests.conftest import run_ingest
 from imagegen_pipeline_tests.test_dcgan_asset import TINY_GAN
 from imagegen_pipeline_tests.test_features_assets import TINY_EXTRACTOR
@@ -73,6 +75,13 @@ def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, 
     run_data = client.get_run(champion.run_id).data
     assert run_data.metrics["eval_fid"] == pytest.approx(meta["fid"])
     assert "evaluation" in {a.path for a in client.list_artifacts(champion.run_id)}
+    # the protocol travels with every figure: report, Markdown, MLflow run tags and the registered version
+    protocol = report["protocol"]
+    assert (protocol["name"], protocol["num_samples"], protocol["detector"]) == ("custom", 20, DETECTOR_ID)
+    assert re.fullmatch(r"val split, \d+ images \(1x32x32\)", protocol["reference"]) and protocol["precision_recall_k"] == 3
+    assert "Protocol **custom**: 20 samples against the val split" in meta["summary"]
+    assert run_data.tags["eval.protocol.num_samples"] == "20" and run_data.tags["eval.protocol.detector"] == DETECTOR_ID
+    assert champion.tags[PROTOCOL_TAG] == protocol["key"] == meta["protocol"]
 
 
 def test_champion_moves_only_when_fid_improves(trained, instance, mlflow_uri):

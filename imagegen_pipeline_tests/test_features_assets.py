@@ -19,7 +19,8 @@ from imagegen_pipeline.ml.shard_reader import ShardReader
 from imagegen_pipeline_tests.conftest import run_ingest
 
 TINY_EXTRACTOR = {"input_size": 32, "batch_size": 32, "head_epochs": 1, "finetune_epochs": 1,
-                  "max_train_images": 160, "max_val_images": 64, "min_val_accuracy": 0.0, "device": "cpu"}
+                  "max_train_images": 160, "max_val_images": 64, "min_val_accuracy": 0.0, "device": "cpu",
+                  "train_baseline": True}
 
 
 def resources(paths) -> dict:

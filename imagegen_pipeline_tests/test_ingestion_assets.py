@@ -121,3 +121,20 @@ def test_blocking_check_fails_when_a_landing_file_is_not_in_the_manifest(mnist_s
     assert not evaluation.passed
     assert evaluation.metadata["unlisted_files"].value == 1
     assert evaluation.metadata["examples"].value == "3/late.png"
+
+
+def test_declared_test_split_becomes_val_so_the_generator_never_trains_on_it(paths, instance):
+    """MNIST's official test images are what published FIDs use as reference: a source_split of test in
+    labels.csv must put the row in val whatever its content hash says; undeclared datasets keep the hash split."""
+    folder = paths.raw("mixed")
+    rows = ["path,label,source_split"]
+    for i in range(40):
+        split = "test" if i % 4 == 0 else "train"
+        write(folder / f"{i:02d}.png", noise_png(i, mode="L"))
+        rows.append(f"{i:02d}.png,{i % 2},{split}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert run_ingest(instance, "mixed").success
+    reader = ShardReader(paths.shards("mixed"))
+    assert sorted(reader.read_column("val", "path")) == [f"{i:02d}.png" for i in range(0, 40, 4)]
+    assert len(reader.read_column("train", "path")) == 30
+    assert "source_split" in json.loads((paths.shards("mixed") / "description.json").read_text())["split_method"]

@@ -271,3 +271,27 @@ def test_fid_from_few_features_equals_the_covariance_formula():
     a, b = rng.normal(size=(40, 96)), rng.normal(size=(25, 96)) * 1.3 + 0.2
     full = frechet_distance(*feature_stats(a), *feature_stats(b))
     assert fid_from_features(a, b) == pytest.approx(full, rel=1e-6)
+
+
+def test_reference_features_are_keyed_by_the_pixels_the_detector_sees(tmp_path):
+    """Issue 13.1: re-ingesting the same files at another resolution keeps every row's sha256, so a cache keyed
+    by row hashes served the old resolution's features. The evaluation now keys by pixels: new pixels, new
+    features, and the FID against them changes."""
+    from imagegen_pipeline.ml.dcgan import DCGANConfig, Generator
+    from imagegen_pipeline.ml.evaluation import EvalConfig, RealSplit, evaluate_generator
+    from imagegen_pipeline.ml.runtime import resolve_runtime
+
+    cfg = DCGANConfig(resolution=32, channels=1, ngf=8, ndf=8, z_dim=8, conditioning="none", num_classes=0)
+    gen = Generator(cfg).eval()
+    rng = torch.Generator().manual_seed(0)
+    shas = [f"{i:064x}" for i in range(24)]
+    labels = torch.full((24,), -1)
+    dark = RealSplit(torch.randint(0, 60, (24, 1, 32, 32), generator=rng, dtype=torch.uint8), labels, shas)
+    bright = RealSplit(torch.randint(190, 256, (24, 1, 32, 32), generator=rng, dtype=torch.uint8), labels, shas)
+    cache, det = FeatureCache(tmp_path / "cache"), CountingDetector()
+    ecfg = EvalConfig(num_samples=24, num_real=24, metrics=("fid",))
+    runs = [evaluate_generator(gen, cfg, train=split, val=split, detector=det, cache=cache, eval_cfg=ecfg,
+                               runtime=resolve_runtime("cpu")) for split in (dark, bright)]
+    assert runs[0].results["fid"] != pytest.approx(runs[1].results["fid"])
+    assert det.calls == 2 + 2  # each run: its reference set, then its samples; train == val is one cache entry
+    assert runs[0].protocol["reference_key"] != runs[1].protocol["reference_key"]

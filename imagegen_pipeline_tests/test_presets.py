@@ -59,7 +59,7 @@ def test_cli_layers_flags_over_the_config_file_over_the_preset(tmp_path):
     ops = _run_config(args, {"dcgan_checkpoint": ("steps", "batch_size", "ngf")})["ops"]
     dcgan = ops["dcgan_checkpoint"]["config"]
     assert (dcgan["steps"], dcgan["ngf"], dcgan["batch_size"], dcgan["ema_beta"]) == (7, 48, 32, 0.999)
-    assert ops["evaluation_report"]["config"]["num_samples"] == 10_000
+    assert ops["evaluation_report"]["config"]["protocol"] == "paper"
 
 
 @pytest.mark.parametrize("job,preset", [("train_job", "gpu-mnist"), ("features_job", "gpu-fashion-mnist"),

@@ -25,7 +25,8 @@ from imagegen_pipeline.ml.metrics.inception import InceptionFeatures, MissingDet
 from imagegen_pipeline.ml.quality_gate import QualityGate, gate_failures
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.review import review_summary, reviews_db
-from imagegen_pipeline.tracking.registry import GATE_TAG, METRIC_TAG, REJECTED_TAG, Guard, promote_if_better
+from imagegen_pipeline.tracking.registry import (GATE_TAG, METRIC_TAG, PROTOCOL_TAG, REJECTED_TAG, Guard,
+                                                 promote_if_better)
 
 GROUP = "evaluation"
 LATEST_FILE = "latest_evaluation.json"  # in reports/<dataset>/: which version the last report judged
@@ -34,9 +35,12 @@ HISTORY_FILE = "history.jsonl"
 
 class EvaluationConfig(dg.Config):
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
-    num_samples: int = Field(default=1000, description="Generated images to judge (10,000 for paper-comparable "
-                                                       "FID); FID falls as N grows, so compare runs at one N.")
-    num_real: int = Field(default=1000, description="Cap on real images per split (val = reference, train = floor).")
+    protocol: str = Field(default="quick", description="'quick' (1,000 samples vs 1,000 val images) or 'paper' "
+                                                       "(10,000 vs 10,000: MNIST's official test images). Recorded "
+                                                       "with every figure; FID falls as N grows.")
+    num_samples: int | None = Field(default=None, description="Generated images to judge; unset = the protocol's.")
+    num_real: int | None = Field(default=None, description="Cap on real images per split (val = reference, train = "
+                                                           "floor); unset = the protocol's.")
     per_class_min: int = Field(default=50, description="Per-class FID only for classes with this many images.")
     detector_batch_size: int = Field(default=64, description="Images per Inception forward pass.")
     seed: int = Field(default=0, description="Noise seeds and real subsets.")
@@ -45,6 +49,14 @@ class EvaluationConfig(dg.Config):
     gate_min_recall: float = Field(default=QualityGate.min_recall, description="Quality gate: recall, at least.")
     gate_max_fid_over_floor: float = Field(default=QualityGate.max_fid_over_floor,
                                            description="Quality gate: FID at most this multiple of the real floor.")
+
+    def to_core(self) -> core.EvalConfig:
+        if self.protocol not in core.PROTOCOLS:
+            raise dg.Failure(f"unknown evaluation protocol {self.protocol!r}; choose from {sorted(core.PROTOCOLS)}")
+        named = core.PROTOCOLS[self.protocol]
+        n = self.num_samples or named["num_samples"]
+        return core.EvalConfig(num_samples=n, num_real=self.num_real or named["num_real"], protocol=self.protocol,
+                               per_class_min=self.per_class_min, kid_subset_size=min(1000, n), seed=self.seed)
 
     def gate(self) -> QualityGate:
         return QualityGate(self.gate_min_diversity_ratio, self.gate_min_recall, self.gate_max_fid_over_floor)
@@ -97,9 +109,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     if (paths.embeddings(dataset) / EMBEDDINGS_FILE).is_file():
         train_emb = embedding_matrix(read_embeddings(paths.embeddings(dataset), split="train"))
     text = _held_out_captions(paths, dataset, train_emb is not None) if gcfg.conditioning == "text" else {}
-    eval_cfg = core.EvalConfig(num_samples=config.num_samples, num_real=config.num_real,
-                               per_class_min=config.per_class_min, kid_subset_size=min(1000, config.num_samples),
-                               seed=config.seed)
+    eval_cfg = config.to_core()
     t0 = time.perf_counter()
     result = core.evaluate_generator(
         generator, gcfg, train=splits["train"], val=splits["val"], detector=detector,
@@ -118,7 +128,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         result.results.update(human_fooling_rate=human.get("fooling_rate"),
                               human_prompt_match_rate=human.get("prompt_match_rate"), human_answers=human["answers"])
     record = {"dataset": dataset, "registered_model": name, "version": version, "time": time.time(),
-              "headline": head, "results": result.results, "quality_gate": gate, "human_review": human,
+              "headline": head, "protocol": result.protocol, "results": result.results, "quality_gate": gate, "human_review": human,
               "skipped": result.skipped, "seconds": result.seconds,
               "eval_config": core.eval_config_dict(eval_cfg), "generator_steps": summary.get("steps"),
               "shards": summary.get("shards"), "extractor_version": summary.get("extractor_version")}
@@ -132,7 +142,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
                           title=f"{dataset}: metrics by generator version", xlabel="registered version")
     write_bytes_atomic(out_dir / "history.png", hist_png)
     title = f"{name} v{version}"
-    markdown = core.report_markdown(title, result.results, result.skipped, gate_failures=failures)
+    markdown = core.report_markdown(title, result.results, result.skipped, gate_failures=failures,
+                                    protocol=result.protocol)
     write_bytes_atomic(out_dir / "report.md", markdown.encode())
     write_bytes_atomic(out_dir / "report.html", core.report_html(
         title, result.results, result.skipped, images={"fixed-seed samples": "samples.png"},
@@ -143,10 +154,12 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
                                                              "report": str(out_dir / "report.json")})
     with mlflow_tracker.start_run(paths, dataset, run_name="", run_id=summary["mlflow_run_id"]) as run:
         mlflow.log_metrics({f"eval_{k}": v for k, v in head.items()})
+        mlflow.set_tags({f"eval.protocol.{k}": str(v) for k, v in result.protocol.items()})
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
         client = mlflow.MlflowClient()
         for k, v in head.items():
             client.set_model_version_tag(name, version, METRIC_TAG + k, repr(float(v)))
+        client.set_model_version_tag(name, version, PROTOCOL_TAG, result.protocol["key"])
         client.set_model_version_tag(name, version, GATE_TAG, "passed" if not failures else "rejected: " +
                                      "; ".join(failures))
         if failures:
@@ -159,6 +172,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         context.log.warning(f"{title} is rejected by the quality gate: " + "; ".join(failures))
     return dg.MaterializeResult(metadata={
         **{k: round(v, 5) for k, v in head.items()},
+        "protocol": result.protocol["key"],
         "quality_gate": "passed" if not failures else "rejected: " + "; ".join(failures),
         "generator": title,
         "eval_seconds": round(seconds, 1),

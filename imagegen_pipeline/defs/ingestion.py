@@ -74,7 +74,10 @@ class ImageShardsConfig(dg.Config):
                                                               "(dataset.json), else 64.")
     channels: str | None = Field(default=None, description="'L' or 'RGB'; unset = the dataset's default, where "
                                                            "'auto' means L only if every accepted image is grayscale.")
-    val_fraction: float = Field(default=0.1, description="Share of images in the val split (chosen by content hash).")
+    val_fraction: float = Field(default=0.1, description="Share of images in the val split (chosen by content hash) "
+                                                         "among rows whose labels.csv declares no source_split.")
+    use_source_split: bool = Field(default=True, description="Keep the split labels.csv declares (MNIST's official "
+                                                             "test images -> val); false = content hash for all.")
     workers: int = Field(default=0, description="Decoding processes; 0 = one per CPU core.")
 
 
@@ -96,7 +99,8 @@ def image_shards(context: dg.AssetExecutionContext, config: ImageShardsConfig,
     if channels == "auto":
         channels = "L" if len(accepted) and bool(accepted["is_gray"].all()) else "RGB"
     cfg = ShardConfig(resolution=config.resolution or (defaults.resolution if defaults else 64), channels=channels,
-                      val_fraction=config.val_fraction, workers=config.workers)
+                      val_fraction=config.val_fraction,
+                      use_source_split=config.use_source_split, workers=config.workers)
     t0 = time.perf_counter()
     desc = write_shards(landing, accepted, paths.shards(dataset), cfg, log=context.log.info)
     seconds = time.perf_counter() - t0

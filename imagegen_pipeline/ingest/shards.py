@@ -7,6 +7,7 @@ a reader never sees a mix of an old and a new shard set. Old shards are removed 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -37,6 +38,7 @@ class ShardConfig:
     resolution: int  # output side length; images are centre-cropped to square, then resized
     channels: str  # "L" (1 channel) or "RGB" (3 channels)
     val_fraction: float = 0.1  # share of images in the val split, chosen by content hash (stable across runs)
+    use_source_split: bool = True  # rows whose labels.csv names a source_split (official MNIST test -> val) keep it
     target_shard_mb: int = 64  # uncompressed pixel bytes per shard file
     workers: int = 0  # decoding processes; 0 = one per core
     chunk_size: int = 512  # images per worker task
@@ -61,6 +63,22 @@ class ShardConfig:
 def split_of(sha256: str, val_fraction: float) -> str:
     """Deterministic split from the content hash: the same image lands in the same split forever."""
     return "val" if int(sha256[:8], 16) / 2**32 < val_fraction else "train"
+
+
+SOURCE_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "val"}
+
+
+def source_split_of(attributes: str | None) -> str | None:
+    """The split a dataset's own labels.csv declares for a row (column `source_split`), as train/val; None when
+    the row declares none. Declared splits are kept only when some row is declared val/test. Keeping MNIST's official test images in val means the generator never trains on
+    the images that published FIDs are measured against."""
+    if not attributes or not isinstance(attributes, str):
+        return None
+    try:
+        declared = json.loads(attributes).get("source_split")
+    except (ValueError, AttributeError):
+        return None
+    return SOURCE_SPLITS.get(str(declared).strip().lower()) if declared else None
 
 
 def _schema(image_bytes: int) -> pa.Schema:
@@ -123,14 +141,19 @@ def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Shar
     rows_per_shard = max(1, cfg.target_shard_mb * 2**20 // cfg.image_bytes)
     writers = {s: _SplitWriter(out_dir, s, token, schema, rows_per_shard) for s in SPLITS}
     rels = accepted["path"].tolist()
-    meta = list(zip(rels, accepted["sha256"], labels, captions, strict=True))
+    declared = ([source_split_of(a) for a in accepted["attributes"]]
+                if cfg.use_source_split and "attributes" in accepted else [None] * len(rels))
+    if "val" not in declared:  # e.g. a slice of MNIST's train files only: a val split by hash beats none at all
+        declared = [None] * len(rels)
+    splits = [d or split_of(sha, cfg.val_fraction) for d, sha in zip(declared, accepted["sha256"], strict=True)]
+    meta = list(zip(rels, accepted["sha256"], labels, captions, splits, strict=True))
     fn = partial(load_chunk, str(landing), resolution=cfg.resolution, channels=cfg.channels)
     done = 0
     for chunk_meta, blob in zip(chunked(meta, cfg.chunk_size),
                                 ordered_map(fn, chunked(rels, cfg.chunk_size), workers=resolve_workers(cfg.workers)),
                                 strict=True):
-        for i, (rel, sha, label, caption) in enumerate(chunk_meta):
-            writers[split_of(sha, cfg.val_fraction)].add(
+        for i, (rel, sha, label, caption, split) in enumerate(chunk_meta):
+            writers[split].add(
                 pixels=blob[i * cfg.image_bytes:(i + 1) * cfg.image_bytes], label_idx=class_idx.get(label, -1),
                 label=label, caption=caption, sha256=sha, path=rel)
         done += len(chunk_meta)
@@ -149,6 +172,8 @@ def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Shar
         "class_names": class_names,
         "num_rows": sum(w.rows for w in writers.values()),
         "splits": {s: {"rows": w.rows, "files": w.files} for s, w in writers.items()},
+        "split_method": ("the dataset's source_split (test -> val), content hash for the rest"
+                         if any(declared) else f"content hash, {cfg.val_fraction:.0%} val"),
         "config": asdict(cfg),
     }
     write_json_atomic(out_dir / DESCRIPTION_FILE, description)

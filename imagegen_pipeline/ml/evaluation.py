@@ -17,8 +17,9 @@ import torch
 from imagegen_pipeline.ml.dcgan import DCGANConfig, generate
 from imagegen_pipeline.ml.extractor import embed_images
 from imagegen_pipeline.ml.metrics import MetricContext, compute_metrics, list_metrics
-from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache, cached_reference_stats, hash_row_ids
+from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache, cached_reference_stats, hash_images
 from imagegen_pipeline.ml.prompt_score import CaptionBank, r_precision
+from imagegen_pipeline.ml.protocols import PROTOCOLS
 from imagegen_pipeline.ml.runtime import Runtime
 
 
@@ -26,6 +27,7 @@ from imagegen_pipeline.ml.runtime import Runtime
 class EvalConfig:
     num_samples: int = 1000  # generated images (balanced over classes for conditional models); 10k for papers
     num_real: int = 1000  # cap on real images per split fed to the detector (seeded subset)
+    protocol: str = "quick"  # the name recorded with every figure; "custom" when N differs from the named one
     metrics: tuple[str, ...] = ()  # empty = every registered metric
     per_class_min: int = 100  # per-class FID only where both sides have this many images
     kid_subset_size: int = 1000  # KID subset size (smaller sets use all images)
@@ -55,6 +57,7 @@ class EvalResult:
     samples: np.ndarray = field(repr=False)  # uint8 (N, H, W, C) generated images
     sample_labels: np.ndarray | None = field(repr=False, default=None)
     nearest_train: np.ndarray | None = field(repr=False, default=None)  # (N,) index into train rows
+    protocol: dict = field(default_factory=dict)  # N, reference set and detector: a figure is never read without it
 
 
 def caption_rows(n: int, m: int, *, seed: int) -> np.ndarray:
@@ -131,8 +134,9 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
     seconds["sample"] = time.perf_counter() - t
     val_sub, train_sub = val.subset(eval_cfg.num_real, eval_cfg.seed), train.subset(eval_cfg.num_real, eval_cfg.seed)
     t = time.perf_counter()
-    ref = cached_reference_stats(cache, detector, val_sub.images, content_key=hash_row_ids(val_sub.sha256))
-    floor = cached_reference_stats(cache, detector, train_sub.images, content_key=hash_row_ids(train_sub.sha256))
+    ref_key, floor_key = hash_images(val_sub.images), hash_images(train_sub.images)  # what the detector is fed
+    ref = cached_reference_stats(cache, detector, val_sub.images, content_key=ref_key)
+    floor = cached_reference_stats(cache, detector, train_sub.images, content_key=floor_key)
     seconds["real_features"] = time.perf_counter() - t
     log(f"detector features of {len(val_sub.images)} val and {len(train_sub.images)} train images ready "
         f"({seconds['real_features']:.1f}s, cached by content)")
@@ -164,7 +168,27 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
         from imagegen_pipeline.ml.metrics.memorization import find_nearest_train
 
         nearest = find_nearest_train(fake_emb, train_embeddings, device=str(runtime.device)).indices
-    return EvalResult(out["results"], out["skipped"], {**seconds, **out["seconds"]}, samples, labels, nearest)
+    protocol = protocol_record(eval_cfg, num_samples=len(fake), reference=val_sub, reference_key=ref_key,
+                               floor=train_sub, floor_key=floor_key, detector_id=detector.detector_id)
+    return EvalResult(out["results"], out["skipped"], {**seconds, **out["seconds"]}, samples, labels, nearest,
+                      protocol=protocol)
+
+
+def protocol_record(eval_cfg: EvalConfig, *, num_samples: int, reference: RealSplit, reference_key: str,
+                    floor: RealSplit, floor_key: str, detector_id: str) -> dict:
+    """What a figure was measured under. `key` is equal for two evaluations exactly when their FIDs compare:
+    same protocol name and N, same reference pixels, same detector."""
+    named = PROTOCOLS.get(eval_cfg.protocol)
+    name = eval_cfg.protocol if named and named["num_samples"] == num_samples else "custom"
+    shape = "x".join(str(d) for d in reference.images.shape[1:])
+    return {
+        "name": name, "num_samples": num_samples,
+        "reference": f"val split, {len(reference.images)} images ({shape})", "reference_key": reference_key,
+        "floor": f"train split, {len(floor.images)} images, against the reference", "floor_key": floor_key,
+        "detector": detector_id, "precision_recall_k": MetricContext.pr_k, "kid_subset_size": eval_cfg.kid_subset_size,
+        "seed": eval_cfg.seed,
+        "key": f"{name}|n={num_samples}|ref={reference_key[:16]}|{detector_id}",
+    }
 
 
 def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray | None, bank: CaptionBank | None,
@@ -194,8 +218,12 @@ def headline(results: dict) -> dict[str, float]:
 
 
 def report_markdown(title: str, results: dict, skipped: dict, *, promotion: str | None = None,
-                    gate_failures: list[str] | None = None) -> str:
+                    gate_failures: list[str] | None = None, protocol: dict | None = None) -> str:
     lines = [f"### {title}", ""]
+    if protocol:
+        lines += [f"Protocol **{protocol['name']}**: {protocol['num_samples']} samples against the "
+                  f"{protocol['reference']}; floor: {protocol['floor']}; detector `{protocol['detector']}`; "
+                  f"precision/recall k = {protocol['precision_recall_k']}.", ""]
     if gate_failures is not None:
         lines += [("**Quality gate: passed**" if not gate_failures else
                    "**Quality gate: rejected** (never champion): " + "; ".join(gate_failures)), ""]

