@@ -154,3 +154,33 @@ def test_validation_limits_are_configurable(paths):
     assert df.set_index("path").loc["four.png", "reason"] == "image is 4x4, smaller than 8 pixels on a side"
     df, _ = build_manifest(paths.raw("tiny"), cfg=ValidationConfig(max_pixels=100), workers=1)
     assert "over the 100 limit" in df.set_index("path").loc["twelve.png", "reason"]
+
+
+def test_a_file_edited_between_validation_and_sharding_is_refused_not_sharded(tmp_path):
+    """Issue 13.8: image_shards decoded the file again without re-hashing, so an edit after raw_images put
+    unvalidated pixels into the shards. The bytes it decodes are now the bytes it hashes."""
+    from imagegen_pipeline.ingest.shards import ShardConfig, write_shards
+    from imagegen_pipeline.ingest.validate import ChangedSinceValidation
+
+    root = tmp_path / "landing"
+    for i in range(6):
+        write(root / "a" / f"{i}.png", noise_png(i, mode="L"))
+    manifest, _ = build_manifest(root)
+    write(root / "a" / "3.png", noise_png(99, mode="L"))  # same size, other pixels
+    with pytest.raises(ChangedSinceValidation, match="'a/3.png' changed after raw_images validated it"):
+        write_shards(root, manifest[manifest["status"] == "ok"], tmp_path / "shards",
+                     ShardConfig(resolution=16, channels="L", workers=1))
+
+
+def test_rows_are_judged_again_when_the_validation_limits_change(tmp_path):
+    """Issue 13.8: rows were reused on size and mtime alone, so raising min_side kept accepting small images."""
+    root = tmp_path / "landing"
+    for i in range(4):
+        write(root / "a" / f"{i}.png", noise_png(i, size=(16, 16), mode="L"))
+    first, _ = build_manifest(root, cfg=ValidationConfig(min_side=8))
+    assert (first["status"] == "ok").all()
+    second, stats = build_manifest(root, previous=first, cfg=ValidationConfig(min_side=20))
+    assert stats.decoded == 4 and (second["status"] == "quarantined").all()
+    assert second["reason"].str.contains("smaller than 20 pixels").all()
+    third, stats = build_manifest(root, previous=second, cfg=ValidationConfig(min_side=20))
+    assert stats.reused == 4  # same limits, unchanged files: not decoded again

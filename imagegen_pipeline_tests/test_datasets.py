@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from imagegen_pipeline.datasets import DatasetExists, SourceNotFound, import_dataset, import_folder
+from imagegen_pipeline.datasets.emoji import caption_group
 from imagegen_pipeline.datasets.idx import parse_idx
+from imagegen_pipeline.ml.shard_reader import ShardReader
 from imagegen_pipeline.paths import REPO_ROOT, InvalidDatasetName, validate_dataset_name
 from imagegen_pipeline_tests.conftest import noise_png, run_ingest, write
 
@@ -78,6 +80,24 @@ def test_emoji_imports_both_styles_composited_on_white_with_captions(paths):
     assert im.getpixel((0, 0)) == (255, 255, 255)  # transparent corner composited on white
     assert (out / "LICENSE-emoji-datasource-google.txt").is_file() and (out / "LICENSE-images.md").is_file()
     assert "Apache" in (out / "LICENSE-images.md").read_text()
+
+
+@pytest.mark.skipif(not (NPM_DIR / "emoji-datasource-google-16.0.0.tgz").is_file(),
+                    reason="npm tarballs not fetched (make test-data)")
+def test_emoji_captions_are_split_by_group_so_val_captions_are_never_trained_on(paths, instance):
+    """Issue 13.6: styles and skin tones share captions, and the image-hash split put "thumbs up sign" on both
+    sides. Every style and tone of a caption now lands in one split, and the shards keep it."""
+    out = import_dataset("emoji", paths, source=NPM_DIR, limit=600)
+    rows = labels_csv(out)
+    split_of = {}
+    for r in rows:
+        split_of.setdefault(caption_group(r["caption"]), set()).add(r["source_split"])
+    assert all(len(s) == 1 for s in split_of.values())
+    assert caption_group("thumbs up sign, medium-light skin tone") == caption_group("thumbs up sign")
+    assert run_ingest(instance, "emoji").success
+    reader = ShardReader(paths.shards("emoji"))
+    train, val = (set(reader.read_column(s, "caption")) for s in ("train", "val"))
+    assert len(val) > 20 and not (train & val)
 
 
 def test_user_folder_keeps_classes_and_captions_and_ingests(paths, instance, tmp_path):

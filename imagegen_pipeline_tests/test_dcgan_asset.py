@@ -5,22 +5,26 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import dagster as dg
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
+from imagegen_pipeline.ml.checkpoint import load_checkpoint
 from imagegen_pipeline_tests.conftest import run_ingest
 
 TINY_GAN = {"device": "cpu", "steps": 6, "batch_size": 16, "ngf": 8, "ndf": 8, "checkpoint_every": 3,
@@ -60,7 +64,7 @@ def test_trained_generator_is_registered_and_generates_by_label_and_seed(mnist_s
     mv = client.get_model_version_by_alias("imagegen-generator-mnist", "candidate")
     assert mv.tags["imagegen.shards"] and mv.tags["imagegen.conditioning"] == "class"
     run = client.get_run(mv.run_id)
-    assert run.data.metrics["loss_d"] == run.data.metrics["loss_d"]  # logged, finite
+    assert math.isfinite(run.data.metrics["loss_d"]) and math.isfinite(run.data.metrics["loss_g"])  # logged, finite
     assert len(client.get_metric_history(run.info.run_id, "loss_g")) == 3  # log_every=2 over 6 steps
     assert "checkpoint" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
@@ -109,3 +113,28 @@ def test_kill_minus_nine_then_rematerialize_resumes_to_the_same_final_step(mnist
     assert line.startswith("dcgan: 200 steps (resumed from ")
     resumed = int(line.split("resumed from ")[1].split(")")[0])
     assert 10 <= resumed < 200 and resumed % 10 == 0
+
+
+def test_init_from_starts_from_the_source_champion_checkpoint_not_the_newest_local_one(mnist_shards, instance,
+                                                                                         mlflow_uri):
+    """Issue 13.11: init_from took the newest checkpoint folder by mtime; the README promises the registered
+    version. With v1 as champion and v2 trained later, a transfer run starts from v1's weights, says so, and
+    the source version is part of its run key."""
+    paths = mnist_shards
+    train(paths, instance)
+    train(paths, instance, steps=8)  # v2: newer on disk
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("imagegen-generator-mnist", "champion", "1")
+    import_dataset("mnist", paths, name="digits", limit=120)
+    assert run_ingest(instance, "digits").success
+    resources = {"storage": ImagegenStorage(home=str(paths.home)), "mlflow_tracker": MlflowTracker()}
+    config = {**TINY_GAN, "steps": 0, "init_from": "mnist"}
+    result = dg.materialize([dcgan_checkpoint], partition_key="digits", instance=instance, resources=resources,
+                            run_config={"ops": {"dcgan_checkpoint": {"config": config}}})
+    assert result.success
+    v1 = load_checkpoint(Path(client.get_model_version("imagegen-generator-mnist", "1").tags["imagegen.checkpoint"]))
+    [run_dir] = list(paths.checkpoints("digits").glob("dcgan-*"))
+    started = load_checkpoint(run_dir / "latest.pt")
+    assert all(torch.equal(started["G"][k], v) for k, v in v1["G"].items())
+    assert started["config"]["extra"]["init_from"] == "imagegen-generator-mnist v1"

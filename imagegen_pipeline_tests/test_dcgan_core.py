@@ -171,8 +171,9 @@ def test_abort_fn_stops_early_with_a_checkpoint_that_resumes(tmp_path):
     assert train_dcgan(cfg, tiny_data(cfg), out_dir=tmp_path, runtime=CPU).final_step == 6
 
 
-def test_resume_after_sigkill_reaches_the_configured_step(tmp_path):
-    """Kill -9 the CLI after its first checkpoint; re-running the same command finishes at exactly --steps."""
+def test_resume_after_sigkill_equals_an_uninterrupted_run_bit_for_bit(tmp_path):
+    """Kill -9 the CLI after its first checkpoint; re-running the same command finishes at exactly --steps, with
+    the very weights, optimizer state and RNG state of a run that was never killed (CPU, one thread)."""
     shards = write_tiny_shards(tmp_path)
     out, steps = tmp_path / "run", 200
     cmd = [sys.executable, *cli(shards, out, "--steps", str(steps), "--checkpoint-every", "5", "--log-every", "50",
@@ -191,7 +192,21 @@ def test_resume_after_sigkill_reaches_the_configured_step(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["final_step"] == steps and summary["resumed_from"] == killed_at
-    assert load_checkpoint(out / "latest.pt")["step"] == steps
+    resumed = load_checkpoint(out / "latest.pt")
+    assert resumed["step"] == steps
+
+    straight = tmp_path / "uninterrupted"
+    once = subprocess.run([sys.executable, *cli(shards, straight, *cmd[cmd.index("--steps"):])], cwd=REPO,
+                          env=sub_env(), capture_output=True, text=True, timeout=120)
+    assert once.returncode == 0, once.stderr[-2000:]
+    reference = load_checkpoint(straight / "latest.pt")
+    for part in ("G", "G_ema", "D"):
+        assert all(torch.equal(resumed[part][k], v) for k, v in reference[part].items()), part
+    for part in ("opt_g", "opt_d"):
+        ours, theirs = resumed[part]["state"], reference[part]["state"]
+        assert all(torch.equal(ours[i][k], theirs[i][k]) for i in theirs for k in theirs[i]), part
+    assert all(torch.equal(torch.as_tensor(resumed["rng"][k]), torch.as_tensor(v))
+               for k, v in reference["rng"].items() if v is not None)
 
 
 def test_nan_loss_raises_training_diverged_naming_the_step_and_keeps_last_checkpoint(tmp_path):
@@ -245,6 +260,23 @@ def test_init_from_starts_from_another_runs_weights_and_can_freeze_d_blocks(tmp_
         train_dcgan(big, tiny_data(big), out_dir=tmp_path / "e", runtime=CPU, init_from=first)
 
 
+def test_ddp_nan_on_one_rank_stops_every_rank_instead_of_hanging(tmp_path):
+    """Issue 13.10: rank 1 alone saw the NaN and raised; rank 0 then waited in the next all-reduce for the
+    30-minute process-group timeout. The ranks now agree on divergence at every check."""
+    shards = write_tiny_shards(tmp_path)
+    config = tmp_path / "fault.json"
+    config.write_text(json.dumps({"extra": {"fault_nan_at": [1, 3]}}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           *cli(shards, tmp_path / "run", "--steps", "40", "--checkpoint-every", "100", "--log-every", "2",
+                "--config", str(config))]
+    try:
+        done = subprocess.run(cmd, cwd=REPO, env=sub_env(), capture_output=True, text=True, timeout=150)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a NaN on rank 1 left the other rank hanging")
+    assert done.returncode != 0
+    assert done.stderr.count("training diverged at step 3") >= 2, done.stderr[-3000:]  # both ranks say so
+
+
 def test_ddp_with_two_gloo_processes_finishes_and_writes_one_checkpoint(tmp_path):
     """torchrun with 2 CPU ranks: DDP over gloo trains to the end and only rank 0 writes."""
     shards = write_tiny_shards(tmp_path)
@@ -255,6 +287,7 @@ def test_ddp_with_two_gloo_processes_finishes_and_writes_one_checkpoint(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["world_size"] == 2 and summaries[0]["final_step"] == 4
+    assert summaries[0]["ranks_agree"] is True  # both ranks hold the same G and D at the end
     ckpt = load_checkpoint(out / "latest.pt")
     assert ckpt["step"] == 4 and ckpt["world_size"] == 2
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".pt") == ["latest.pt"]

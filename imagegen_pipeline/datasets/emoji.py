@@ -6,6 +6,7 @@ label = category, subcategory kept, caption = the emoji's name in plain words
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -90,6 +91,23 @@ def _entries(meta: list[dict], style: str):
                 yield var["image"], f"{base}, {tones}", e["category"], e.get("subcategory", ""), var["unified"]
 
 
+VAL_FRACTION = 0.1
+
+
+def caption_group(caption: str) -> str:
+    """The caption without its skin tones: every style and tone of an emoji (and different code points with one
+    name, like the two "man in tuxedo") share it, so they share a split."""
+    for tone in sorted(SKIN_TONES.values(), key=len, reverse=True):  # "medium-light ..." before "light ..."
+        caption = caption.replace(f", {tone}", "").replace(tone, "")
+    return caption.strip(" ,").lower()
+
+
+def split_of_group(group: str) -> str:
+    """train/val by a hash of the caption group, so R-precision is measured on captions the model never saw
+    (a split by image hash put google's and twitter's "thumbs up sign" on both sides)."""
+    return "val" if int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 2**32 < VAL_FRACTION else "train"
+
+
 def import_emoji(paths: DataPaths, *, name: str = "emoji", styles: tuple[str, ...] = STYLES, source: Path | None = None,
                  limit: int | None = None, overwrite: bool = False, progress=None) -> Path:
     unknown = set(styles) - set(STYLES)
@@ -110,7 +128,8 @@ def import_emoji(paths: DataPaths, *, name: str = "emoji", styles: tuple[str, ..
                 rgb = Image.new("RGB", rgba.size, (255, 255, 255))
                 rgb.paste(rgba, mask=rgba.getchannel("A"))
                 writer.add_image(f"{slug(category)}/{style}-{unified.lower()}.png", rgb, label=category,
-                                 caption=caption, subcategory=subcategory, style=style)
+                                 caption=caption, subcategory=subcategory, style=style,
+                                 source_split=split_of_group(caption_group(caption)))
                 if progress:
                     progress(1)
             if (lic := files.read("LICENSE")) is not None:

@@ -6,6 +6,7 @@ MLflow, its EMA generator registered as imagegen-generator-<dataset> (alias `can
 import hashlib
 import json
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +32,19 @@ from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_parti
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml import dcgan as core
 from imagegen_pipeline.ml.checkpoint import load_checkpoint
+from imagegen_pipeline.ml.dcgan.train import CHECKPOINT_FILE
 from imagegen_pipeline.ml.grids import png_bytes
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.paths import validate_dataset_name
-from imagegen_pipeline.tracking.registry import log_code_model, registered_name
+from imagegen_pipeline.tracking.registry import current_alias_holder, log_code_model, registered_name
+from imagegen_pipeline.tracking.store import use_store
 
 GROUP = "generation"
 SERVING_CODE = Path(__file__).resolve().parent.parent / "serving" / "generator_model.py"
 CANDIDATE = "candidate"
 GENERATOR_FILE = "generator.safetensors"  # the latest trained EMA generator (weights + config metadata)
 GENERATOR_SUMMARY = "generator_summary.json"  # beside it: registered name/version, run, shards, steps
+EXTRACTOR_VERSION_TAG = "imagegen.extractor_version"  # on the run and the registered version: the pinned judge
 DONE_FILE = "registered.json"  # written after registration: a later materialization starts a fresh run
 
 
@@ -92,15 +96,25 @@ def _run_dir(paths, dataset: str, cfg: core.DCGANConfig, stamp: str) -> Path:
     return paths.checkpoints(dataset) / f"dcgan-{key}"
 
 
-def _init_from(paths, source: str) -> dict | None:
+def _init_from(source: str) -> tuple[dict | None, str]:
+    """The checkpoint logged with the source dataset's registered generator (its champion, else its newest
+    version) and which version that is; not whichever local checkpoint folder was touched last."""
     if not source:
-        return None
-    source = validate_dataset_name(source)
-    runs = sorted(paths.checkpoints(source).glob("dcgan-*/latest.pt"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise dg.Failure(f"init_from={source!r}: no DCGAN checkpoint under {paths.checkpoints(source)}; "
-                         f"materialize dcgan_checkpoint for {source!r} first")
-    return load_checkpoint(runs[-1])
+        return None, ""
+    name = registered_name("generator", validate_dataset_name(source))
+    client = mlflow.MlflowClient()
+    try:
+        mv = current_alias_holder(name, client=client) or max(
+            client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), default=None)
+    except mlflow.exceptions.MlflowException:
+        mv = None
+    if mv is None:
+        raise dg.Failure(f"init_from={source!r}: no registered generator {name}; materialize dcgan_checkpoint "
+                         f"for {source!r} first")
+    with tempfile.TemporaryDirectory(prefix="imagegen-init-from-") as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=f"checkpoint/{CHECKPOINT_FILE}",
+                                                    dst_path=tmp)
+        return load_checkpoint(local), f"{name} v{mv.version}"
 
 
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
@@ -125,6 +139,10 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
                                      "example_prompts": captions.examples})
     except ValueError as exc:
         raise dg.Failure(f"{dataset}: {exc}") from exc
+    use_store(mlflow_tracker.uri(paths))
+    init_state, init_version = _init_from(config.init_from)
+    if init_version:  # part of the run key: another source version is another experiment
+        cfg = cfg.replace(extra={**cfg.extra, "init_from": init_version})
     runtime = resolve_runtime(config.device)
     images, labels = reader.load_split("train")
     if conditioning == "class" and bool((labels < 0).any()):
@@ -159,12 +177,12 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
             paths, dataset, run_name=f"dcgan-{context.run_id[:8]}",
             run_id=mlflow_run_file.read_text().strip() if resuming and mlflow_run_file.exists() else None,
             tags={"imagegen.stage": "dcgan_checkpoint", "imagegen.dagster_run": context.run_id,
-                  "imagegen.shards": stamp, "imagegen.extractor_version": str(extractor_version)}) as run:
+                  "imagegen.shards": stamp, EXTRACTOR_VERSION_TAG: str(extractor_version)}) as run:
         out_dir.mkdir(parents=True, exist_ok=True)
         mlflow_run_file.write_text(run.info.run_id)
         if not resuming:
             mlflow.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "extra"}, **runtime.describe(),
-                               "train_images": len(images), "init_from": config.init_from or "none"})
+                               "train_images": len(images), "init_from": init_version or "none"})
 
         def on_step(step: int, metrics: dict) -> None:
             history.append({"step": step, **metrics})
@@ -179,7 +197,7 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
         try:
             result = core.train_dcgan(cfg, core.TrainData(images=images, labels=labels, text=text), out_dir=out_dir,
                                       runtime=runtime, feature_net=feature_net,
-                                      init_from=_init_from(paths, config.init_from), on_step=on_step,
+                                      init_from=init_state, on_step=on_step,
                                       on_sample=on_sample, log=context.log.info)
         except core.TrainingDiverged as exc:
             raise dg.Failure(f"{dataset}: {exc} (the last good checkpoint is kept in {out_dir})") from exc
@@ -198,7 +216,7 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
         mv = log_code_model(code_file=SERVING_CODE, artifacts={"generator": str(generator_file)},
                             registered_model_name=name, signature=signature,
                             metadata={"dataset": dataset, "shards": stamp, "conditioning": conditioning},
-                            tags={"imagegen.shards": stamp, "imagegen.extractor_version": str(extractor_version),
+                            tags={"imagegen.shards": stamp, EXTRACTOR_VERSION_TAG: str(extractor_version),
                                   "imagegen.conditioning": conditioning, "imagegen.mlflow_run": run.info.run_id,
                                   "imagegen.checkpoint": str(result.checkpoint_path)})
         mlflow.MlflowClient().set_registered_model_alias(name, CANDIDATE, mv.version)
@@ -257,13 +275,21 @@ def _train_captions(paths, dataset: str, reader) -> _TrainCaptions:
     return _TrainCaptions(vectors, found, hashlib.sha256(f.read_bytes()).hexdigest()[:16], examples[::step][:8])
 
 
-def trained_generator(paths, dataset: str, *, device) -> tuple[dict, core.Generator, core.DCGANConfig]:
-    """The latest trained EMA generator of a dataset and its summary (registered version, run, shards)."""
+def generator_summary(paths, dataset: str) -> dict:
+    """What the last dcgan_checkpoint materialization registered (name, version, run, shards, steps)."""
     f = paths.models(dataset) / GENERATOR_SUMMARY
-    if not f.is_file() or not (paths.models(dataset) / GENERATOR_FILE).is_file():
+    if not f.is_file():
+        raise dg.Failure(f"{dataset}: no trained generator; materialize dcgan_checkpoint first")
+    return json.loads(f.read_text())
+
+
+def trained_generator(paths, dataset: str, *, device) -> tuple[dict, core.Generator, core.DCGANConfig]:
+    """The latest trained EMA generator of a dataset (the local export) and its summary."""
+    summary = generator_summary(paths, dataset)
+    if not (paths.models(dataset) / GENERATOR_FILE).is_file():
         raise dg.Failure(f"{dataset}: no trained generator; materialize dcgan_checkpoint first")
     generator, cfg = core.load_generator(paths.models(dataset) / GENERATOR_FILE, device=device)
-    return json.loads(f.read_text()), generator, cfg
+    return summary, generator, cfg
 
 
 def _extractor_version(paths, dataset: str) -> str | None:

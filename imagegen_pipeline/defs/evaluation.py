@@ -3,7 +3,9 @@ precision/recall and the extractor's scores, log it to the generator's MLflow ru
 `champion` only when the new model is better."""
 
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import dagster as dg
 import mlflow
@@ -11,13 +13,15 @@ from pydantic import Field
 
 from imagegen_pipeline.atomic import write_bytes_atomic, write_json_atomic
 from imagegen_pipeline.defs.common import curves_png, dataset_of, open_shards
-from imagegen_pipeline.defs.dcgan import dcgan_checkpoint, trained_generator
+from imagegen_pipeline.defs.dcgan import EXTRACTOR_VERSION_TAG, dcgan_checkpoint, generator_summary
 from imagegen_pipeline.defs.extractor import fine_tuned_extractor, image_embeddings
 from imagegen_pipeline.defs.metadata import png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml import evaluation as core
+from imagegen_pipeline.ml.dcgan import load_generator
 from imagegen_pipeline.ml.embeddings_store import EMBEDDINGS_FILE, embedding_matrix, read_embeddings
+from imagegen_pipeline.ml.extractor import load_extractor
 from imagegen_pipeline.ml.grids import image_grid, png_bytes
 from imagegen_pipeline.ml.metrics import append_jsonl, read_jsonl
 from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache
@@ -26,7 +30,9 @@ from imagegen_pipeline.ml.quality_gate import QualityGate, gate_failures
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.review import review_summary, reviews_db
 from imagegen_pipeline.tracking.registry import (GATE_TAG, METRIC_TAG, PROTOCOL_TAG, REJECTED_TAG, Guard,
-                                                 promote_if_better)
+                                                 current_alias_holder, download_model_artifact, promote_if_better,
+                                                 registered_name)
+from imagegen_pipeline.tracking.store import use_store
 
 GROUP = "evaluation"
 LATEST_FILE = "latest_evaluation.json"  # in reports/<dataset>/: which version the last report judged
@@ -71,6 +77,8 @@ def _held_out_captions(paths, dataset: str, with_bank: bool) -> dict:
         raise dg.Failure(f"{dataset}: the generator is text-conditioned and is evaluated on held-out captions; "
                          f"no {paths.embeddings(dataset) / CAPTIONS_FILE}: materialize caption_embeddings")
     val = read_captions(paths.embeddings(dataset), split="val")
+    train_captions = set(read_captions(paths.embeddings(dataset), split="train")["caption"])
+    seen = float(val["caption"].isin(train_captions).mean()) if len(val) else 0.0
     if len(val) < 2:
         raise dg.Failure(f"{dataset}: {len(val)} val captions; a text model needs held-out captions to be judged on")
     bank = None
@@ -80,7 +88,8 @@ def _held_out_captions(paths, dataset: str, with_bank: bool) -> dict:
                                            read_captions(paths.embeddings(dataset), split="train"))
         except ValueError:  # embeddings and captions from different shards: r_precision is skipped, says why
             bank = None
-    return {"text_conds": embedding_matrix(val), "caption_ids": val["sha256"].tolist(), "caption_bank": bank}
+    return {"text_conds": embedding_matrix(val), "caption_ids": val["sha256"].tolist(), "caption_bank": bank,
+            "val_captions_seen_in_train": seen}
 
 
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
@@ -94,7 +103,9 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     dataset = dataset_of(context)
     paths = storage.paths
     runtime = resolve_runtime(config.device)
-    summary, generator, gcfg = trained_generator(paths, dataset, device=runtime.device)
+    use_store(mlflow_tracker.uri(paths))
+    client = mlflow.MlflowClient()
+    summary = generator_summary(paths, dataset)
     name, version = summary["registered_model"], str(summary["version"])
     reader = open_shards(paths, dataset)
     splits = {}
@@ -105,18 +116,36 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         detector = InceptionFeatures(runtime=runtime, batch_size=config.detector_batch_size)
     except MissingDetectorError as exc:
         raise dg.Failure(str(exc)) from exc
-    extractor, train_emb = fine_tuned_extractor(paths, dataset, device=runtime.device), None
+    train_emb = None
     if (paths.embeddings(dataset) / EMBEDDINGS_FILE).is_file():
         train_emb = embedding_matrix(read_embeddings(paths.embeddings(dataset), split="train"))
-    text = _held_out_captions(paths, dataset, train_emb is not None) if gcfg.conditioning == "text" else {}
     eval_cfg = config.to_core()
-    t0 = time.perf_counter()
-    result = core.evaluate_generator(
-        generator, gcfg, train=splits["train"], val=splits["val"], detector=detector,
-        cache=FeatureCache(paths.reports(dataset) / "detector_cache"), extractor=extractor,
-        train_embeddings=train_emb, class_names=reader.class_names, eval_cfg=eval_cfg, runtime=runtime,
-        log=context.log.info, **text)
-    seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="imagegen-eval-") as tmp:
+        # the registered artifacts, by version: the generator users are served, judged by the extractor version
+        # it was trained with (tag), so a candidate and the champion it is compared with share one judge
+        generator, gcfg = load_generator(download_model_artifact(name, version, "generator", Path(tmp) / "g"),
+                                         device=runtime.device)
+        judge_version = client.get_model_version(name, version).tags.get(EXTRACTOR_VERSION_TAG)
+        extractor, judge = _registered_judge(paths, dataset, judge_version, Path(tmp) / "x", runtime.device)
+        text = _held_out_captions(paths, dataset, train_emb is not None) if gcfg.conditioning == "text" else {}
+        seen = text.pop("val_captions_seen_in_train", None)  # must be 0: held-out captions are never trained on
+
+        def judge_generator(g, cfg, log) -> core.EvalResult:
+            return core.evaluate_generator(
+                g, cfg, train=splits["train"], val=splits["val"], detector=detector,
+                cache=FeatureCache(paths.reports(dataset) / "detector_cache"), extractor=extractor,
+                train_embeddings=train_emb, class_names=reader.class_names, eval_cfg=eval_cfg, runtime=runtime,
+                judge=judge, log=log, **text)
+
+        t0 = time.perf_counter()
+        result = judge_generator(generator, gcfg, context.log.info)
+        seconds = time.perf_counter() - t0
+        rescored = _rescore_champion(client, name, version, result.protocol, judge_generator, Path(tmp) / "c",
+                                     runtime.device, context.log)
+    if seen is not None:
+        result.results["val_captions_seen_in_train"] = seen
+        if seen > 0:
+            context.log.warning(f"{seen:.1%} of the val captions also occur in train: R-precision is not held out")
     head = core.headline(result.results)
     failures = gate_failures(result.results, config.gate())
     gate = {"passed": not failures, "failures": failures, "thresholds": config.gate().to_dict()}
@@ -128,10 +157,12 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         result.results.update(human_fooling_rate=human.get("fooling_rate"),
                               human_prompt_match_rate=human.get("prompt_match_rate"), human_answers=human["answers"])
     record = {"dataset": dataset, "registered_model": name, "version": version, "time": time.time(),
-              "headline": head, "protocol": result.protocol, "results": result.results, "quality_gate": gate, "human_review": human,
-              "skipped": result.skipped, "seconds": result.seconds,
+              "headline": head, "protocol": result.protocol, "results": result.results, "quality_gate": gate,
+              "human_review": human, "skipped": result.skipped, "seconds": result.seconds,
               "eval_config": core.eval_config_dict(eval_cfg), "generator_steps": summary.get("steps"),
-              "shards": summary.get("shards"), "extractor_version": summary.get("extractor_version")}
+              "shards": summary.get("shards"), "extractor_version": judge_version}
+    if rescored:
+        record["champion_rescored"] = rescored
     write_json_atomic(out_dir / "report.json", record)
     history_file = paths.reports(dataset) / HISTORY_FILE
     history = [r for r in (read_jsonl(history_file) if history_file.is_file() else []) if r.get("version") != version]
@@ -150,16 +181,14 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
         history_png="history.png", meta={"dataset": dataset, "generator steps": summary.get("steps"),
                                          "samples": eval_cfg.num_samples, "real images per split": eval_cfg.num_real,
                                          "device": runtime.describe()["device_name"]}).encode())
-    write_json_atomic(paths.reports(dataset) / LATEST_FILE, {"version": version, "registered_model": name,
-                                                             "report": str(out_dir / "report.json")})
+    judged = {"version": version, "registered_model": name, "report": str(out_dir / "report.json")}
+    write_json_atomic(paths.reports(dataset) / LATEST_FILE, judged)  # for people and tools
+    write_json_atomic(_judged_file(paths, dataset, context.run_id), judged)  # for this run's promotion check
     with mlflow_tracker.start_run(paths, dataset, run_name="", run_id=summary["mlflow_run_id"]) as run:
         mlflow.log_metrics({f"eval_{k}": v for k, v in head.items()})
         mlflow.set_tags({f"eval.protocol.{k}": str(v) for k, v in result.protocol.items()})
         mlflow.log_artifacts(str(out_dir), artifact_path="evaluation")
-        client = mlflow.MlflowClient()
-        for k, v in head.items():
-            client.set_model_version_tag(name, version, METRIC_TAG + k, repr(float(v)))
-        client.set_model_version_tag(name, version, PROTOCOL_TAG, result.protocol["key"])
+        tag_scores(client, name, version, head, result.protocol)
         client.set_model_version_tag(name, version, GATE_TAG, "passed" if not failures else "rejected: " +
                                      "; ".join(failures))
         if failures:
@@ -173,6 +202,7 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     return dg.MaterializeResult(metadata={
         **{k: round(v, 5) for k, v in head.items()},
         "protocol": result.protocol["key"],
+        "champion_rescored": _rescored_note(rescored),
         "quality_gate": "passed" if not failures else "rejected: " + "; ".join(failures),
         "generator": title,
         "eval_seconds": round(seconds, 1),
@@ -185,9 +215,64 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
     })
 
 
+def _judged_file(paths, dataset: str, run_id: str) -> Path:
+    """Which version this run's evaluation judged: the promotion check of the same run reads it back."""
+    return paths.reports(dataset) / "runs" / f"evaluated-{run_id}.json"
+
+
+def tag_scores(client: mlflow.MlflowClient, name: str, version: str, head: dict, protocol: dict) -> None:
+    """The registry's record of a version's scores; the protocol tag says what they compare with."""
+    for k, v in head.items():
+        client.set_model_version_tag(name, version, METRIC_TAG + k, repr(float(v)))
+    client.set_model_version_tag(name, version, PROTOCOL_TAG, protocol["key"])
+
+
+def _registered_judge(paths, dataset: str, version: str | None, dst: Path, device) -> tuple[object | None, str | None]:
+    """The extractor version a generator was trained with, from the registry. A generator trained before any
+    extractor was registered falls back to the local file, named as unversioned in the protocol."""
+    if not version or version == "None":
+        local = fine_tuned_extractor(paths, dataset, device=device)
+        return local, ("local extractor file (unversioned)" if local is not None else None)
+    name = registered_name("extractor", dataset)
+    model, _ = load_extractor(download_model_artifact(name, version, "extractor", dst), device=device)
+    return model, f"{name} v{version}"
+
+
+def _rescore_champion(client: mlflow.MlflowClient, name: str, version: str, protocol: dict, judge_generator,
+                      dst: Path, device, log) -> dict | None:
+    """Scores only compare under one protocol (N, reference pixels, detector, judge). When the champion was scored
+    under another, judge its registered weights again under the candidate's, so promotion compares like with like."""
+    champion = current_alias_holder(name, client=client)
+    if champion is None or str(champion.version) == version or champion.tags.get(PROTOCOL_TAG) == protocol["key"]:
+        return None
+    log.info(f"champion v{champion.version} was scored under {champion.tags.get(PROTOCOL_TAG)!r}; re-scoring it "
+             f"under {protocol['key']!r}")
+    try:
+        generator, gcfg = load_generator(download_model_artifact(name, str(champion.version), "generator", dst),
+                                         device=device)
+    except (mlflow.exceptions.MlflowException, OSError, ValueError) as exc:  # the candidate is still judged
+        log.warning(f"cannot re-score champion v{champion.version} ({exc}); the promotion check will keep it")
+        return {"version": str(champion.version), "error": str(exc)[:500], "headline": {}}
+    result = judge_generator(generator, gcfg, log.info)
+    if result.protocol["key"] != protocol["key"]:
+        raise dg.Failure(f"re-scoring v{champion.version} gave protocol {result.protocol['key']!r}, not "
+                         f"{protocol['key']!r}")
+    head = core.headline(result.results)
+    tag_scores(client, name, str(champion.version), head, result.protocol)
+    return {"version": str(champion.version), "headline": head, "was": champion.tags.get(PROTOCOL_TAG)}
+
+
+def _rescored_note(rescored: dict | None) -> str:
+    if not rescored:
+        return "no"
+    fid = rescored["headline"].get("fid")
+    return f"v{rescored['version']}: " + (f"fid {fid:.4g}" if fid is not None else f"failed ({rescored['error']})")
+
+
 def promotion_guards(new_tags: dict) -> list[Guard]:
     """FID must improve; asked-for-class accuracy (when the model has one) must not drop."""
-    guards = [Guard("fid", higher_is_better=False, strict=True)]
+    guards = [Guard("fid", higher_is_better=False, strict=True,
+                    spread="fid_std" if METRIC_TAG + "fid_std" in new_tags else None)]
     if METRIC_TAG + "conditional_accuracy" in new_tags:
         guards.append(Guard("conditional_accuracy", higher_is_better=True, strict=False))
     return guards
@@ -202,12 +287,10 @@ def generator_promotion(context: dg.AssetCheckExecutionContext, storage: Imagege
     dataset = context.partition_key if context.op_execution_context.has_partition_key else None
     if dataset is None:
         return dg.AssetCheckResult(passed=True, metadata={"note": "run per dataset partition to promote"})
-    latest = paths.reports(dataset) / LATEST_FILE
-    if not latest.is_file():
-        return dg.AssetCheckResult(passed=False, metadata={"error": "no evaluation report yet"})
-    info = json.loads(latest.read_text())
-    from imagegen_pipeline.tracking.store import use_store
-
+    judged = _judged_file(paths, dataset, context.op_execution_context.run_id)  # not LATEST_FILE: another run may have rewritten it
+    if not judged.is_file():
+        return dg.AssetCheckResult(passed=False, metadata={"error": "no evaluation report from this run"})
+    info = json.loads(judged.read_text())
     use_store(mlflow_tracker.uri(paths))
     client = mlflow.MlflowClient()
     mv = client.get_model_version(info["registered_model"], info["version"])

@@ -3,6 +3,7 @@ accepted image described as a 1280-d vector the GAN, the evaluation and near-dup
 
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def feature_extractor(context: dg.AssetExecutionContext, config: FeatureExtracto
         name = registered_name("extractor", dataset)
         mv = log_code_model(code_file=SERVING_CODE, artifacts={"extractor": str(model_file)}, registered_model_name=name,
                             metadata={"dataset": dataset, "shards": stamp},
-                            metrics={"val_accuracy": val_acc or 0.0},
+                            metrics={"val_accuracy": val_acc} if _num(val_acc) is not None else {},
                             tags={"imagegen.shards": stamp, "imagegen.fine_tuned": str(report.fine_tuned)})
         decision = promote_if_better(name, mv.version, [Guard("val_accuracy", higher_is_better=True, strict=False)])
         summary.update(registered_model=name, registered_version=mv.version, champion=decision.promoted,
@@ -209,7 +210,8 @@ def fine_tuned_extractor(paths, dataset: str, *, device) -> core.ExtractorNet | 
 
 
 def _num(v: float | None) -> float | None:
-    return None if v is None else round(float(v), 4)
+    """A finite figure rounded for people, else None: NaN (no labelled val rows) is "not measured", never a score."""
+    return None if v is None or not math.isfinite(float(v)) else round(float(v), 4)
 
 
 def _png_to_array(png: bytes) -> np.ndarray:

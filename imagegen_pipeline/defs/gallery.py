@@ -68,6 +68,10 @@ def sample_gallery(context: dg.AssetExecutionContext, config: SampleGalleryConfi
     runtime = resolve_runtime(config.device)
     summary, generator, cfg = trained_generator(paths, dataset, device=runtime.device)
     name, version = summary["registered_model"], str(summary["version"])
+    if cfg.conditioning == "text":  # pictures of a text model are drawn per prompt: prompt_gallery (text_job)
+        context.log.info(f"{name} v{version} is text-conditioned: its pictures are in prompt_gallery")
+        return dg.MaterializeResult(metadata={"generator": f"{name} v{version}",
+                                              "skipped": "text-conditioned generator: see prompt_gallery"})
     reader = open_shards(paths, dataset)
     extractor = fine_tuned_extractor(paths, dataset, device=runtime.device)
     train_images, train_emb = (None, None)

@@ -8,7 +8,7 @@ Status is `ok` (accepted), `duplicate` (valid, but the same bytes as an earlier 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -21,7 +21,7 @@ from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_work
 from imagegen_pipeline.ingest.validate import ValidationConfig, inspect_chunk
 
 MANIFEST_COLUMNS = ["path", "status", "reason", "sha256", "label", "caption", "attributes", "width", "height",
-                    "mode", "format", "is_gray", "size_bytes", "mtime_ns", "valid"]
+                    "mode", "format", "is_gray", "size_bytes", "mtime_ns", "valid", "validated_with"]
 STATUSES = ("ok", "duplicate", "quarantined")
 
 
@@ -46,6 +46,11 @@ def _label_from_folder(rel: str) -> str | None:
     return rel.split("/", 1)[0] if "/" in rel else None
 
 
+def validation_key(cfg: ValidationConfig) -> str:
+    """The limits a row was judged under; a row is reused only under the same limits."""
+    return json.dumps(asdict(cfg), sort_keys=True)
+
+
 def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: ValidationConfig | None = None,
                    workers: int = 0, chunk_size: int = 512,
                    log: Callable[[str], None] = lambda _: None) -> tuple[pd.DataFrame, ManifestStats]:
@@ -56,6 +61,8 @@ def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: Val
     if not rels:
         raise EmptyDataset(f"landing folder {root} has no files to ingest (drop images into it, sub-folder = class)")
     stats = ManifestStats(files=len(rels))
+    cfg = cfg or ValidationConfig()
+    settings = validation_key(cfg)
     reuse: dict[str, dict] = {}
     if previous is not None and len(previous):
         prev = {r["path"]: r for r in previous.to_dict("records")}
@@ -66,12 +73,13 @@ def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: Val
                 st = (root / rel).lstat()
             except OSError:
                 continue
-            if int(old["size_bytes"]) == st.st_size and int(old["mtime_ns"]) == st.st_mtime_ns:
+            if (int(old["size_bytes"]) == st.st_size and int(old["mtime_ns"]) == st.st_mtime_ns
+                    and old.get("validated_with") == settings):  # other limits can change the verdict
                 reuse[rel] = old
     todo = [r for r in rels if r not in reuse]
     stats.reused, stats.decoded = len(reuse), len(todo)
     log(f"{len(rels)} files: {len(reuse)} unchanged, {len(todo)} to decode")
-    fn = partial(inspect_chunk, str(root), cfg=cfg or ValidationConfig())
+    fn = partial(inspect_chunk, str(root), cfg=cfg)
     decoded = {row["path"]: row for rows in ordered_map(fn, chunked(todo, chunk_size), workers=resolve_workers(workers))
                for row in rows}
     labels = read_label_table(root)
@@ -82,6 +90,7 @@ def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: Val
         row["label"] = meta.pop("label", None) or _label_from_folder(rel)
         row["caption"] = meta.pop("caption", None)
         row["attributes"] = json.dumps(meta, sort_keys=True, ensure_ascii=False) if meta else None
+        row["validated_with"] = settings
         records.append(row)
     df = pd.DataFrame.from_records(records)
     for col in MANIFEST_COLUMNS:

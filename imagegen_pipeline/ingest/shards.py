@@ -7,6 +7,7 @@ a reader never sees a mix of an old and a new shard set. Old shards are removed 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import uuid
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 from imagegen_pipeline.atomic import atomic_path, write_json_atomic
 from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_workers
 from imagegen_pipeline.ingest.validate import load_chunk
+from imagegen_pipeline.locks import exclusive_lock
 
 DESCRIPTION_FILE = "description.json"
 FORMAT_VERSION = 1
@@ -121,16 +123,36 @@ class _SplitWriter:
         self.buf = {k: [] for k in self.buf}
 
 
+def _described_files(description_file: Path) -> set[str]:
+    try:
+        return {f for s in json.loads(description_file.read_text())["splits"].values() for f in s["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
 def _strings_or_none(column: pd.Series) -> list[str | None]:
     """pandas' string dtype turns None back into NaN; Arrow wants None."""
     return [None if pd.isna(v) else str(v) for v in column]
 
 
+LOCK_FILE = ".write.lock"
+
+
 def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: ShardConfig, *,
-                 log: Callable[[str], None] = lambda _: None) -> dict:
-    """Decode, normalise and shard the `accepted` manifest rows; return the description written."""
+                 log: Callable[[str], None] = lambda _: None, lock_timeout: float = 3600.0) -> dict:
+    """Decode, normalise and shard the `accepted` manifest rows; return the description written.
+
+    Writers of one shard folder take turns (a cross-process lock; the loser waits up to `lock_timeout` s, then
+    fails saying so). The previous generation's files stay until the next write, so a reader that opened the
+    old description.json can still read its files while a new generation is written."""
     if accepted.empty:
         raise NoAcceptedImages(f"no accepted images in {landing}: every file was quarantined or a duplicate")
+    with exclusive_lock(out_dir / LOCK_FILE, timeout=lock_timeout, what=f"the shard folder {out_dir}"):
+        return _write_shards(landing, accepted, out_dir, cfg, log=log)
+
+
+def _write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: ShardConfig, *,
+                  log: Callable[[str], None]) -> dict:
     accepted = accepted.sort_values("path", kind="stable")
     labels, captions = _strings_or_none(accepted["label"]), _strings_or_none(accepted["caption"])
     class_names = sorted({x for x in labels if x is not None})
@@ -147,10 +169,14 @@ def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Shar
         declared = [None] * len(rels)
     splits = [d or split_of(sha, cfg.val_fraction) for d, sha in zip(declared, accepted["sha256"], strict=True)]
     meta = list(zip(rels, accepted["sha256"], labels, captions, splits, strict=True))
+    content = hashlib.sha256(json.dumps([FORMAT_VERSION, cfg.resolution, cfg.channels, class_names]).encode())
+    for _, sha, label, caption, split in meta:  # pixels are a function of (file, resolution, channels)
+        content.update(f"{split}\t{sha}\t{label}\t{caption}\n".encode())
     fn = partial(load_chunk, str(landing), resolution=cfg.resolution, channels=cfg.channels)
     done = 0
     for chunk_meta, blob in zip(chunked(meta, cfg.chunk_size),
-                                ordered_map(fn, chunked(rels, cfg.chunk_size), workers=resolve_workers(cfg.workers)),
+                                ordered_map(fn, chunked([(m[0], m[1]) for m in meta], cfg.chunk_size),
+                                            workers=resolve_workers(cfg.workers)),
                                 strict=True):
         for i, (rel, sha, label, caption, split) in enumerate(chunk_meta):
             writers[split].add(
@@ -163,6 +189,8 @@ def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Shar
         w.flush()
     description = {
         "format_version": FORMAT_VERSION,
+        # names the data, not the ingest: equal for a re-ingest of the same files (file names carry a random token)
+        "content_key": content.hexdigest()[:16],
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "shape": [cfg.num_channels, cfg.resolution, cfg.resolution],
         "storage": "column 'pixels': fixed-size binary, uint8, (H, W, C) row-major",
@@ -176,8 +204,9 @@ def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Shar
                          if any(declared) else f"content hash, {cfg.val_fraction:.0%} val"),
         "config": asdict(cfg),
     }
+    previous = _described_files(out_dir / DESCRIPTION_FILE)
     write_json_atomic(out_dir / DESCRIPTION_FILE, description)
-    keep = {f for w in writers.values() for f in w.files}
+    keep = {f for w in writers.values() for f in w.files} | previous  # readers of the last generation keep theirs
     for old in out_dir.glob("*.parquet"):
         if old.name not in keep:
             old.unlink(missing_ok=True)

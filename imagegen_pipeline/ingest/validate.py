@@ -126,9 +126,9 @@ def to_8bit(im: Image.Image, channels: str) -> Image.Image:
     return im.convert(channels) if im.mode != channels else im
 
 
-def load_normalized(path: str | Path, *, resolution: int, channels: str) -> np.ndarray:
-    """Decode, rotate upright, convert and centre-crop-resize: uint8 array (H, W, C)."""
-    with Image.open(path) as im:
+def load_normalized(path: str | Path | bytes, *, resolution: int, channels: str) -> np.ndarray:
+    """Decode (a path or the file's bytes), rotate upright, convert and centre-crop-resize: uint8 (H, W, C)."""
+    with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
         if im.format == "JPEG":
             im.draft(channels if channels == "L" else "RGB", (resolution, resolution))  # DCT-domain downscale
         im = upright(im)
@@ -143,13 +143,26 @@ def load_normalized(path: str | Path, *, resolution: int, channels: str) -> np.n
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def load_chunk(root: str, rels: list[str], resolution: int, channels: str) -> bytes:
-    """Picklable worker entry point: a batch of images as contiguous (N, H, W, C) uint8 bytes."""
+class ChangedSinceValidation(RuntimeError):
+    """A landing file's bytes no longer hash to what raw_images validated: its pixels must not enter the shards."""
+
+
+def load_chunk(root: str, items: list[tuple[str, str]], resolution: int, channels: str) -> bytes:
+    """Picklable worker entry point: (path, validated sha256) pairs -> contiguous (N, H, W, C) uint8 bytes. The
+    bytes decoded are the bytes hashed: a file edited after validation is refused, not sharded unchecked."""
     out = []
-    for rel in rels:
+    for rel, sha in items:
         try:
-            out.append(load_normalized(os.path.join(root, rel), resolution=resolution, channels=channels).tobytes())
+            data = Path(root, rel).read_bytes()
+        except OSError as exc:
+            raise ChangedSinceValidation(f"{rel!r} became unreadable after raw_images validated it ({exc}); "
+                                         "re-materialize raw_images, then image_shards") from None
+        if hashlib.sha256(data).hexdigest() != sha:
+            raise ChangedSinceValidation(f"{rel!r} changed after raw_images validated it (its sha256 differs); "
+                                         "re-materialize raw_images, then image_shards")
+        try:
+            out.append(load_normalized(data, resolution=resolution, channels=channels).tobytes())
         except Exception as exc:  # noqa: BLE001 - name the file instead of a bare worker traceback
-            raise RuntimeError(f"{rel!r} changed or became unreadable after raw_images validated it ({exc}); "
-                               "re-materialize raw_images, then image_shards") from None
+            raise ChangedSinceValidation(f"{rel!r} no longer decodes as it did in validation ({exc}); "
+                                         "re-materialize raw_images, then image_shards") from None
     return b"".join(out)

@@ -48,6 +48,20 @@ class RealSplit:
         idx = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
         return RealSplit(self.images[idx], self.labels[idx], [self.sha256[i] for i in idx.tolist()])
 
+    def subset_like(self, labels: torch.Tensor, seed: int) -> "RealSplit":
+        """As many rows as `labels` has, with its class counts where this split has enough of each class (the
+        train half of the real floor, matched to the reference); a plain random subset without labels."""
+        want = torch.bincount(labels[labels >= 0]) if bool((labels >= 0).any()) else None
+        if want is None or not bool((self.labels >= 0).any()):
+            return self.subset(len(labels), seed)
+        gen = torch.Generator().manual_seed(seed)
+        picks = []
+        for c, k in enumerate(want.tolist()):
+            rows = torch.nonzero(self.labels == c).flatten()
+            picks.append(rows[torch.randperm(len(rows), generator=gen)[:k]])
+        idx = torch.cat(picks).sort().values
+        return RealSplit(self.images[idx], self.labels[idx], [self.sha256[i] for i in idx.tolist()])
+
 
 @dataclass
 class EvalResult:
@@ -70,12 +84,30 @@ def caption_rows(n: int, m: int, *, seed: int) -> np.ndarray:
     return np.arange(n) % m
 
 
+def labels_like(reference: np.ndarray | torch.Tensor | None, n: int, num_classes: int) -> np.ndarray:
+    """n class labels in the reference's class proportions (largest remainder), cycling over the classes so
+    any prefix is mixed. A generator asked for balanced classes and scored against an imbalanced reference is
+    charged for the imbalance, not for its pictures; without labelled references, balanced."""
+    ref = np.asarray(reference if reference is not None else [], dtype=np.int64)
+    counts = np.bincount(ref[(ref >= 0) & (ref < num_classes)], minlength=num_classes).astype(np.float64)
+    if counts.sum() == 0:
+        return np.arange(n) % num_classes
+    share = counts / counts.sum() * n
+    alloc = np.floor(share).astype(np.int64)
+    alloc[np.argsort(-(share - alloc), kind="stable")[:n - int(alloc.sum())]] += 1
+    rounds = np.concatenate([np.arange(a) for a in alloc])  # (n,) the k-th image of its class
+    classes = np.repeat(np.arange(num_classes), alloc)
+    return classes[np.lexsort((classes, rounds))]
+
+
 def sample_for_eval(generator: torch.nn.Module, cfg: DCGANConfig, n: int, *, seed: int, runtime: Runtime,
-                    text_conds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """n images with seeds seed..seed+n-1; class models get labels cycling over every class (balanced), text
-    models the held-out caption vectors `text_conds` (M, text_dim), rows picked by `caption_rows`."""
+                    text_conds: np.ndarray | None = None,
+                    reference_labels: np.ndarray | torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """n images with seeds seed..seed+n-1; class models get labels in the reference's class proportions
+    (`labels_like`), text models the held-out caption vectors `text_conds` (M, text_dim), rows picked by
+    `caption_rows`."""
     seeds = list(range(seed, seed + n))
-    labels = np.arange(n) % cfg.num_classes if cfg.conditioning == "class" else None
+    labels = labels_like(reference_labels, n, cfg.num_classes) if cfg.conditioning == "class" else None
     cond = labels
     if cfg.conditioning == "text":
         if text_conds is None:
@@ -108,7 +140,7 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
                        detector, cache: FeatureCache, extractor=None, train_embeddings: np.ndarray | None = None,
                        class_names: list[str] | None = None, eval_cfg: EvalConfig, runtime: Runtime,
                        text_conds: np.ndarray | None = None, caption_ids: list[str] | None = None,
-                       caption_bank: CaptionBank | None = None,
+                       caption_bank: CaptionBank | None = None, judge: str | None = None,
                        log: Callable[[str], None] = lambda _: None) -> EvalResult:
     """FID/KID against the val split, the train-vs-val floor, precision/recall, extractor-based scores.
 
@@ -117,9 +149,11 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
     extractor and `caption_bank` (training images' embeddings and captions) they also get `r_precision`.
     """
     seconds: dict[str, float] = {}
+    val_sub = val.subset(eval_cfg.num_real, eval_cfg.seed)
+    train_sub = train.subset_like(val_sub.labels, eval_cfg.seed)  # the floor: same size, same class mix
     t = time.perf_counter()
     samples, labels = sample_for_eval(generator, cfg, eval_cfg.num_samples, seed=eval_cfg.seed, runtime=runtime,
-                                      text_conds=text_conds)
+                                      text_conds=text_conds, reference_labels=val_sub.labels)
     rows = source = None
     if cfg.conditioning == "text":
         rows = caption_rows(eval_cfg.num_samples, len(text_conds), seed=eval_cfg.seed)  # as sample_for_eval drew
@@ -132,7 +166,6 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
                 labels = val.labels[torch.from_numpy(source)].numpy()
     fake = torch.from_numpy(samples).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
     seconds["sample"] = time.perf_counter() - t
-    val_sub, train_sub = val.subset(eval_cfg.num_real, eval_cfg.seed), train.subset(eval_cfg.num_real, eval_cfg.seed)
     t = time.perf_counter()
     ref_key, floor_key = hash_images(val_sub.images), hash_images(train_sub.images)  # what the detector is fed
     ref = cached_reference_stats(cache, detector, val_sub.images, content_key=ref_key)
@@ -169,15 +202,17 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
 
         nearest = find_nearest_train(fake_emb, train_embeddings, device=str(runtime.device)).indices
     protocol = protocol_record(eval_cfg, num_samples=len(fake), reference=val_sub, reference_key=ref_key,
-                               floor=train_sub, floor_key=floor_key, detector_id=detector.detector_id)
+                               floor=train_sub, floor_key=floor_key, detector_id=detector.detector_id,
+                               judge=judge if extractor is not None else None)
     return EvalResult(out["results"], out["skipped"], {**seconds, **out["seconds"]}, samples, labels, nearest,
                       protocol=protocol)
 
 
 def protocol_record(eval_cfg: EvalConfig, *, num_samples: int, reference: RealSplit, reference_key: str,
-                    floor: RealSplit, floor_key: str, detector_id: str) -> dict:
-    """What a figure was measured under. `key` is equal for two evaluations exactly when their FIDs compare:
-    same protocol name and N, same reference pixels, same detector."""
+                    floor: RealSplit, floor_key: str, detector_id: str, judge: str | None = None) -> dict:
+    """What a figure was measured under. `key` is equal for two evaluations exactly when their figures compare:
+    same protocol name and N, same reference pixels, same detector, same judge (the extractor that scores
+    asked-for-class accuracy and diversity; "unnamed" when the caller did not say which)."""
     named = PROTOCOLS.get(eval_cfg.protocol)
     name = eval_cfg.protocol if named and named["num_samples"] == num_samples else "custom"
     shape = "x".join(str(d) for d in reference.images.shape[1:])
@@ -186,8 +221,8 @@ def protocol_record(eval_cfg: EvalConfig, *, num_samples: int, reference: RealSp
         "reference": f"val split, {len(reference.images)} images ({shape})", "reference_key": reference_key,
         "floor": f"train split, {len(floor.images)} images, against the reference", "floor_key": floor_key,
         "detector": detector_id, "precision_recall_k": MetricContext.pr_k, "kid_subset_size": eval_cfg.kid_subset_size,
-        "seed": eval_cfg.seed,
-        "key": f"{name}|n={num_samples}|ref={reference_key[:16]}|{detector_id}",
+        "seed": eval_cfg.seed, "judge": judge or "unnamed",
+        "key": f"{name}|n={num_samples}|ref={reference_key[:16]}|{detector_id}|judge={judge or 'unnamed'}",
     }
 
 
@@ -207,9 +242,9 @@ def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray
         out["skipped"]["r_precision"] = str(exc)
 
 
-HEADLINE = ("fid", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity", "diversity_ratio",
+HEADLINE = ("fid", "fid_std", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity", "diversity_ratio",
             "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean", "r_precision",
-            "r_precision_real", "human_fooling_rate", "human_prompt_match_rate")
+            "r_precision_real", "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate")
 
 
 def headline(results: dict) -> dict[str, float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 
@@ -49,6 +50,25 @@ def log_code_model(*, code_file: Path, artifacts: dict[str, str], registered_mod
     return client.get_model_version(registered_model_name, version)
 
 
+def download_model_artifact(name: str, version: str, key: str, dst: Path) -> Path:
+    """The file logged as artifact `key` of `models:/name/version`: what the registry serves, not whatever the
+    local models folder holds now (a later training run replaces that file before it registers)."""
+    import yaml
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
+    spec = yaml.safe_load((local / "MLmodel").read_text())
+    return local / spec["flavors"]["python_function"]["artifacts"][key]["path"]
+
+
+def current_alias_holder(name: str, alias: str = CHAMPION, *, client: MlflowClient | None = None
+                         ) -> ModelVersion | None:
+    """The version holding `alias`, or None when no version does. Any other failure (a locked database, a
+    missing model) raises: it must never read as "no champion", which would promote unconditionally."""
+    client = client or MlflowClient()
+    version = client.get_registered_model(name).aliases.get(alias)
+    return client.get_model_version(name, str(version)) if version is not None else None
+
+
 def version_metric(mv: ModelVersion, name: str) -> float | None:
     value = mv.tags.get(METRIC_TAG + name)
     return float(value) if value is not None else None
@@ -62,10 +82,18 @@ class Guard:
     higher_is_better: bool
     strict: bool = True  # must improve (True) or merely not get worse (False)
     tolerance: float = 0.0  # allowed slack when strict is False
+    spread: str | None = None  # metric holding this metric's std (e.g. fid_std): a strict gain must beat the noise
+    sigmas: float = 2.0  # with `spread`: the gain must exceed sigmas x the two versions' combined std
 
-    def passes(self, new: float, old: float) -> bool:
+    def margin(self, new: ModelVersion, old: ModelVersion) -> float:
+        if self.spread is None:
+            return 0.0
+        a, b = version_metric(new, self.spread), version_metric(old, self.spread)
+        return self.sigmas * float(np.hypot(a or 0.0, b or 0.0))
+
+    def passes(self, new: float, old: float, margin: float = 0.0) -> bool:
         delta = (new - old) if self.higher_is_better else (old - new)
-        return delta > 0 if self.strict else delta >= -self.tolerance
+        return delta > margin if self.strict else delta >= -self.tolerance
 
 
 @dataclass(frozen=True)
@@ -81,10 +109,7 @@ def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: st
     current holder; record why either way."""
     client = client or MlflowClient()
     new = client.get_model_version(name, version)
-    try:
-        old = client.get_model_version_by_alias(name, alias)
-    except mlflow.exceptions.MlflowException:
-        old = None
+    old = current_alias_holder(name, alias, client=client)
     if REJECTED_TAG in new.tags:
         promoted, reason = False, f"version {version} failed the quality gate: {new.tags[REJECTED_TAG]}" + (
             f"; v{old.version} stays {alias}" if old is not None else f"; no {alias} yet")
@@ -93,16 +118,22 @@ def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: st
         promoted, reason = True, f"first model: version {version}{gated} becomes {alias}"
     elif old.version == new.version:
         promoted, reason = True, f"version {version} already holds {alias}"
+    elif new.tags.get(PROTOCOL_TAG) != old.tags.get(PROTOCOL_TAG):
+        promoted, reason = False, (f"kept v{old.version} as {alias}: scored under another protocol "
+                                   f"({old.tags.get(PROTOCOL_TAG)!r} vs {new.tags.get(PROTOCOL_TAG)!r}); "
+                                   "re-score it with the candidate's protocol first")
     else:
         failures, wins = [], []
         for g in guards:
             a, b = version_metric(new, g.metric), version_metric(old, g.metric)
+            margin = g.margin(new, old)
+            beyond = f" (margin {margin:.3g})" if margin else ""
             if a is None or b is None:
                 failures.append(f"{g.metric} missing (new={a}, {alias}={b})")
-            elif g.passes(a, b):
-                wins.append(f"{g.metric} {a:.4g} vs {b:.4g}")
+            elif g.passes(a, b, margin):
+                wins.append(f"{g.metric} {a:.4g} vs {b:.4g}{beyond}")
             else:
-                failures.append(f"{g.metric} {a:.4g} vs {alias} v{old.version} {b:.4g}")
+                failures.append(f"{g.metric} {a:.4g} vs {alias} v{old.version} {b:.4g}{beyond}")
         promoted = not failures
         reason = (f"better than v{old.version}: " + "; ".join(wins)) if promoted else (
             f"kept v{old.version} as {alias}: " + "; ".join(failures))

@@ -81,3 +81,21 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def params_agree(module: nn.Module, info: DistInfo) -> bool:
+    """Whether every rank holds the same parameters (a float64 checksum, max == min over ranks): DDP keeps
+    them equal unless a rank went its own way, which would silently train a different model per rank."""
+    if not info.enabled:
+        return True
+    total = torch.stack([p.detach().double().sum() for p in unwrap(module).parameters()]).sum()
+    spread = torch.stack([total, -total])
+    dist.all_reduce(spread, op=dist.ReduceOp.MAX)
+    return bool(torch.isclose(spread[0], -spread[1], rtol=0.0, atol=1e-9 * max(1.0, float(total.abs()))))

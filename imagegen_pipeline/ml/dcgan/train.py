@@ -74,6 +74,7 @@ class TrainResult:
     grid: np.ndarray | None = None  # final fixed-noise grid, uint8 (H, W, 3); None on ranks other than 0
     resumed_from: int = 0  # step the call started at (0 = fresh run)
     aborted: bool = False
+    ranks_agree: bool = True  # under DDP: every rank ended with the same G and D parameters
 
 
 def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike, runtime: Runtime | None = None,
@@ -129,7 +130,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
     batches = _Batches(cfg, data, runtime, data_gen)
     fixed_z, fixed_cond, grid_cols = _fixed_inputs(cfg, data)
     z_sensitivity = ZSensitivity(cfg, data.images, data.labels, data.text) if info.is_main else None
-    loop = _Loop(cfg, runtime, G_train, D_train, D_plain, d_params, opt_g, opt_d, feature_net)
+    loop = _Loop(cfg, runtime, G_train, D_train, D_plain, d_params, opt_g, opt_d, feature_net, info)
 
     def recalibrate_ema() -> None:
         """Fresh BatchNorm statistics for the averaged weights, from draws that leave the training RNG alone."""
@@ -162,7 +163,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
                 "(mode collapse?)")
         return grid
 
-    start_step, aborted, grid, pending = step, False, None, {}
+    start_step, aborted, grid, pending, sampled_at = step, False, None, {}, None
     per_step = cfg.batch_size * info.world_size
     t_window, window_start = time.perf_counter(), step
     t_first = None
@@ -180,7 +181,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
             _sync(runtime)
             t_first = time.perf_counter()
         if step % cfg.sample_every == 0:
-            grid = sample()
+            grid, sampled_at = sample(), step
         if is_log:
             metrics = loop.collect()  # syncs the device, raises TrainingDiverged
             now = time.perf_counter()
@@ -198,7 +199,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
     trained = step - start_step - 1
     ips = trained * per_step / elapsed if trained > 0 and elapsed > 0 else 0.0
     checkpoint()
-    if info.is_main and (grid is None or step % cfg.sample_every):
+    if sampled_at != step:  # the same decision on every rank: sample() takes part in the divergence all-reduce
         grid = sample()
     if pending and history and history[-1]["step"] == step:  # the final grid's figure joins the last metrics
         history[-1].update(pending)
@@ -207,16 +208,20 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
     if info.is_main:
         recalibrate_ema()
         export_generator(ema.model, cfg, out_dir, step=step)
+    agree = ddp.params_agree(G, info) and ddp.params_agree(D, info)
     return TrainResult(out_dir / CHECKPOINT_FILE, out_dir / "generator.safetensors", step, history, ips, grid,
-                       start_step, aborted)
+                       start_step, aborted, agree)
 
 
 class _Loop:
     """One optimisation step of D then G, with metrics and the divergence check kept on the device (no sync)."""
 
-    def __init__(self, cfg, runtime, G, D, D_plain, d_params, opt_g, opt_d, feature_net):
+    def __init__(self, cfg, runtime, G, D, D_plain, d_params, opt_g, opt_d, feature_net, info):
         self.cfg, self.runtime, self.G, self.D, self.D_plain = cfg, runtime, G, D, D_plain
         self.d_params, self.opt_g, self.opt_d, self.feature_net = d_params, opt_g, opt_d, feature_net
+        self.info = info
+        # fault injection for the DDP divergence test: (rank, step) whose D loss becomes NaN
+        self.nan_at = tuple(cfg.extra.get("fault_nan_at", ())) or None
         self.policy = cfg.augment_policy
         self.sums = torch.zeros(len(METRIC_NAMES), device=runtime.device)
         self.count = 0
@@ -278,6 +283,8 @@ class _Loop:
 
         with torch.no_grad():
             losses = torch.stack([loss_d.detach(), loss_g.detach()])
+            if self.nan_at == (self.info.rank, step):
+                losses[0] = float("nan")
             self.sums += torch.stack([*losses, torch.sigmoid(real.float()).mean(),
                                       torch.sigmoid(logits[n:2 * n].float()).mean()])
             self.count += 1
@@ -288,7 +295,9 @@ class _Loop:
                 self.bad_step = torch.where((self.bad_step < 0) & bad, step, self.bad_step)
 
     def raise_if_diverged(self) -> None:
-        bad = int(self.bad_step)
+        """Called by every rank at the same steps: a divergence on any rank stops all of them together (alone,
+        the healthy ranks would wait in the next gradient all-reduce until the process-group timeout)."""
+        bad = int(ddp.all_reduce_max(self.bad_step, self.info))
         if bad >= 0:
             raise TrainingDiverged(f"training diverged at step {bad}: loss was NaN/inf or above "
                                    f"explode_threshold={self.cfg.explode_threshold}; the last checkpoint is kept")
@@ -296,8 +305,8 @@ class _Loop:
     def collect(self) -> dict:
         """Window means of the losses and D scores (d_real/d_fake are mean sigmoid(D)), last step's grad norms."""
         self.raise_if_diverged()
-        means = (self.sums / max(self.count, 1)).tolist()
-        g, d = self.grad_norms.tolist()
+        means = (ddp.all_reduce_mean(self.sums, self.info) / max(self.count, 1)).tolist()  # every rank's batches
+        g, d = ddp.all_reduce_mean(self.grad_norms, self.info).tolist()
         self.sums.zero_()
         self.count = 0
         return {**dict(zip(METRIC_NAMES, means, strict=True)), "grad_norm_g": g, "grad_norm_d": d}

@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"final_step": result.final_step, "checkpoint": str(result.checkpoint_path),
                               "generator": str(result.generator_path), "resumed_from": result.resumed_from,
                               "images_per_second": round(result.images_per_second, 1),
-                              "world_size": info.world_size, "device": str(runtime.device)}), flush=True)
+                              "world_size": info.world_size, "ranks_agree": result.ranks_agree,
+                              "device": str(runtime.device)}), flush=True)
     finally:
         ddp.shutdown()
     return 0

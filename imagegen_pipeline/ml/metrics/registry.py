@@ -7,6 +7,7 @@ skip with its reason instead of failing the whole evaluation.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -16,7 +17,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from imagegen_pipeline.atomic import write_bytes_atomic
 
 
 class MetricUnavailable(RuntimeError):
@@ -38,6 +38,7 @@ class MetricContext:
     train_embeddings: np.ndarray | None = None  # (N_t, D) training images in the same space (memorization)
     real_embeddings: np.ndarray | None = None  # (N_r, D) reference images in the same space (diversity vs real)
     class_names: list[str] | None = None  # index -> name, for per-class keys; str(index) without it
+    fid_bootstrap: int = 8  # FID: resamples of the generated set for fid_std (0 = skip)
     kid_subsets: int = 100  # KID: number of random subsets (stylegan2-ada default)
     kid_subset_size: int = 1000  # KID: max images per subset
     pr_k: int = 3  # precision/recall: k of the k-NN manifold radius (Kynkäänniemi et al. 2019)
@@ -112,15 +113,33 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> Path:
-    """Append one JSON line by rewriting the whole file atomically: readers never see half a line."""
+    """Append one JSON line with a single O_APPEND write under an exclusive lock: concurrent writers (two
+    evaluations of one dataset) never lose each other's lines, and readers skip a torn last line."""
     path = Path(path)
-    old = path.read_bytes() if path.exists() else b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    line = json.dumps(to_jsonable(record), sort_keys=True, default=str) + "\n"
-    write_bytes_atomic(path, old + line.encode())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(to_jsonable(record), sort_keys=True, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_size:  # a writer killed mid-line left no newline: start on a fresh line
+            with open(path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    line = b"\n" + line
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return path
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    return [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]
+    """Every complete JSON line; a torn line (a writer killed mid-write) is skipped, not fatal."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            if line.strip():
+                out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

@@ -1,0 +1,67 @@
+"""The champion rules of `promote_if_better`, on a real MLflow registry (sqlite): a gain must beat the metric's
+own noise, scores from different protocols never meet, and a failed lookup is an error, not "no champion"."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from imagegen_pipeline.tracking.registry import METRIC_TAG, PROTOCOL_TAG, Guard, promote_if_better
+
+NAME = "imagegen-generator-rules"
+FID = [Guard("fid", higher_is_better=False, strict=True, spread="fid_std")]
+
+
+@pytest.fixture
+def client(mlflow_uri, tmp_path):
+    mlflow.set_tracking_uri(mlflow_uri)
+    c = mlflow.MlflowClient()
+    c.create_registered_model(NAME)
+    c.source = tmp_path  # a version needs a source folder; these tests only read its tags
+    return c
+
+
+def version(client, fid: float, fid_std: float, protocol: str = "quick|n=1000") -> str:
+    mv = client.create_model_version(NAME, source=str(client.source), run_id=None)
+    for k, v in {METRIC_TAG + "fid": fid, METRIC_TAG + "fid_std": fid_std, PROTOCOL_TAG: protocol}.items():
+        client.set_model_version_tag(NAME, mv.version, k, str(v))
+    return str(mv.version)
+
+
+def champion(client) -> str:
+    return str(client.get_model_version_by_alias(NAME, "champion").version)
+
+
+def test_a_gain_inside_the_bootstrap_noise_does_not_move_the_champion(client):
+    assert promote_if_better(NAME, version(client, 30.0, 0.5), FID, client=client).promoted
+    noise = promote_if_better(NAME, version(client, 29.5, 0.5), FID, client=client)  # 0.5 < 2 x 0.71
+    assert not noise.promoted and "(margin 1.41)" in noise.reason and champion(client) == "1"
+    real = promote_if_better(NAME, version(client, 27.0, 0.5), FID, client=client)
+    assert real.promoted and real.reason == "better than v1: fid 27 vs 30 (margin 1.41)" and champion(client) == "3"
+
+
+def test_scores_from_another_protocol_are_never_compared(client):
+    assert promote_if_better(NAME, version(client, 30.0, 0.1, protocol="quick|n=1000"), FID, client=client).promoted
+    other = promote_if_better(NAME, version(client, 5.0, 0.1, protocol="paper|n=10000"), FID, client=client)
+    assert not other.promoted and "another protocol" in other.reason and champion(client) == "1"
+
+
+def test_a_registry_that_cannot_be_read_fails_instead_of_promoting(client, monkeypatch):
+    """A momentarily locked database used to read as "no champion yet": the (worse) candidate became champion."""
+    promote_if_better(NAME, version(client, 30.0, 0.1), FID, client=client)
+    worse = version(client, 90.0, 0.1)
+    locked_once = []
+
+    def flaky(original):
+        def call(*args, **kwargs):
+            if not locked_once:
+                locked_once.append(True)
+                raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked")
+            return original(*args, **kwargs)
+        return call
+
+    for method in ("get_model_version_by_alias", "get_registered_model"):
+        monkeypatch.setattr(client, method, flaky(getattr(client, method)))
+    with pytest.raises(mlflow.exceptions.MlflowException, match="database is locked"):
+        promote_if_better(NAME, worse, FID, client=client)
+    assert locked_once and champion(client) == "1"
