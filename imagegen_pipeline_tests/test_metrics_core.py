@@ -171,7 +171,7 @@ def test_compute_metrics_merges_results_and_skips_missing_inputs_with_reason(tmp
     ctx = MetricContext(real_features=gaussian(200, seed=15), fake_features=gaussian(200, seed=16),
                         kid_subsets=5, kid_subset_size=100)
     out = compute_metrics(["fid", "kid", "is_domain"], ctx)
-    assert set(out["results"]) == {"fid", "kid", "kid_std"}
+    assert set(out["results"]) == {"fid", "fid_std", "kid", "kid_std"}
     assert "fake_probs" in out["skipped"]["is_domain"]
     with pytest.raises(MetricUnavailable, match="fake_probs"):
         compute_metrics(["is_domain"], ctx, skip_unavailable=False)

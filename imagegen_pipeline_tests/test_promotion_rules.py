@@ -7,6 +7,7 @@ import mlflow
 import pytest
 
 from imagegen_pipeline.tracking.registry import METRIC_TAG, PROTOCOL_TAG, Guard, promote_if_better
+from imagegen_pipeline.tracking.store import use_store
 
 NAME = "imagegen-generator-rules"
 FID = [Guard("fid", higher_is_better=False, strict=True, spread="fid_std")]
@@ -14,7 +15,7 @@ FID = [Guard("fid", higher_is_better=False, strict=True, spread="fid_std")]
 
 @pytest.fixture
 def client(mlflow_uri, tmp_path):
-    mlflow.set_tracking_uri(mlflow_uri)
+    use_store(mlflow_uri)  # tracking and registry: another test may have pointed the registry elsewhere
     c = mlflow.MlflowClient()
     c.create_registered_model(NAME)
     c.source = tmp_path  # a version needs a source folder; these tests only read its tags
