@@ -58,9 +58,9 @@ class FeatureExtractorConfig(dg.Config):
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
           group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[image_shards],
           pool="gpu",
-          description="MobileNetV2 with ImageNet weights, fine-tuned on the dataset's labels in two phases "
-                      "(optional frozen-backbone head, then the whole net); a from-scratch baseline shows what transfer bought. "
-                      "Registered in MLflow as imagegen-extractor-<dataset>.")
+          description="MobileNetV2 with ImageNet weights, fine-tuned on the dataset's labels (an optional "
+                      "frozen-backbone head, then the whole net, one-cycle); an optional from-scratch baseline "
+                      "shows what transfer bought. Registered in MLflow as imagegen-extractor-<dataset>.")
 def feature_extractor(context: dg.AssetExecutionContext, config: FeatureExtractorConfig, storage: ImagegenStorage,
                       mlflow_tracker: MlflowTracker) -> dg.MaterializeResult:
     dataset = dataset_of(context)
