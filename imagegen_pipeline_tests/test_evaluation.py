@@ -78,7 +78,8 @@ def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, 
     # the protocol travels with every figure: report, Markdown, MLflow run tags and the registered version
     protocol = report["protocol"]
     assert (protocol["name"], protocol["num_samples"], protocol["detector"]) == ("custom", 20, DETECTOR_ID)
-    assert re.fullmatch(r"val split, \d+ images \(1x32x32\)", protocol["reference"]) and protocol["precision_recall_k"] == 3
+    assert re.fullmatch(r"val split, \d+ images \(1x32x32\)", protocol["reference"])
+    assert protocol["precision_recall_k"] == 3
     assert "Protocol **custom**: 20 samples against the val split" in meta["summary"]
     assert run_data.tags["eval.protocol.num_samples"] == "20" and run_data.tags["eval.protocol.detector"] == DETECTOR_ID
     assert champion.tags[PROTOCOL_TAG] == protocol["key"] == meta["protocol"]
@@ -143,3 +144,27 @@ def test_quality_gate_rejects_a_rigged_short_run_even_as_the_first_model(trained
     assert tags["rejected"] and tags["imagegen.gate"].startswith("rejected: ")
     with pytest.raises(mlflow.exceptions.MlflowException):
         client.get_model_version_by_alias(GENERATOR, "champion")
+
+
+def test_evaluation_scores_the_registered_version_with_the_judge_it_was_trained_with(trained, instance, mlflow_uri):
+    """Issues 13.3 and 13.4: evaluation read data/models/<ds>/generator.safetensors (replaced by any later
+    training) and judged with whichever extractor was newest locally. With the local generator file spoiled and a
+    newer extractor trained, re-evaluating v1 gives the same scores, under the same judge, extractor v1."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    paths = trained
+    run(paths, instance, [feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report])
+    first = json.loads((paths.reports("mnist") / "eval-v1" / "report.json").read_text())
+    local = paths.models("mnist") / "generator.safetensors"
+    with safe_open(str(local), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    save_file({k: (v + 0.5 if v.is_floating_point() else v) for k, v in tensors.items()}, str(local), metadata=meta)
+    run(paths, instance, [feature_extractor], feature_extractor={**TINY_EXTRACTOR, "seed": 1})  # extractor v2
+    again = run(paths, instance, [evaluation_report])
+    [mat] = again.asset_materializations_for_node("evaluation_report")
+    second = json.loads((paths.reports("mnist") / "eval-v1" / "report.json").read_text())
+    assert second["protocol"]["judge"] == first["protocol"]["judge"] == "imagegen-extractor-mnist v1"
+    assert second["headline"]["fid"] == pytest.approx(first["headline"]["fid"], rel=1e-6)
+    assert second["headline"]["conditional_accuracy"] == pytest.approx(first["headline"]["conditional_accuracy"])
+    assert mat.metadata["protocol"].value == first["protocol"]["key"]

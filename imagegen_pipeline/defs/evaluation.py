@@ -287,7 +287,8 @@ def generator_promotion(context: dg.AssetCheckExecutionContext, storage: Imagege
     dataset = context.partition_key if context.op_execution_context.has_partition_key else None
     if dataset is None:
         return dg.AssetCheckResult(passed=True, metadata={"note": "run per dataset partition to promote"})
-    judged = _judged_file(paths, dataset, context.op_execution_context.run_id)  # not LATEST_FILE: another run may have rewritten it
+    # this run's own record, not LATEST_FILE: another run may have rewritten that one since
+    judged = _judged_file(paths, dataset, context.op_execution_context.run_id)
     if not judged.is_file():
         return dg.AssetCheckResult(passed=False, metadata={"error": "no evaluation report from this run"})
     info = json.loads(judged.read_text())

@@ -72,8 +72,9 @@ SOURCE_SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "
 
 def source_split_of(attributes: str | None) -> str | None:
     """The split a dataset's own labels.csv declares for a row (column `source_split`), as train/val; None when
-    the row declares none. Declared splits are kept only when some row is declared val/test. Keeping MNIST's official test images in val means the generator never trains on
-    the images that published FIDs are measured against."""
+    the row declares none. Declared splits are kept only when some row is declared val/test. Keeping MNIST's
+    official test images in val means the generator never trains on the images that published FIDs are
+    measured against."""
     if not attributes or not isinstance(attributes, str):
         return None
     try:

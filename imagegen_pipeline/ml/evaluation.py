@@ -220,7 +220,8 @@ def protocol_record(eval_cfg: EvalConfig, *, num_samples: int, reference: RealSp
         "name": name, "num_samples": num_samples,
         "reference": f"val split, {len(reference.images)} images ({shape})", "reference_key": reference_key,
         "floor": f"train split, {len(floor.images)} images, against the reference", "floor_key": floor_key,
-        "detector": detector_id, "precision_recall_k": MetricContext.pr_k, "kid_subset_size": eval_cfg.kid_subset_size,
+        "detector": detector_id, "precision_recall_k": MetricContext.pr_k,
+        "kid_subset_size": eval_cfg.kid_subset_size,
         "seed": eval_cfg.seed, "judge": judge or "unnamed",
         "key": f"{name}|n={num_samples}|ref={reference_key[:16]}|{detector_id}|judge={judge or 'unnamed'}",
     }
@@ -242,8 +243,8 @@ def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray
         out["skipped"]["r_precision"] = str(exc)
 
 
-HEADLINE = ("fid", "fid_std", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity", "diversity_ratio",
-            "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean", "r_precision",
+HEADLINE = ("fid", "fid_std", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity",
+            "diversity_ratio", "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean", "r_precision",
             "r_precision_real", "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate")
 
 

@@ -94,7 +94,8 @@ def _evaluate(model: ExtractorNet, images: torch.Tensor, labels: torch.Tensor, *
 
 
 def _unfreeze_for_finetune(model: ExtractorNet, cfg: ExtractorConfig) -> list[nn.Parameter]:
-    """Phase 2's trainable parameters; with `finetune_batchnorm`, the backbone's BatchNorm learns this data's statistics."""
+    """Phase 2's trainable parameters; with `finetune_batchnorm`, the backbone's BatchNorm learns this data's
+    statistics."""
     model.backbone_bn_eval = not cfg.finetune_batchnorm
     return unfreeze_top(model, cfg.unfreeze_blocks) + list(model.head.parameters())
 
