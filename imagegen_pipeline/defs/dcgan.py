@@ -106,7 +106,9 @@ def _init_from(source: str) -> tuple[dict | None, str]:
     try:
         mv = current_alias_holder(name, client=client) or max(
             client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), default=None)
-    except mlflow.exceptions.MlflowException:
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # a locked store is an error, not "nothing registered"
+            raise
         mv = None
     if mv is None:
         raise dg.Failure(f"init_from={source!r}: no registered generator {name}; materialize dcgan_checkpoint "

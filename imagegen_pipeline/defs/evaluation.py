@@ -77,15 +77,14 @@ def _held_out_captions(paths, dataset: str, with_bank: bool) -> dict:
         raise dg.Failure(f"{dataset}: the generator is text-conditioned and is evaluated on held-out captions; "
                          f"no {paths.embeddings(dataset) / CAPTIONS_FILE}: materialize caption_embeddings")
     val = read_captions(paths.embeddings(dataset), split="val")
-    train_captions = set(read_captions(paths.embeddings(dataset), split="train")["caption"])
-    seen = float(val["caption"].isin(train_captions).mean()) if len(val) else 0.0
+    train = read_captions(paths.embeddings(dataset), split="train")
+    seen = float(val["caption"].isin(set(train["caption"])).mean()) if len(val) else 0.0
     if len(val) < 2:
         raise dg.Failure(f"{dataset}: {len(val)} val captions; a text model needs held-out captions to be judged on")
     bank = None
     if with_bank:
         try:
-            bank = CaptionBank.from_frames(read_embeddings(paths.embeddings(dataset), split="train"),
-                                           read_captions(paths.embeddings(dataset), split="train"))
+            bank = CaptionBank.from_frames(read_embeddings(paths.embeddings(dataset), split="train"), train)
         except ValueError:  # embeddings and captions from different shards: r_precision is skipped, says why
             bank = None
     return {"text_conds": embedding_matrix(val), "caption_ids": val["sha256"].tolist(), "caption_bank": bank,
