@@ -1,23 +1,25 @@
 """Quality per second: our trainer against the PyTorch DCGAN example's recipe for the same wall-clock time.
 
-Both train on the same uint8 shards (the dataset's train split) on the same device for `--seconds` each:
-  (a) ours: `train_dcgan` with a named preset's DCGAN settings (default cpu-demo: class-conditional, SN
-      discriminator with minibatch-stddev, hinge loss, EMA generator with its own BatchNorm statistics);
-  (b) the 2016 recipe of pytorch/examples dcgan/main.py: BatchNorm in G and D, BCE, Adam 2e-4 / beta1 0.5,
-      ngf = ndf = 64, batch 64, no EMA, no augmentation, unconditional (the example has no labels).
+Both train on the same uint8 shards (the dataset's train split) on the same device:
+  (a) ours: `train_dcgan` with a named preset's DCGAN settings and steps, in the precision the asset picks
+      (default cpu-demo: what `make demo` trains), timed;
+  (b) the 2016 recipe of pytorch/examples dcgan/main.py, for as many seconds as (a) took: BatchNorm in G and D,
+      BCE, Adam 2e-4 / beta1 0.5, ngf = ndf = 64, batch 64, fp32, no EMA, no augmentation, unconditional (the
+      example has no labels).
 Then each draws `--n` images (ours: labels cycling over the classes) and both are scored by one judge: FID
 with the standard Inception against `--n` val images, the real train-vs-val floor at the same N, the share of
 dark pixels and the within-label pixel spread as a share of real (for the baseline: overall spread). Prints a
 table and the FID ratio baseline / ours (>1 = ours is better); writes JSON and both sample grids to
 bench/results/.
 
-    python bench/train_quality.py [--dataset mnist] [--seconds 240] [--n 1000] [--preset cpu-demo] [--device auto]
+    python bench/train_quality.py [--dataset mnist] [--steps N] [--n 1000] [--preset cpu-demo] [--device auto]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,17 +45,19 @@ from imagegen_pipeline.ml.shard_reader import ShardReader  # noqa: E402
 from imagegen_pipeline.presets import preset_run_config  # noqa: E402
 
 
-def ours_config(preset: str, reader: ShardReader, dataset: str) -> DCGANConfig:
-    """The preset's dcgan_checkpoint settings, built as the asset builds them; steps: as many as fit the time."""
+def ours_config(preset: str, reader: ShardReader, dataset: str, steps: int | None) -> tuple[DCGANConfig, bool]:
+    """The preset's dcgan_checkpoint settings, built as the asset builds them (its steps unless `steps`), and
+    whether the asset would train in bf16 on this CPU."""
     over = preset_run_config(preset)["ops"].get("dcgan_checkpoint", {}).get("config", {})
     asset = DcganTrainConfig(**{k: v for k, v in over.items() if k not in ("device", "compile", "conditioning")})
-    return _core_config(asset, reader, dataset, "class").replace(
-        steps=10**9, sample_every=10**9, checkpoint_every=10**9, log_every=100, num_samples=10)
+    cfg = _core_config(asset, reader, dataset, "class")
+    return cfg.replace(steps=steps or cfg.steps, sample_every=10**9, checkpoint_every=10**9, log_every=100,
+                       num_samples=10), asset.cpu_bf16
 
 
-def run_ours(cfg: DCGANConfig, data: TrainData, runtime: Runtime, out_dir: Path, seconds: float, n: int) -> dict:
-    deadline = time.perf_counter() + seconds
-    result = train_dcgan(cfg, data, out_dir=out_dir, runtime=runtime, abort_fn=lambda: time.perf_counter() > deadline)
+def run_ours(cfg: DCGANConfig, data: TrainData, runtime: Runtime, out_dir: Path, n: int) -> dict:
+    shutil.rmtree(out_dir, ignore_errors=True)  # a checkpoint left by an earlier bench run would be resumed
+    result = train_dcgan(cfg, data, out_dir=out_dir, runtime=runtime)
     G, gcfg = load_generator(out_dir / "generator.safetensors", device=runtime.device)
     labels = np.arange(n) % cfg.num_classes
     images = generate(G, gcfg, seeds=list(range(n)), cond=labels, runtime=runtime)
@@ -107,7 +111,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="mnist")
     ap.add_argument("--home", type=Path, default=REPO, help="data root holding data/shards/<dataset>")
-    ap.add_argument("--seconds", type=float, default=240.0, help="training wall time for each side")
+    ap.add_argument("--steps", type=int, default=None, help="our steps (default: the preset's); the recipe then "
+                                                             "trains for as long as ours took")
     ap.add_argument("--n", type=int, default=1000, help="samples and val images for FID")
     ap.add_argument("--preset", default="cpu-demo")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -124,23 +129,27 @@ def main() -> None:
     floor = fid_from_features(detector.features(train.images[floor_pick]), real_features)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = {}
-    cfg = ours_config(args.preset, reader, args.dataset)
-    for name, run in (("ours", lambda: run_ours(cfg, train, runtime, args.out / "train_quality_run", args.seconds,
-                                                 args.n)),
-                      ("dcgan_example", lambda: run_baseline(train, runtime, args.seconds, args.n))):
+    cfg, cpu_bf16 = ours_config(args.preset, reader, args.dataset, args.steps)
+    ours_runtime = resolve_runtime(args.device, cpu_bf16=cpu_bf16)  # as the asset resolves it
+    for name in ("ours", "dcgan_example"):
         t = time.perf_counter()
-        out = run()
+        if name == "ours":
+            out = run_ours(cfg, train, ours_runtime, args.out / "train_quality_run", args.n)
+            seconds = time.perf_counter() - t
+        else:  # the same wall time as ours took
+            out = run_baseline(train, runtime, seconds, args.n)
         rows[name] = {"steps": out["steps"], "train_seconds": round(time.perf_counter() - t, 1),
                       **judge(out["images"], out["labels"], real_features, detector, val)}
         labels = out["labels"]  # a grid of one row per label (10 seeds each), or 100 unconditional samples
         order = (np.concatenate([np.flatnonzero(labels == k)[:10] for k in np.unique(labels)[:10]])
                  if labels is not None else np.arange(min(100, len(out["images"]))))
         image_grid(out["images"][order], nrow=10).save(args.out / f"train_quality_{name}.png")
-    report = {"dataset": args.dataset, "device": runtime.describe(), "seconds_each": args.seconds, "n": args.n,
+    report = {"dataset": args.dataset, "device": ours_runtime.describe(), "seconds_each": round(seconds, 1),
+              "n": args.n,
               "preset": args.preset, "real_floor_fid": floor, **rows,
               "fid_ratio_baseline_over_ours": rows["dcgan_example"]["fid"] / rows["ours"]["fid"]}
     (args.out / f"train_quality_{runtime.device.type}.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{args.dataset}, {args.seconds:g} s of training each on {runtime.describe()['device_name']}, "
+    print(f"{args.dataset}, {seconds:.0f} s of training each on {runtime.describe()['device_name']}, "
           f"FID at {args.n} samples vs {args.n} val images (real floor {floor:.1f})")
     print(f"{'':15} {'steps':>7} {'FID':>7} {'dark':>6} {'spread/real':>12}")
     for name, r in rows.items():

@@ -8,14 +8,18 @@ import struct
 import zlib
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import pytest
 from PIL import Image
 
+from imagegen_pipeline.definitions import defs
 from imagegen_pipeline.ingest.manifest import EmptyDataset, build_manifest, read_manifest
-from imagegen_pipeline.ingest.validate import ValidationConfig
+from imagegen_pipeline.ingest.validate import ValidationConfig, load_normalized
 from imagegen_pipeline.ml.shard_reader import ShardReader
-from imagegen_pipeline_tests.conftest import image_bytes, noise_png, run_ingest, write
+from imagegen_pipeline_tests.conftest import image_bytes, materialization_metadata, noise_png, run_ingest, write
+
+SHARDS_ONLY = {"ops": {"image_shards": {"config": {"workers": 1}}}}
 
 
 def png_declaring(width: int, height: int) -> bytes:
@@ -184,3 +188,70 @@ def test_rows_are_judged_again_when_the_validation_limits_change(tmp_path):
     assert second["reason"].str.contains("smaller than 20 pixels").all()
     third, stats = build_manifest(root, previous=second, cfg=ValidationConfig(min_side=20))
     assert stats.reused == 4  # same limits, unchanged files: not decoded again
+
+
+def _shard_pixels(out: Path) -> dict[str, bytes]:
+    import pyarrow.parquet as pq
+
+    return {p: px for f in sorted(out.glob("*.parquet"))
+            for p, px in zip(*pq.read_table(f, columns=["path", "pixels"]).to_pydict().values(), strict=True)}
+
+
+@pytest.mark.parametrize("channels", ["RGB", "L"])
+def test_pixels_kept_from_validation_equal_a_second_decode(bad_dataset, tmp_path, channels):
+    """Issue 13.8, decode once: raw_images' one decode keeps the normalised pixels; the shards made from them
+    are byte for byte the shards a second decode of every file makes (16-bit, palette, CMYK, EXIF-rotated JPEG,
+    greyscale kept as L and widened to RGB)."""
+    from imagegen_pipeline.ingest.pixel_store import PIXELS_FILE
+    from imagegen_pipeline.ingest.shards import ShardConfig, write_shards
+    from imagegen_pipeline.ingest.validate import PixelSpec
+
+    store = tmp_path / PIXELS_FILE
+    manifest, stats = build_manifest(bad_dataset, workers=1, pixels=PixelSpec(24, channels), store=store)
+    assert stats.stored == 7  # the valid files, duplicate included
+    ok = manifest[manifest["status"] == "ok"]
+    cfg = ShardConfig(resolution=24, channels=channels, workers=1, val_fraction=0.0)
+    kept = write_shards(bad_dataset, ok, tmp_path / "kept", cfg, pixels=store)
+    again = write_shards(bad_dataset, ok, tmp_path / "again", cfg)
+    assert kept["pixels_from"] == "raw_images validation pass"
+    assert again["pixels_from"] == "decoded again from the landing files"
+    assert kept["content_key"] == again["content_key"]
+    assert _shard_pixels(tmp_path / "kept") == _shard_pixels(tmp_path / "again")
+    assert len(_shard_pixels(tmp_path / "kept")) == 6
+
+
+def test_image_shards_does_not_read_the_landing_files_again(paths, instance):
+    """Issue 13.8: image_shards decoded every file a second time. With the validation pass's pixels it shards
+    even after the landing files are gone, and the pixels are the validated ones."""
+    root = paths.raw("once")
+    originals = {f"a/{i}.png": noise_png(i, size=(20, 20), mode="L") for i in range(5)}
+    for rel, data in originals.items():
+        write(root / rel, data)
+    assert run_ingest(instance, "once", {"ops": {"raw_images": {"config": {"workers": 1}}}}).success
+    for rel in originals:
+        (root / rel).unlink()
+    result = defs.resolve_job_def("ingest_job").execute_in_process(
+        partition_key="once", instance=instance, run_config=SHARDS_ONLY, asset_selection=[dg.AssetKey("image_shards")])
+    assert result.success
+    meta = materialization_metadata(result, "image_shards")
+    assert meta["pixels_from"] == "raw_images validation pass"
+    got = _shard_pixels(paths.shards("once"))
+    assert got == {rel: load_normalized(data, resolution=64, channels="L").tobytes()
+                   for rel, data in originals.items()}
+
+
+def test_a_new_file_is_the_only_one_decoded_and_the_store_still_covers_all(tmp_path):
+    from imagegen_pipeline.ingest.pixel_store import PIXELS_FILE, covers
+    from imagegen_pipeline.ingest.validate import PixelSpec
+
+    root, store, spec = tmp_path / "landing", tmp_path / PIXELS_FILE, PixelSpec(16, "L")
+    for i in range(4):
+        write(root / "a" / f"{i}.png", noise_png(i, mode="L"))
+    first, _ = build_manifest(root, pixels=spec, store=store, workers=1)
+    write(root / "a" / "1b.png", noise_png(10, mode="L"))  # sorts between kept rows: the merge keeps path order
+    second, stats = build_manifest(root, previous=first, pixels=spec, store=store, workers=1)
+    assert (stats.decoded, stats.reused, stats.stored) == (1, 4, 5)
+    assert covers(store, second[second["status"] == "ok"], 16, "L")
+    assert not covers(store, second[second["status"] == "ok"], 32, "L")  # another size: decode again
+    third, stats = build_manifest(root, previous=second, pixels=PixelSpec(32, "L"), store=store, workers=1)
+    assert (stats.decoded, stats.stored) == (5, 5)  # a store of another size is not reused

@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 from imagegen_pipeline.ingest.shards import ShardConfig, write_shards
-from imagegen_pipeline.ml.checkpoint import load_checkpoint
+from imagegen_pipeline.ml.checkpoint import CorruptCheckpoint, load_checkpoint
 from imagegen_pipeline.ml.dcgan import (DCGANConfig, Discriminator, Generator, TrainData, TrainingDiverged,
                                         generate, interpolate, load_generator, train_dcgan)
 from imagegen_pipeline.ml.dcgan.augment import diff_augment
@@ -121,6 +121,29 @@ def test_each_conditioning_mode_trains_and_writes_checkpoint_and_export(tmp_path
     assert images.shape == (2, resolution, resolution, channels) and images.dtype == np.uint8
 
 
+def test_cpu_bf16_is_asked_for_and_trains_fp32_weights_in_bf16_autocast(tmp_path):
+    """bf16 on CPU only where it is native and only when a stage asks (the extractor and FID stay fp32); the
+    weights, checkpoint and export stay fp32, and the result matches an fp32 run's shapes and ranges."""
+    from imagegen_pipeline.ml.runtime import cpu_has_native_bf16
+
+    assert resolve_runtime("cpu").amp_dtype is None
+    if not cpu_has_native_bf16():
+        assert resolve_runtime("cpu", cpu_bf16=True).amp_dtype is None
+        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX)")
+    runtime = resolve_runtime("cpu", cpu_bf16=True)
+    assert runtime.amp_dtype == torch.bfloat16
+    cfg = tiny_cfg(conditioning="class", num_classes=3, steps=6)
+    result = train_dcgan(cfg, tiny_data(cfg), out_dir=tmp_path, runtime=runtime)
+    assert all(np.isfinite(v) for m in result.metrics for v in m.values())
+    ckpt = load_checkpoint(result.checkpoint_path)
+    assert {t.dtype for part in ("G", "G_ema", "D") for t in ckpt[part].values() if t.is_floating_point()} == {
+        torch.float32}
+    G, _ = load_generator(tmp_path)
+    assert {p.dtype for p in G.parameters()} == {torch.float32}
+    images = generate(G, cfg, seeds=[0, 1], cond=[0, 0])
+    assert images.dtype == np.uint8 and not np.array_equal(images[0], images[1])
+
+
 def test_generate_is_deterministic_per_seed_and_differs_across_seeds():
     """Serving relies on seed -> image: the same seed gives identical pixels, another seed other pixels."""
     cfg = tiny_cfg(conditioning="class", num_classes=3)
@@ -207,6 +230,25 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run_bit_for_bit(tmp_path):
         assert all(torch.equal(ours[i][k], theirs[i][k]) for i in theirs for k in theirs[i]), part
     assert all(torch.equal(torch.as_tensor(resumed["rng"][k]), torch.as_tensor(v))
                for k, v in reference["rng"].items() if v is not None)
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_one_before_it_and_never_restarts_at_zero(tmp_path):
+    """Issue 14.4: a damaged latest.pt was a bare torch error. Now the generation before it is kept and
+    resumed from, and with no readable checkpoint the error names the file and what to do."""
+    cfg = tiny_cfg(steps=4)  # checkpoints at steps 2 and 4
+    data = tiny_data(cfg)
+    train_dcgan(cfg, data, out_dir=tmp_path, runtime=CPU)
+    latest, prev = tmp_path / "latest.pt", tmp_path / "latest.prev.pt"
+    assert load_checkpoint(prev)["step"] == 2 and load_checkpoint(latest)["step"] == 4
+    latest.write_bytes(latest.read_bytes()[:1000])  # a disk that filled mid-write elsewhere, a bad copy
+    logs = []
+    result = train_dcgan(cfg.replace(steps=6), data, out_dir=tmp_path, runtime=CPU, log=logs.append)
+    assert (result.resumed_from, result.final_step) == (2, 6)
+    assert any("latest.pt cannot be read" in line and "latest.prev.pt (step 2)" in line for line in logs), logs
+    latest.write_bytes(b"not a checkpoint")
+    prev.write_bytes(b"")
+    with pytest.raises(CorruptCheckpoint, match=r"latest\.pt cannot be read.*no readable earlier checkpoint.*delete"):
+        train_dcgan(cfg.replace(steps=8), data, out_dir=tmp_path, runtime=CPU)
 
 
 def test_nan_loss_raises_training_diverged_naming_the_step_and_keeps_last_checkpoint(tmp_path):

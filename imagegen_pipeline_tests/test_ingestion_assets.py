@@ -12,7 +12,7 @@ from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.ingest import checks
 from imagegen_pipeline.ingest.manifest import read_manifest
 from imagegen_pipeline.ingest.shards import split_of
-from imagegen_pipeline.ml.shard_reader import ShardReader, to_float
+from imagegen_pipeline.ml.shard_reader import CorruptShard, ShardReader, to_float
 from imagegen_pipeline_tests.conftest import materialization_metadata, noise_png, run_ingest, write
 
 
@@ -53,6 +53,22 @@ def test_streaming_reader_gives_the_same_tensor_as_loading_whole(mnist_slice, in
     whole, labels = reader.load_split("train")
     streamed = torch.cat([b["images"] for b in reader.iter_batches("train")])
     assert torch.equal(whole, streamed)
+
+
+def test_a_truncated_shard_file_is_an_error_naming_it_and_the_way_out(mnist_slice, instance):
+    """Issue 14.4: a damaged shard was a bare Arrow error. It now names the file and the fix, and the fix
+    (materializing image_shards again) works."""
+    assert run_ingest(instance, "mnist").success
+    reader = ShardReader(mnist_slice.shards("mnist"))
+    rows = len(reader.load_split("train")[0])
+    f = reader.files("train")[0]
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CorruptShard, match=rf"shard file .*{f.name} cannot be read.*materialize image_shards"):
+        reader.load_split("train")
+    with pytest.raises(CorruptShard, match=f.name):
+        reader.read_column("train", "sha256")
+    assert run_ingest(instance, "mnist").success
+    assert len(ShardReader(mnist_slice.shards("mnist")).load_split("train")[0]) == rows
 
 
 def test_reingest_decodes_only_new_or_changed_files(mnist_slice, instance):

@@ -66,3 +66,19 @@ def test_a_registry_that_cannot_be_read_fails_instead_of_promoting(client, monke
     with pytest.raises(mlflow.exceptions.MlflowException, match="database is locked"):
         promote_if_better(NAME, worse, FID, client=client)
     assert locked_once and champion(client) == "1"
+
+
+def test_a_registered_version_whose_files_are_gone_is_an_error_naming_it(client, tmp_path):
+    """Issue 14.4: evaluating a version whose artifact the store lost failed deep inside MLflow or yaml. It now
+    names the version, the artifact and the way out."""
+    from imagegen_pipeline.tracking.registry import MissingArtifact, download_model_artifact
+
+    (client.source / "MLmodel").write_text("flavors:\n  python_function:\n    artifacts:\n      generator:\n"
+                                           "        path: artifacts/generator.safetensors\n")
+    lost_file = version(client, 30.0, 0.1)  # its MLmodel lists a file that is not there
+    with pytest.raises(MissingArtifact, match=rf"models:/{NAME}/{lost_file}: its artifact 'generator' cannot be "
+                                              r"read .*generator.safetensors is not among its files.*Restore"):
+        download_model_artifact(NAME, lost_file, "generator", tmp_path / "a")
+    gone = client.create_model_version(NAME, source=str(tmp_path / "deleted-folder"), run_id=None).version
+    with pytest.raises(MissingArtifact, match=rf"models:/{NAME}/{gone}: its artifact 'generator'"):
+        download_model_artifact(NAME, str(gone), "generator", tmp_path / "b")

@@ -179,6 +179,32 @@ def test_malformed_answers_get_json_4xx_and_the_server_keeps_serving(review_serv
     assert request(base, "GET", "/api/summary")[1]["answers"] == 1
 
 
+def test_a_connection_flood_gets_503_at_once_and_the_server_recovers(review_server):
+    """Issue 14.6: every connection got its own thread, so idle sockets could exhaust the process. Past
+    max_connections a client is told 503 at once; when the idle ones go, requests are served again."""
+    app, _, _ = review_server
+    server = make_server(app, port=free_port(), max_connections=4)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    base = f"http://127.0.0.1:{port}"
+    try:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+        time.sleep(0.5)  # the server has accepted them, each in its thread
+        status, error = request(base, "GET", "/api/summary")
+        assert (status, error["status"]) == (503, 503) and "too many open connections" in error["error"]
+        for s in idle:
+            s.close()
+        deadline = time.monotonic() + 10
+        while (status := request(base, "GET", "/api/summary")[0]) == 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
 @pytest.mark.parametrize("k,n,expected", [(0, 0, None), (0, 10, [0.0, 0.2775]), (5, 10, [0.2366, 0.7634]),
                                           (10, 10, [0.7225, 1.0])])
 def test_fooling_rate_interval_is_wilson(k, n, expected):

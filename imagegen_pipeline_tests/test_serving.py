@@ -69,6 +69,11 @@ def test_served_champion_returns_the_same_pngs_for_the_same_seed_and_json_errors
                                                                   "data": [["cat", 7, 2]]}}, timeout=30)
         assert 400 <= status < 600 and error["error_code"] == "BAD_REQUEST", (status, error)
         assert "unknown label 'cat'" in error.get("stack_trace", "") + error["message"], error
+        flood = {"dataframe_split": {"columns": ["label", "seed", "count"], "data": [["3", i, 256]
+                                                                                     for i in range(200)]}}
+        status, error = post(url, flood, timeout=30)  # 51,200 images: refused before any is drawn
+        assert status == 400 and "asks for 51200 images; at most 1024" in error["message"] + error.get(
+            "stack_trace", ""), (status, error)
         assert post(url, REQUEST) == (200, first)  # still serving
     finally:
         stop(proc, timeout=10)

@@ -31,7 +31,7 @@ from imagegen_pipeline.defs.metadata import png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml import dcgan as core
-from imagegen_pipeline.ml.checkpoint import load_checkpoint
+from imagegen_pipeline.ml.checkpoint import CorruptCheckpoint, load_checkpoint
 from imagegen_pipeline.ml.dcgan.train import CHECKPOINT_FILE
 from imagegen_pipeline.ml.grids import png_bytes
 from imagegen_pipeline.ml.runtime import resolve_runtime
@@ -52,13 +52,14 @@ class DcganTrainConfig(dg.Config):
     device: str = Field(default="auto", description="'auto' (CUDA when present), 'cpu' or 'cuda'.")
     conditioning: str = Field(default="auto", description="'none', 'class', 'text' or 'auto' (class when the "
                                                           "dataset has at least 2 classes, else none).")
-    steps: int = Field(default=6000, description="Optimizer steps (the cpu-demo default: about 4 min on 2 cores; "
+    steps: int = Field(default=6000, description="Optimizer steps (the cpu-demo default: about 3.5 min on 2 cores; "
                                                "see `imagegen presets` for GPU sizes).")
     batch_size: int = Field(default=64, description="Images per step.")
     ngf: int = Field(default=32, description="Generator width (64 is the paper's).")
     ndf: int = Field(default=32, description="Discriminator width (64 is the paper's).")
-    lr_g: float = Field(default=4e-4, description="Generator Adam learning rate.")
-    lr_d: float = Field(default=4e-4, description="Discriminator Adam learning rate.")
+    lr_g: float = Field(default=1.2e-3, description="Generator Adam learning rate (at batch 64 on MNIST, 6,000 "
+                                                    "steps: FID 23.7 at 1.2e-3, 26.2 at 8e-4, 27.6 at 4e-4; README).")
+    lr_d: float = Field(default=1.2e-3, description="Discriminator Adam learning rate.")
     loss: str = Field(default="hinge", description="'hinge' or 'bce'.")
     diffaugment: str = Field(default="", description="DiffAugment policy, e.g. 'color,translation,cutout', for "
                                                      "small datasets (<10k images); on 60k MNIST images it made G "
@@ -75,6 +76,9 @@ class DcganTrainConfig(dg.Config):
     checkpoint_every: int = Field(default=500, description="Steps between checkpoints.")
     log_every: int = Field(default=50, description="Steps between metrics.")
     compile: bool = Field(default=False, description="torch.compile G and D (CUDA only).")
+    cpu_bf16: bool = Field(default=True, description="On a CPU with native bf16 (AVX512-BF16 or AMX), train in bf16 "
+                                                     "autocast like on CUDA (1.4-1.8x the steps per second on 2 "
+                                                     "cores); false = fp32. Ignored elsewhere.")
     seed: int = Field(default=0, description="Seed for weights, batches and the fixed sample noise.")
 
 
@@ -145,7 +149,7 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
     init_state, init_version = _init_from(config.init_from)
     if init_version:  # part of the run key: another source version is another experiment
         cfg = cfg.replace(extra={**cfg.extra, "init_from": init_version})
-    runtime = resolve_runtime(config.device)
+    runtime = resolve_runtime(config.device, cpu_bf16=config.cpu_bf16)
     images, labels = reader.load_split("train")
     if conditioning == "class" and bool((labels < 0).any()):
         keep = labels >= 0
@@ -203,6 +207,8 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
                                       on_sample=on_sample, log=context.log.info)
         except core.TrainingDiverged as exc:
             raise dg.Failure(f"{dataset}: {exc} (the last good checkpoint is kept in {out_dir})") from exc
+        except CorruptCheckpoint as exc:
+            raise dg.Failure(f"{dataset}: {exc}") from exc
         seconds = time.perf_counter() - t0
         generator_file = paths.models(dataset) / GENERATOR_FILE
         with atomic_path(generator_file) as tmp:

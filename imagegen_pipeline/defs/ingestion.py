@@ -11,14 +11,22 @@ from imagegen_pipeline.defs.metadata import histogram_markdown, markdown_table, 
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
 from imagegen_pipeline.ingest.manifest import build_manifest, read_manifest, write_manifest
+from imagegen_pipeline.ingest.pixel_store import store_path
 from imagegen_pipeline.ingest.preview import preview_grid_png
 from imagegen_pipeline.ingest.shards import ShardConfig, write_shards
-from imagegen_pipeline.ingest.validate import ValidationConfig
+from imagegen_pipeline.ingest.validate import PixelSpec, ValidationConfig
 from imagegen_pipeline.ml.grids import image_grid, png_bytes
 from imagegen_pipeline.ml.shard_reader import ShardReader
 from imagegen_pipeline.paths import validate_dataset_name
 
 GROUP = "ingestion"
+
+
+def _default_pixels(landing) -> PixelSpec:
+    """The shards' size when image_shards' config leaves it unset: dataset.json's, else 64 px, channels auto.
+    raw_images keeps pixels of this size from its one decode, so image_shards need not decode again."""
+    defaults = read_dataset_defaults(landing)
+    return PixelSpec(defaults.resolution, defaults.channels) if defaults else PixelSpec(64, "auto")
 
 
 class RawImagesConfig(dg.Config):
@@ -42,7 +50,8 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig,
     landing, manifest_path = paths.raw(dataset), paths.manifest(dataset)
     t0 = time.perf_counter()
     df, stats = build_manifest(landing, previous=read_manifest(manifest_path), cfg=config.to_core(),
-                               workers=config.workers, log=context.log.info)
+                               workers=config.workers, pixels=_default_pixels(landing),
+                               store=store_path(manifest_path), log=context.log.info)
     write_manifest(df, manifest_path)
     seconds = time.perf_counter() - t0
     accepted = df[df["status"] == "ok"]
@@ -54,6 +63,7 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig,
         "quarantined": stats.counts["quarantined"],
         "decoded_this_run": stats.decoded,
         "unchanged_reused": stats.reused,
+        "pixels_kept_for_shards": stats.stored,
         "images_per_second": round(stats.decoded / seconds, 1) if seconds else 0.0,
         "manifest": dg.MetadataValue.path(str(manifest_path)),
         "class_histogram": histogram_markdown(accepted["label"]),
@@ -94,15 +104,16 @@ def image_shards(context: dg.AssetExecutionContext, config: ImageShardsConfig,
     if manifest is None:
         raise dg.Failure(f"no manifest for {dataset!r}: materialize raw_images first")
     accepted = manifest[manifest["status"] == "ok"]
-    defaults = read_dataset_defaults(landing)
-    channels = config.channels or (defaults.channels if defaults else "auto")
+    default = _default_pixels(landing)
+    channels = config.channels or default.channels
     if channels == "auto":
         channels = "L" if len(accepted) and bool(accepted["is_gray"].all()) else "RGB"
-    cfg = ShardConfig(resolution=config.resolution or (defaults.resolution if defaults else 64), channels=channels,
+    cfg = ShardConfig(resolution=config.resolution or default.resolution, channels=channels,
                       val_fraction=config.val_fraction,
                       use_source_split=config.use_source_split, workers=config.workers)
     t0 = time.perf_counter()
-    desc = write_shards(landing, accepted, paths.shards(dataset), cfg, log=context.log.info)
+    desc = write_shards(landing, accepted, paths.shards(dataset), cfg, pixels=store_path(paths.manifest(dataset)),
+                        log=context.log.info)
     seconds = time.perf_counter() - t0
     reader = ShardReader(paths.shards(dataset))
     first = next(reader.iter_batches("train" if desc["splits"]["train"]["rows"] else "val"))
@@ -116,6 +127,7 @@ def image_shards(context: dg.AssetExecutionContext, config: ImageShardsConfig,
         "class_names": ", ".join(desc["class_names"][:40]) + (" …" if len(desc["class_names"]) > 40 else ""),
         "shard_files": sum(len(s["files"]) for s in desc["splits"].values()),
         "images_per_second": round(desc["num_rows"] / seconds, 1) if seconds else 0.0,
+        "pixels_from": desc["pixels_from"],
         "shards": dg.MetadataValue.path(str(paths.shards(dataset))),
         "preview": png_markdown(png_bytes(grid), "first shard images, as training sees them"),
     })

@@ -11,14 +11,15 @@ import json
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pandas as pd
 
 from imagegen_pipeline.atomic import atomic_path
 from imagegen_pipeline.datasets.landing import is_sidecar, read_label_table, walk_files
+from imagegen_pipeline.ingest import pixel_store
 from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_workers
-from imagegen_pipeline.ingest.validate import ValidationConfig, inspect_chunk
+from imagegen_pipeline.ingest.validate import PixelSpec, ValidationConfig, inspect_chunk
 
 MANIFEST_COLUMNS = ["path", "status", "reason", "sha256", "label", "caption", "attributes", "width", "height",
                     "mode", "format", "is_gray", "size_bytes", "mtime_ns", "valid", "validated_with"]
@@ -34,6 +35,7 @@ class ManifestStats:
     files: int = 0
     decoded: int = 0  # files decoded in this run (new or changed)
     reused: int = 0  # rows carried over from the previous manifest unchanged
+    stored: int = 0  # rows in the pixel store written by this scan (0 = none written)
     counts: dict = field(default_factory=dict)  # status -> rows
 
 
@@ -52,9 +54,11 @@ def validation_key(cfg: ValidationConfig) -> str:
 
 
 def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: ValidationConfig | None = None,
-                   workers: int = 0, chunk_size: int = 512,
+                   workers: int = 0, chunk_size: int = 512, pixels: PixelSpec | None = None,
+                   store: Path | None = None,
                    log: Callable[[str], None] = lambda _: None) -> tuple[pd.DataFrame, ManifestStats]:
-    """Scan `root` and return the manifest (sorted by path) and what this scan did."""
+    """Scan `root` and return the manifest (sorted by path) and what this scan did. With `pixels` and `store`,
+    the same decode also writes every valid file's normalised pixels to `store` (see pixel_store.py)."""
     if not root.is_dir():
         raise EmptyDataset(f"landing folder {root} does not exist")
     rels = list_landing_files(root)
@@ -64,7 +68,9 @@ def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: Val
     cfg = cfg or ValidationConfig()
     settings = validation_key(cfg)
     reuse: dict[str, dict] = {}
-    if previous is not None and len(previous):
+    keep_pixels = pixels is not None and store is not None
+    old_store = store if keep_pixels and pixel_store.store_spec(store) == pixels else None
+    if previous is not None and len(previous) and (old_store is not None or not keep_pixels):
         prev = {r["path"]: r for r in previous.to_dict("records")}
         for rel in rels:
             if (old := prev.get(rel)) is None:
@@ -79,9 +85,28 @@ def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: Val
     todo = [r for r in rels if r not in reuse]
     stats.reused, stats.decoded = len(reuse), len(todo)
     log(f"{len(rels)} files: {len(reuse)} unchanged, {len(todo)} to decode")
-    fn = partial(inspect_chunk, str(root), cfg=cfg)
-    decoded = {row["path"]: row for rows in ordered_map(fn, chunked(todo, chunk_size), workers=resolve_workers(workers))
-               for row in rows}
+    fn = partial(inspect_chunk, str(root), cfg=cfg, pixels=pixels if keep_pixels else None)
+    decoded: dict[str, dict] = {}
+
+    def decode() -> Iterator[dict[str, list]]:
+        """Inspect the new files in order; keep their manifest rows, pass their pixels on to the store (one
+        batch of columns per chunk)."""
+        for rows in ordered_map(fn, chunked(todo, chunk_size), workers=resolve_workers(workers)):
+            batch: dict[str, list] = {"path": [], "sha256": [], "mode": [], "pixels": []}
+            for row in rows:
+                px, mode = row.pop("_pixels", None), row.pop("_pixel_mode", None)
+                decoded[row["path"]] = row
+                if px is not None:
+                    for name, value in zip(batch, (row["path"], row["sha256"], mode, px), strict=True):
+                        batch[name].append(value)
+            yield batch
+
+    if keep_pixels:
+        kept = {rel: old["sha256"] for rel, old in reuse.items() if old["valid"]}
+        stats.stored = pixel_store.write_store(store, pixels, pixel_store.merged_batches(decode(), old_store, kept))
+    else:
+        for _ in decode():
+            pass
     labels = read_label_table(root)
     records = []
     for rel in rels:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 from collections import deque
@@ -25,6 +26,13 @@ def resolve_workers(workers: int) -> int:
 def chunked(items: list[T], size: int) -> Iterator[list[T]]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+def chunked_iter(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """`chunked` for a stream: lists of `size` items, never more in memory."""
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
 
 
 def ordered_map(fn: Callable[[T], R], chunks: Iterable[T], *, workers: int, in_flight_per_worker: int = 2) -> Iterator[R]:

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imagegen_pipeline.atomic import atomic_path, write_json_atomic
-from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_workers
+from imagegen_pipeline.ingest import pixel_store
+from imagegen_pipeline.ingest.parallel import chunked, chunked_iter, ordered_map, resolve_workers
 from imagegen_pipeline.ingest.validate import load_chunk
 from imagegen_pipeline.locks import exclusive_lock
 
@@ -140,8 +141,11 @@ LOCK_FILE = ".write.lock"
 
 
 def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: ShardConfig, *,
-                 log: Callable[[str], None] = lambda _: None, lock_timeout: float = 3600.0) -> dict:
-    """Decode, normalise and shard the `accepted` manifest rows; return the description written.
+                 pixels: Path | None = None, log: Callable[[str], None] = lambda _: None,
+                 lock_timeout: float = 3600.0) -> dict:
+    """Shard the `accepted` manifest rows; return the description written. Their pixels come from the
+    validation pass's store (`pixels`, see pixel_store.py) when it covers them; otherwise each file is decoded
+    again, and re-hashed first, so an edit made since validation is refused.
 
     Writers of one shard folder take turns (a cross-process lock; the loser waits up to `lock_timeout` s, then
     fails saying so). The previous generation's files stay until the next write, so a reader that opened the
@@ -149,10 +153,10 @@ def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Shar
     if accepted.empty:
         raise NoAcceptedImages(f"no accepted images in {landing}: every file was quarantined or a duplicate")
     with exclusive_lock(out_dir / LOCK_FILE, timeout=lock_timeout, what=f"the shard folder {out_dir}"):
-        return _write_shards(landing, accepted, out_dir, cfg, log=log)
+        return _write_shards(landing, accepted, out_dir, cfg, pixels, log=log)
 
 
-def _write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: ShardConfig, *,
+def _write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: ShardConfig, pixels: Path | None, *,
                   log: Callable[[str], None]) -> dict:
     accepted = accepted.sort_values("path", kind="stable")
     labels, captions = _strings_or_none(accepted["label"]), _strings_or_none(accepted["caption"])
@@ -173,12 +177,18 @@ def _write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Sha
     content = hashlib.sha256(json.dumps([FORMAT_VERSION, cfg.resolution, cfg.channels, class_names]).encode())
     for _, sha, label, caption, split in meta:  # pixels are a function of (file, resolution, channels)
         content.update(f"{split}\t{sha}\t{label}\t{caption}\n".encode())
-    fn = partial(load_chunk, str(landing), resolution=cfg.resolution, channels=cfg.channels)
+    items = [(m[0], m[1]) for m in meta]
+    from_store = pixels is not None and pixel_store.covers(pixels, accepted, cfg.resolution, cfg.channels)
+    if from_store:  # decoded once, by raw_images
+        blobs = (b"".join(chunk) for chunk in chunked_iter(
+            pixel_store.stored_pixels(pixels, items, cfg.channels), cfg.chunk_size))
+    else:
+        fn = partial(load_chunk, str(landing), resolution=cfg.resolution, channels=cfg.channels)
+        blobs = ordered_map(fn, chunked(items, cfg.chunk_size), workers=resolve_workers(cfg.workers))
+    log("pixels from raw_images' validation pass" if from_store else "decoding every accepted file again "
+        f"(no pixel store at {cfg.resolution} px {cfg.channels} covers them)")
     done = 0
-    for chunk_meta, blob in zip(chunked(meta, cfg.chunk_size),
-                                ordered_map(fn, chunked([(m[0], m[1]) for m in meta], cfg.chunk_size),
-                                            workers=resolve_workers(cfg.workers)),
-                                strict=True):
+    for chunk_meta, blob in zip(chunked(meta, cfg.chunk_size), blobs, strict=True):
         for i, (rel, sha, label, caption, split) in enumerate(chunk_meta):
             writers[split].add(
                 pixels=blob[i * cfg.image_bytes:(i + 1) * cfg.image_bytes], label_idx=class_idx.get(label, -1),
@@ -204,6 +214,7 @@ def _write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Sha
         "split_method": ("the dataset's source_split (test -> val), content hash for the rest"
                          if any(declared) else f"content hash, {cfg.val_fraction:.0%} val"),
         "config": asdict(cfg),
+        "pixels_from": "raw_images validation pass" if from_store else "decoded again from the landing files",
     }
     previous = _described_files(out_dir / DESCRIPTION_FILE)
     write_json_atomic(out_dir / DESCRIPTION_FILE, description)

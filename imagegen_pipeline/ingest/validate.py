@@ -31,8 +31,23 @@ class ValidationConfig:
     min_side: int = 8  # images smaller than this on either side carry no usable signal
 
 
-def inspect_file(root: str, rel: str, cfg: ValidationConfig) -> dict:
-    """Stat, hash and fully decode `root/rel`; return a manifest row with `valid` and `reason`."""
+@dataclass(frozen=True)
+class PixelSpec:
+    """The normalised form the validation pass keeps for the shards (decode once): square side and channels.
+    channels "auto" keeps each file in its own kind, L for greyscale and RGB for colour."""
+
+    resolution: int
+    channels: str = "auto"  # "L", "RGB" or "auto"
+
+    def mode_for(self, im: Image.Image) -> str:
+        if self.channels != "auto":
+            return self.channels
+        return "L" if im.mode in GRAY_MODES else "RGB"
+
+
+def inspect_file(root: str, rel: str, cfg: ValidationConfig, pixels: PixelSpec | None = None) -> dict:
+    """Stat, hash and fully decode `root/rel`; return a manifest row with `valid` and `reason`. With `pixels`,
+    a valid row also carries `_pixels` (uint8 bytes) and `_pixel_mode`, made from the same decoded bytes."""
     row = {"path": rel, "size_bytes": 0, "mtime_ns": 0, "sha256": None, "width": None, "height": None,
            "mode": None, "format": None, "is_gray": None, "valid": False, "reason": ""}
     path = os.path.join(root, rel)
@@ -69,12 +84,12 @@ def inspect_file(root: str, rel: str, cfg: ValidationConfig) -> dict:
         row["reason"] = f"cannot read file: {exc.strerror or exc}"
         return row
     row["sha256"] = hashlib.sha256(data).hexdigest()
-    reason = _decode_check(data, row, cfg)
+    reason = _decode_check(data, row, cfg, pixels)
     row["valid"], row["reason"] = reason is None, reason or ""
     return row
 
 
-def _decode_check(data: bytes, row: dict, cfg: ValidationConfig) -> str | None:
+def _decode_check(data: bytes, row: dict, cfg: ValidationConfig, pixels: PixelSpec | None) -> str | None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -89,15 +104,22 @@ def _decode_check(data: bytes, row: dict, cfg: ValidationConfig) -> str | None:
         row["format"], row["mode"] = im.format, im.mode
         if w * h > cfg.max_pixels:
             return f"declares {w}x{h} = {w * h:,} pixels, over the {cfg.max_pixels:,} limit (decompression bomb guard)"
+        row["is_gray"] = im.mode in GRAY_MODES
         try:
+            mode = pixels.mode_for(im) if pixels else None
+            if pixels:
+                _draft(im, pixels.resolution, mode)  # before load(): the shards' decode, done once
             im.load()
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # upright() turns it a quarter
+                w, h = h, w
             im = upright(im)
+            if min(w, h) >= cfg.min_side and pixels:
+                row["_pixels"], row["_pixel_mode"] = normalize(im, pixels.resolution, mode).tobytes(), mode
         except Exception as exc:  # noqa: BLE001
             return f"truncated or corrupt image data: {exc}"
-    row["width"], row["height"] = im.size
-    row["is_gray"] = im.mode in GRAY_MODES
-    if min(im.size) < cfg.min_side:
-        return f"image is {im.size[0]}x{im.size[1]}, smaller than {cfg.min_side} pixels on a side"
+    row["width"], row["height"] = w, h
+    if min(w, h) < cfg.min_side:
+        return f"image is {w}x{h}, smaller than {cfg.min_side} pixels on a side"
     return None
 
 
@@ -106,9 +128,9 @@ def upright(im: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(im) if im.getexif().get(0x0112, 1) != 1 else im
 
 
-def inspect_chunk(root: str, rels: list[str], cfg: ValidationConfig) -> list[dict]:
+def inspect_chunk(root: str, rels: list[str], cfg: ValidationConfig, pixels: PixelSpec | None = None) -> list[dict]:
     """Picklable worker entry point: inspect a batch of files."""
-    return [inspect_file(root, rel, cfg) for rel in rels]
+    return [inspect_file(root, rel, cfg, pixels) for rel in rels]
 
 
 def to_8bit(im: Image.Image, channels: str) -> Image.Image:
@@ -129,17 +151,26 @@ def to_8bit(im: Image.Image, channels: str) -> Image.Image:
 def load_normalized(path: str | Path | bytes, *, resolution: int, channels: str) -> np.ndarray:
     """Decode (a path or the file's bytes), rotate upright, convert and centre-crop-resize: uint8 (H, W, C)."""
     with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as im:
-        if im.format == "JPEG":
-            im.draft(channels if channels == "L" else "RGB", (resolution, resolution))  # DCT-domain downscale
-        im = upright(im)
-        im = to_8bit(im, channels)
-        if im.size[0] != im.size[1]:
-            side = min(im.size)
-            left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
-            im = im.crop((left, top, left + side, top + side))  # centre square
-        if im.size[0] != resolution:
-            im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
-        arr = np.asarray(im, dtype=np.uint8)
+        _draft(im, resolution, channels)
+        return normalize(upright(im), resolution, channels)
+
+
+def _draft(im: Image.Image, resolution: int, channels: str) -> None:
+    """JPEG only: let the decoder downscale in the DCT domain (a no-op for other formats)."""
+    if im.format == "JPEG":
+        im.draft(channels if channels == "L" else "RGB", (resolution, resolution))
+
+
+def normalize(im: Image.Image, resolution: int, channels: str) -> np.ndarray:
+    """A decoded, upright image -> 8-bit `channels`, centre square, `resolution` side: uint8 (H, W, C)."""
+    im = to_8bit(im, channels)
+    if im.size[0] != im.size[1]:
+        side = min(im.size)
+        left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
+        im = im.crop((left, top, left + side, top + side))  # centre square
+    if im.size[0] != resolution:
+        im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 

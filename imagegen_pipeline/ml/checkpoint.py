@@ -19,17 +19,41 @@ from imagegen_pipeline.atomic import atomic_path
 CHECKPOINT_VERSION = 1
 
 
+class CorruptCheckpoint(RuntimeError):
+    """A checkpoint file that cannot be read back (truncated, overwritten, not a checkpoint)."""
+
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where `save_checkpoint` keeps the generation before the current one: latest.pt -> latest.prev.pt."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write `state` (plus a format version) to `path` atomically: a kill leaves the old file or the new one."""
+    """Write `state` (plus a format version) to `path` atomically: a kill leaves the old file or the new one.
+    The file it replaces stays as `previous_path(path)`, a fallback when the current one is damaged later."""
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save({"format_version": CHECKPOINT_VERSION, **state}, tmp)
+        if path.is_file():  # a hard link, then a rename: `path` itself is never missing
+            link = path.with_name(f".{path.name}.prev-link")
+            link.unlink(missing_ok=True)
+            os.link(path, link)
+            os.replace(link, previous_path(path))
     return path
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; tensors, numbers, strings and dicts only."""
-    return torch.load(Path(path), map_location=map_location, weights_only=True)
+    """Read a checkpoint written by `save_checkpoint`; tensors, numbers, strings and dicts only. A damaged
+    file raises CorruptCheckpoint naming it."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zip, pickle and torch errors all mean "cannot use this file"
+        raise CorruptCheckpoint(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:200]}); it is "
+                                "truncated or damaged") from exc
 
 
 def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], *,

@@ -6,15 +6,32 @@ place that defines how they map to [0, 1].
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 DESCRIPTION_FILE = "description.json"
+
+
+class CorruptShard(RuntimeError):
+    """A shard file listed in description.json that cannot be read (truncated, overwritten, missing)."""
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Arrow's and the OS's errors on one shard file, as one error that names it and the way out."""
+    try:
+        yield
+    except (OSError, pa.ArrowException) as exc:
+        raise CorruptShard(f"shard file {path} cannot be read ({str(exc)[:200]}); materialize image_shards for "
+                           "this dataset again (it rebuilds every shard from the manifest; the landing files are "
+                           "not touched)") from exc
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -52,9 +69,10 @@ class ShardReader:
     def iter_batches(self, split: str, *, columns: tuple[str, ...] = ("label_idx",)) -> Iterator[dict]:
         """Stream row groups: {'images': uint8 (N, C, H, W), 'label_idx': int64 (N,), ...}."""
         for f in self.files(split):
-            pf = pq.ParquetFile(f)
-            for i in range(pf.num_row_groups):
-                t = pf.read_row_group(i, columns=["pixels", *columns])
+            with _reading(f):
+                pf = pq.ParquetFile(f)
+                groups = [pf.read_row_group(i, columns=["pixels", *columns]) for i in range(pf.num_row_groups)]
+            for t in groups:
                 out = {"images": self._to_tensor(t.column("pixels"))}
                 for col in columns:
                     values = t.column(col).to_pylist()
@@ -75,4 +93,8 @@ class ShardReader:
         return images, labels
 
     def read_column(self, split: str, column: str) -> list:
-        return [v for f in self.files(split) for v in pq.read_table(f, columns=[column]).column(column).to_pylist()]
+        values = []
+        for f in self.files(split):
+            with _reading(f):
+                values += pq.read_table(f, columns=[column]).column(column).to_pylist()
+        return values

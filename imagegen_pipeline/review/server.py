@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -27,6 +28,7 @@ from imagegen_pipeline.review.store import Answer, ReviewStore, review_summary, 
 from imagegen_pipeline.ui import LOOPBACK, url_for
 
 MAX_BODY = 4096  # bytes; an answer is about 100
+MAX_CONNECTIONS = 32  # connections served at once; a page load opens about 10
 ANSWER_KEYS = frozenset({"item", "real", "prompt_match"})
 SIDES = ("left", "right")
 PAGE_FILE = Path(__file__).with_name("page.html")
@@ -231,18 +233,53 @@ class ReviewHandler(BaseHTTPRequestHandler):
             left -= len(chunk)
 
 
+_BUSY = json.dumps({"error": "too many open connections; retry shortly", "status": 503}).encode()
+
+
 class ReviewServer(ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` at once: a flood gets an immediate 503 instead of
+    a thread each (stalled clients hold theirs for at most ReviewHandler.timeout seconds)."""
+
     daemon_threads = True  # a hung client never blocks shutdown
 
-    def __init__(self, address: tuple[str, int], app: ReviewApp):
+    def __init__(self, address: tuple[str, int], app: ReviewApp, max_connections: int = MAX_CONNECTIONS):
         self.app = app
         self.page = _page()
+        self.slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, ReviewHandler)
 
+    def process_request(self, request, client_address) -> None:
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.setblocking(False)
+                request.recv(65536)  # what already arrived: closing on unread bytes would reset, not answer
+            except OSError:
+                pass
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nContent-Length: %d\r\n\r\n" % len(_BUSY) + _BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the connection's thread
+        except BaseException:
+            self.slots.release()
+            raise
 
-def make_server(app: ReviewApp, *, host: str = "127.0.0.1", port: int = 8765) -> ReviewServer:
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+def make_server(app: ReviewApp, *, host: str = "127.0.0.1", port: int = 8765,
+                max_connections: int = MAX_CONNECTIONS) -> ReviewServer:
     """Bound and ready; call serve_forever() (in a thread for tests) and shutdown()/server_close() to stop."""
-    return ReviewServer((host, port), app)
+    return ReviewServer((host, port), app, max_connections)
 
 
 def build_app(paths: DataPaths, dataset: str, *, n: int = 40, model_uri: str | None = None,

@@ -10,6 +10,7 @@ from typing import Any
 import mlflow
 import numpy as np
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.entities.model_registry import ModelVersion
 
 from imagegen_pipeline.paths import validate_dataset_name
@@ -50,14 +51,28 @@ def log_code_model(*, code_file: Path, artifacts: dict[str, str], registered_mod
     return client.get_model_version(registered_model_name, version)
 
 
+class MissingArtifact(RuntimeError):
+    """A registered version whose files the MLflow artifact store no longer has."""
+
+
 def download_model_artifact(name: str, version: str, key: str, dst: Path) -> Path:
     """The file logged as artifact `key` of `models:/name/version`: what the registry serves, not whatever the
     local models folder holds now (a later training run replaces that file before it registers)."""
     import yaml
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
-    spec = yaml.safe_load((local / "MLmodel").read_text())
-    return local / spec["flavors"]["python_function"]["artifacts"][key]["path"]
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}",
+                                                         dst_path=str(dst)))
+        spec = yaml.safe_load((local / "MLmodel").read_text())
+        path = local / spec["flavors"]["python_function"]["artifacts"][key]["path"]
+        problem = None if path.is_file() else f"{path.name} is not among its files"
+    except (MlflowException, OSError, KeyError, TypeError, yaml.YAMLError) as exc:
+        problem = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if problem:
+        raise MissingArtifact(f"models:/{name}/{version}: its artifact {key!r} cannot be read from the MLflow "
+                              f"artifact store ({problem}). Restore the store's artifacts folder, or materialize "
+                              f"the stage that trains it again to register a new version") from None
+    return path
 
 
 def current_alias_holder(name: str, alias: str = CHAMPION, *, client: MlflowClient | None = None

@@ -41,11 +41,11 @@ def current() -> DistInfo:
     return DistInfo(dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)), dist.get_world_size())
 
 
-def init_distributed(device: str = "auto", *, timeout_s: int = 1800) -> tuple[DistInfo, Runtime]:
+def init_distributed(device: str = "auto", *, timeout_s: int = 1800, cpu_bf16: bool = False) -> tuple[DistInfo, Runtime]:
     """Join torchrun's process group when launched by it; pick this rank's device either way."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    runtime = resolve_runtime(device, local_rank=local_rank)
+    runtime = resolve_runtime(device, local_rank=local_rank, cpu_bf16=cpu_bf16)
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if runtime.is_cuda else "gloo"
         kwargs = {"device_id": runtime.device} if runtime.is_cuda else {}

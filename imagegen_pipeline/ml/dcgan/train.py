@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from imagegen_pipeline.ml.checkpoint import load_checkpoint, save_checkpoint
+from imagegen_pipeline.ml.checkpoint import CorruptCheckpoint, load_checkpoint, previous_path, save_checkpoint
 from imagegen_pipeline.ml.dcgan import ddp
 from imagegen_pipeline.ml.dcgan.augment import diff_augment
 from imagegen_pipeline.ml.dcgan.config import ARCHITECTURE, RESUMABLE_CHANGES, DCGANConfig
@@ -96,7 +96,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
     _check_inputs(cfg, data, feature_net)
     data_gen = seed_everything(cfg.seed, rank=info.rank)
     G, D = Generator(cfg), Discriminator(cfg)
-    state = _resume_state(out_dir / CHECKPOINT_FILE, cfg)
+    state = _resume_state(out_dir / CHECKPOINT_FILE, cfg, log)
     if state is None and init_from is not None:
         _init_from(G, D, init_from, log)
     if cfg.freeze_d_blocks:
@@ -370,11 +370,21 @@ def _check_inputs(cfg: DCGANConfig, data: TrainData, feature_net: nn.Module | No
         raise ValueError("pass feature_net exactly when cfg.feature_head is on")
 
 
-def _resume_state(path: Path, cfg: DCGANConfig) -> dict | None:
-    """The checkpoint to continue from, or None; a checkpoint of a different experiment is an error."""
-    if not path.is_file():
+def _resume_state(path: Path, cfg: DCGANConfig, log: Callable[[str], None]) -> dict | None:
+    """The checkpoint to continue from, or None; a checkpoint of a different experiment is an error. A damaged
+    checkpoint falls back to the generation before it; with none, the run stops instead of restarting at 0."""
+    prev = previous_path(path)
+    if not path.is_file() and not prev.is_file():
         return None
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except (CorruptCheckpoint, FileNotFoundError) as exc:
+        try:
+            state = load_checkpoint(prev)
+        except (CorruptCheckpoint, FileNotFoundError):
+            raise CorruptCheckpoint(f"{exc}; no readable earlier checkpoint ({prev.name}) to fall back to. Restore "
+                                    f"it, or delete {path.parent} to train from step 0") from None
+        log(f"{exc}; resuming from the checkpoint before it, {prev.name} (step {int(state['step'])})")
     old, new = state["config"], cfg.to_dict()
     changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
     if changed:

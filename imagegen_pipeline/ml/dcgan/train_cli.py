@@ -39,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-embeddings", type=Path, help=".npy (N, text_dim), one row per image of the split")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--compile", action="store_true", help="torch.compile G and D (CUDA only)")
+    p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on a CPU with native bf16 (as the asset)")
     p.add_argument("--no-progress", action="store_true")
     for name, typ in FLAGS.items():
         extra = {"choices": CONDITIONING} if name == "conditioning" else {"choices": LOSSES} if name == "loss" else {}
@@ -71,7 +72,7 @@ def build_config(args: argparse.Namespace, data: TrainData, reader: ShardReader)
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    info, runtime = ddp.init_distributed(args.device)
+    info, runtime = ddp.init_distributed(args.device, cpu_bf16=args.cpu_bf16)
     try:
         data, reader = load_data(args)
         cfg = build_config(args, data, reader)
