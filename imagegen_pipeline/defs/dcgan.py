@@ -77,7 +77,7 @@ class DcganTrainConfig(dg.Config):
     log_every: int = Field(default=50, description="Steps between metrics.")
     compile: bool = Field(default=False, description="torch.compile G and D (CUDA only).")
     cpu_bf16: bool = Field(default=True, description="On a CPU with native bf16 (AVX512-BF16 or AMX), train in bf16 "
-                                                     "autocast like on CUDA (1.4-1.8x the steps per second on 2 "
+                                                     "autocast like on CUDA (1.3-1.8x the steps per second on 2 "
                                                      "cores); false = fp32. Ignored elsewhere.")
     seed: int = Field(default=0, description="Seed for weights, batches and the fixed sample noise.")
 

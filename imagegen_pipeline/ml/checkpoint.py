@@ -8,6 +8,7 @@ training loop (MLflow artifacts, the registry) are safetensors: tensors only, no
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
         if path.is_file():  # a hard link, then a rename: `path` itself is never missing
             link = path.with_name(f".{path.name}.prev-link")
             link.unlink(missing_ok=True)
-            os.link(path, link)
+            try:
+                os.link(path, link)
+            except OSError:  # a file system without hard links: copy instead
+                shutil.copyfile(path, link)
             os.replace(link, previous_path(path))
     return path
 

@@ -60,7 +60,7 @@ def resolve_runtime(device: str = "auto", *, local_rank: int | None = None, amp:
                     cpu_bf16: bool = False) -> Runtime:
     """'auto' takes CUDA when present; asking for 'cuda' without one is a clear error, not a silent CPU run.
 
-    cpu_bf16: on a CPU with native bf16, autocast to bf16 as on CUDA. DCGAN training asks for it (1.4-1.8x the
+    cpu_bf16: on a CPU with native bf16, autocast to bf16 as on CUDA. DCGAN training asks for it (1.3-1.8x the
     fp32 steps per second on this project's 2-core box); stages whose numbers are compared across runs (features,
     FID, the extractor) do not."""
     if device not in DEVICE_CHOICES:
