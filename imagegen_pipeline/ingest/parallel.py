@@ -23,13 +23,8 @@ def resolve_workers(workers: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def chunked(items: list[T], size: int) -> Iterator[list[T]]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def chunked_iter(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """`chunked` for a stream: lists of `size` items, never more in memory."""
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` items (the last may be shorter); a stream is never held in memory beyond one chunk."""
     it = iter(items)
     while chunk := list(itertools.islice(it, size)):
         yield chunk

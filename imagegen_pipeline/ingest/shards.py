@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from imagegen_pipeline.atomic import atomic_path, write_json_atomic
 from imagegen_pipeline.ingest import pixel_store
-from imagegen_pipeline.ingest.parallel import chunked, chunked_iter, ordered_map, resolve_workers
+from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_workers
 from imagegen_pipeline.ingest.validate import load_chunk
 from imagegen_pipeline.locks import exclusive_lock
 
@@ -180,7 +180,7 @@ def _write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Sha
     items = [(m[0], m[1]) for m in meta]
     from_store = pixels is not None and pixel_store.covers(pixels, accepted, cfg.resolution, cfg.channels)
     if from_store:  # decoded once, by raw_images
-        blobs = (b"".join(chunk) for chunk in chunked_iter(
+        blobs = (b"".join(chunk) for chunk in chunked(
             pixel_store.stored_pixels(pixels, items, cfg.channels), cfg.chunk_size))
     else:
         fn = partial(load_chunk, str(landing), resolution=cfg.resolution, channels=cfg.channels)
