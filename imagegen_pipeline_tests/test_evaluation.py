@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import re
 
 import dagster as dg
@@ -123,6 +124,26 @@ def test_champion_scored_under_another_protocol_is_rescored_before_the_compariso
     assert after[PROTOCOL_TAG] == report["protocol"]["key"] != before[PROTOCOL_TAG]
     assert float(after[METRIC_TAG + "fid"]) == pytest.approx(report["champion_rescored"]["headline"]["fid"])
     assert "another protocol" not in promotion(second)[1]
+
+
+def test_a_champion_whose_weights_are_gone_is_kept_not_a_crash_of_the_evaluation(trained, instance, mlflow_uri):
+    """When the champion cannot be re-scored (its registered weights left the artifact store), the candidate is
+    still judged, the report says why, and the champion stays: scores of two protocols are never compared."""
+    paths = trained
+    chain = [dcgan_checkpoint, evaluation_report, *evaluation_checks]
+    run(paths, instance, [feature_extractor, image_embeddings, *chain])
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    stored = Path(client.get_model_version_download_uri(GENERATOR, "1").removeprefix("file://"))
+    [weights] = list(stored.rglob("generator.safetensors"))
+    weights.unlink()
+    second = run(paths, instance, chain, evaluation_report={**TINY_EVAL, **OPEN_GATE, "num_samples": 30})
+    report = json.loads((paths.reports("mnist") / "eval-v2" / "report.json").read_text())
+    assert report["champion_rescored"]["version"] == "1"
+    assert "models:/imagegen-generator-mnist/1: its artifact 'generator' cannot be read" in \
+        report["champion_rescored"]["error"]
+    assert str(client.get_model_version_by_alias(GENERATOR, "champion").version) == "1"
+    assert "another protocol" in promotion(second)[1]
 
 
 def test_quality_gate_rejects_a_rigged_short_run_even_as_the_first_model(trained, instance, mlflow_uri):

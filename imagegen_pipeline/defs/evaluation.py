@@ -30,8 +30,8 @@ from imagegen_pipeline.ml.quality_gate import QualityGate, gate_failures
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.review import review_summary, reviews_db
 from imagegen_pipeline.tracking.registry import (GATE_TAG, METRIC_TAG, PROTOCOL_TAG, REJECTED_TAG, Guard,
-                                                 current_alias_holder, download_model_artifact, promote_if_better,
-                                                 registered_name)
+                                                 MissingArtifact, current_alias_holder, download_model_artifact,
+                                                 promote_if_better, registered_name)
 from imagegen_pipeline.tracking.store import use_store
 
 GROUP = "evaluation"
@@ -249,7 +249,7 @@ def _rescore_champion(client: mlflow.MlflowClient, name: str, version: str, prot
     try:
         generator, gcfg = load_generator(download_model_artifact(name, str(champion.version), "generator", dst),
                                          device=device)
-    except (mlflow.exceptions.MlflowException, OSError, ValueError) as exc:  # the candidate is still judged
+    except (MissingArtifact, OSError, ValueError) as exc:  # the candidate is still judged
         log.warning(f"cannot re-score champion v{champion.version} ({exc}); the promotion check will keep it")
         return {"version": str(champion.version), "error": str(exc)[:500], "headline": {}}
     result = judge_generator(generator, gcfg, log.info)
