@@ -339,11 +339,11 @@ def cmd_serve(args: argparse.Namespace, paths: DataPaths) -> int:
     exec, not a child: Ctrl-C and SIGTERM reach MLflow directly, and nothing is left behind when it stops."""
     import mlflow
 
-    from imagegen_pipeline.ui import url_for
-
     from imagegen_pipeline.tracking.registry import registered_name
     from imagegen_pipeline.tracking.store import default_tracking_uri
+    from imagegen_pipeline.ui import url_for, warn_if_exposed
 
+    warn_if_exposed(args.host, "the model server")
     dataset = validate_dataset_name(args.dataset)
     name, tracking_uri = registered_name("generator", dataset), default_tracking_uri(paths)
     try:
@@ -372,7 +372,7 @@ def cmd_review(args: argparse.Namespace, paths: DataPaths) -> int:
     from imagegen_pipeline.review.server import serve_review
 
     return serve_review(paths, validate_dataset_name(args.dataset), host=args.host, port=args.port, n=args.n,
-                        model_uri=args.model_uri)
+                        model_uri=args.model_uri, allowed_hosts=tuple(args.allow_host))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -468,6 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     rev.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     rev.add_argument("--n", type=int, default=40, help="pairs to show (default 40)")
+    rev.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                     help="a host name the page may be reached by besides loopback and the bound address "
+                          "(e.g. the name a reverse proxy forwards); other Host headers get 403. Repeatable")
     rev.add_argument("--model-uri", help="default models:/imagegen-generator-<dataset>@champion, else @candidate, "
                                          "else data/models/<dataset>/generator.safetensors")
     rev.set_defaults(func=cmd_review)

@@ -40,6 +40,27 @@ def url_for(host: str, port: int) -> str:
     return f"http://{LOOPBACK if wildcard else host}:{port}"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether binding to `host` keeps a server on this machine (a loopback address or `localhost`)."""
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(host: str, what: str) -> None:
+    """On a non-loopback bind, say on stderr that `what` has no authentication and how to put it behind one."""
+    if is_loopback(host):
+        return
+    print(f"WARNING: binding {what} to {host}: it has no authentication or TLS. Anyone who can reach this address "
+          "can use it (Dagster and MLflow: launch and delete runs, read and overwrite models). Keep the default "
+          "127.0.0.1 and reach it through an SSH tunnel (ssh -L PORT:127.0.0.1:PORT this-host), or put it behind a "
+          "reverse proxy that authenticates (nginx auth_basic or oauth2-proxy, with TLS).", file=sys.stderr,
+          flush=True)
+
+
 def _venv_bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
@@ -166,6 +187,7 @@ def serve(paths: DataPaths, *, host: str = LOOPBACK, port: int = 3000, mlflow_po
     def _terminate(_signum, _frame):
         raise KeyboardInterrupt
 
+    warn_if_exposed(host, "the Dagster and MLflow UIs")
     previous_term, previous_int = signal.signal(signal.SIGTERM, _terminate), signal.getsignal(signal.SIGINT)
     try:
         procs["MLflow"] = start_mlflow(paths, host=host, port=mlflow_port)

@@ -176,6 +176,32 @@ def test_a_file_edited_between_validation_and_sharding_is_refused_not_sharded(tm
                      ShardConfig(resolution=16, channels="L", workers=1))
 
 
+def test_a_symlink_repointed_after_validation_is_refused_not_followed_outside(tmp_path):
+    """Issue 14.9: sharding read a symlink again without the checks validation made, so a link re-pointed at a
+    file outside the landing folder (same bytes, so the hash matched) was read. Every read of a landing file now
+    goes through one checked descriptor; FIFOs behind links are refused without blocking."""
+    from imagegen_pipeline.ingest.shards import ShardConfig, write_shards
+    from imagegen_pipeline.ingest.validate import ChangedSinceValidation
+
+    root = tmp_path / "landing"
+    for i in range(4):
+        write(root / "a" / f"{i}.png", noise_png(i, mode="L"))
+    inside = write(root / "originals" / "x.txt", noise_png(7, mode="L"))  # not an image name: only reached by link
+    os.symlink(inside, root / "a" / "link.png")
+    os.mkfifo(root / "originals" / "pipe")
+    os.symlink(root / "originals" / "pipe", root / "a" / "pipe.png")
+    manifest, _ = build_manifest(root, workers=1)
+    by = manifest.set_index("path")
+    assert by.loc["a/link.png", "status"] == "ok"  # a link within the landing folder is fine
+    assert by.loc["a/pipe.png", "status"] == "quarantined"
+    outside = write(tmp_path / "elsewhere" / "secret.png", inside.read_bytes())
+    os.unlink(root / "a" / "link.png")
+    os.symlink(outside, root / "a" / "link.png")
+    with pytest.raises(ChangedSinceValidation, match="'a/link.png' became unreadable .*outside the landing folder"):
+        write_shards(root, manifest[manifest["status"] == "ok"], tmp_path / "shards",
+                     ShardConfig(resolution=16, channels="L", workers=1))
+
+
 def test_rows_are_judged_again_when_the_validation_limits_change(tmp_path):
     """Issue 13.8: rows were reused on size and mtime alone, so raising min_side kept accepting small images."""
     root = tmp_path / "landing"

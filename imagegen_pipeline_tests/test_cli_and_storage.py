@@ -36,6 +36,24 @@ def test_cli_refuses_bad_names_and_missing_folders_with_a_clear_message(paths, t
     assert "invalid dataset name '../../etc'" in err and "no landing folder" in err
 
 
+def test_binding_a_server_beyond_loopback_warns_that_it_has_no_authentication(paths, capsys):
+    """Issue 14.8: `serve --host` with a non-loopback address (and `ui`/`review`, through the same function)
+    says on stderr that nothing authenticates and how to put a proxy in front; loopback binds stay quiet."""
+    from imagegen_pipeline.ui import is_loopback, warn_if_exposed
+
+    assert main(["serve", "mnist", "--host", "0.0.0.0"]) == 2  # nothing registered: it stops after warning
+    err = capsys.readouterr().err
+    assert "WARNING: binding the model server to 0.0.0.0" in err and "no authentication" in err
+    assert "ssh -L" in err and "reverse proxy" in err
+    assert main(["serve", "mnist"]) == 2 and "WARNING" not in capsys.readouterr().err
+    for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert is_loopback(host), host
+        warn_if_exposed(host, "x")
+    for host in ("0.0.0.0", "::", "192.168.1.20", "my-box.example"):
+        assert not is_loopback(host), host
+    assert capsys.readouterr().err == ""
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "manifest.json"
     write_json_atomic(target, {"version": 1})

@@ -108,6 +108,12 @@ def test_user_folder_keeps_classes_and_captions_and_ingests(paths, instance, tmp
     (src / "captions.csv").write_text("path,caption\ncat/c0.png,a cat with a hat\n", encoding="utf-8")
     out = import_folder(paths, src, name="pets")
     assert (out / "cat" / "c0.png").read_bytes() == (src / "cat" / "c0.png").read_bytes()
+    landing_copy = (out / "cat" / "c1.png").read_bytes()
+    with open(src / "cat" / "c1.png", "r+b") as fh:  # issue 14.9: the user edits a source photo in place
+        fh.seek(40)
+        fh.write(b"edited")
+    assert (out / "cat" / "c1.png").read_bytes() == landing_copy  # a copy, not a hard link
+    assert (out / "cat" / "c1.png").stat().st_nlink == 1
     assert run_ingest(instance, "pets").success
     from imagegen_pipeline.ingest.manifest import read_manifest
 

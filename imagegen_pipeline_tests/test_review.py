@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import http.cookiejar
 import io
 import json
 import socket
@@ -16,7 +17,8 @@ import pytest
 from PIL import Image
 
 from imagegen_pipeline.review.server import MAX_BODY, build_app, make_server
-from imagegen_pipeline.review.store import review_summary, reviews_db, wilson_interval
+from imagegen_pipeline.review.store import (Answer, DuplicateAnswer, ReviewStore, review_summary, reviews_db,
+                                            wilson_interval)
 from imagegen_pipeline.ui import free_port
 from imagegen_pipeline_tests import browser
 from imagegen_pipeline_tests.test_dcgan_asset import mnist_shards, train  # noqa: F401  (fixture)
@@ -34,11 +36,15 @@ class ClickingBrowser(browser.Browser):
         self._call("POST", self._s(f"/element/{element}/click"), {})
 
 
-def request(base: str, method: str, path: str, body: bytes | None = None, *,
-            content_type: str = "application/json") -> tuple[int, dict]:
-    req = urllib.request.Request(base + path, data=body, method=method, headers={"Content-Type": content_type})
+BROWSER = http.cookiejar.CookieJar()  # the reviewer cookie, as a browser keeps it
+
+
+def request(base: str, method: str, path: str, body: bytes | None = None, *, content_type: str = "application/json",
+            jar: http.cookiejar.CookieJar = BROWSER, headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(base + path, data=body, method=method,
+                                 headers={"Content-Type": content_type, **(headers or {})})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar)).open(req, timeout=10) as resp:
             return resp.status, json.load(resp)
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -156,14 +162,17 @@ def test_malformed_answers_get_json_4xx_and_the_server_keeps_serving(review_serv
     assert request(base, "GET", "/img/no-such-item/left.png")[0] == 404
     assert request(base, "PUT", "/api/answer", b"{}")[0] == 501
 
-    no_length = raw(port, b"POST /api/answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n{}")
+    no_length = raw(port, b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          b"Content-Type: application/json\r\n\r\n{}")
     assert no_length.startswith(b"HTTP/1.0 411") and b'"error"' in no_length
-    chunked = raw(port, b"POST /api/answer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+    chunked = raw(port, b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"2\r\n{}\r\n0\r\n\r\n")
     assert chunked.startswith(b"HTTP/1.0 411")
     assert b'"status": 400' in raw(port, b"\x00\x01garbage\r\n\r\n")  # an HTTP/0.9 reply: no status line
     # a client that sends half a body and stalls ties up one thread until its timeout, not the server
     stalled = socket.create_connection(("127.0.0.1", port), timeout=10)
-    stalled.sendall(b"POST /api/answer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+    stalled.sendall(b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 100\r\n\r\n{")
 
     assert not rows(reviews_db(mnist_shards, "mnist"))
     t0 = time.monotonic()
@@ -203,6 +212,74 @@ def test_a_connection_flood_gets_503_at_once_and_the_server_recovers(review_serv
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def test_a_host_name_the_server_does_not_answer_to_gets_403(review_server, mnist_shards):
+    """Issue 14.7: DNS rebinding. A page on rebind.example whose name the attacker points at 127.0.0.1 sends
+    `Host: rebind.example`; it got 200. Now every route answers 403 to that name, before reading anything, while
+    loopback names, IP literals and names given with allowed_hosts still work."""
+    app, base, port = review_server
+    for path in ("/", "/api/items", "/api/summary", "/img/x/left.png"):
+        status, error = request(base, "GET", path, headers={"Host": f"rebind.example:{port}"})
+        assert status == 403 and "rebind.example" in error["error"] and "--allow-host" in error["error"], path
+    with urllib.request.build_opener(urllib.request.HTTPCookieProcessor(BROWSER)).open(base + "/") as page:
+        assert page.status == 200  # a real page load: the reviewer cookie is set
+    item = next(iter(app.items))
+    body = json.dumps({"item": item, "real": "left", "prompt_match": True}).encode()
+    assert request(base, "POST", "/api/answer", body, headers={"Host": "rebind.example"})[0] == 403
+    assert not rows(reviews_db(mnist_shards, "mnist"))
+    for host in (f"localhost:{port}", "LOCALHOST.", f"127.0.0.1:{port}", f"[::1]:{port}", "10.1.2.3"):
+        assert request(base, "GET", "/api/summary", headers={"Host": host})[0] == 200, host
+    proxied = make_server(app, port=free_port(), allowed_hosts=("review.team.example",))
+    assert proxied.accepts_host("review.team.example:443") and not proxied.accepts_host("rebind.example")
+    proxied.server_close()
+
+
+def test_each_reviewer_answers_a_pair_once(review_server, mnist_shards):
+    """Issue 14.7: one client could answer one pair any number of times, and each answer fed the fooling rate.
+    An answer now needs the signed cookie the page sets; a second answer to the same pair from it gets 409 and
+    is not stored; another browser still counts; a made-up cookie gets 403."""
+    app, base, _ = review_server
+    item = next(iter(app.items))
+    body = json.dumps({"item": item, "real": "left", "prompt_match": True}).encode()
+    first, second = http.cookiejar.CookieJar(), http.cookiejar.CookieJar()
+    status, error = request(base, "POST", "/api/answer", body, jar=first)
+    assert status == 403 and "open the review page" in error["error"]
+    forged = request(base, "POST", "/api/answer", body, jar=first,
+                     headers={"Cookie": "imagegen_reviewer=abc.0123456789abcdef0123456789abcdef"})
+    assert forged[0] == 403
+    for jar in (first, second):
+        assert request(base, "GET", "/api/items", jar=jar)[0] == 200
+    assert request(base, "POST", "/api/answer", body, jar=first)[0] == 201
+    for _ in range(3):
+        status, error = request(base, "POST", "/api/answer", body, jar=first)
+        assert status == 409 and "already has your answer" in error["error"]
+    assert request(base, "POST", "/api/answer", body, jar=second)[0] == 201
+    stored = rows(reviews_db(mnist_shards, "mnist"))
+    assert len(stored) == 2 and len({r["reviewer"] for r in stored}) == 2
+    assert request(base, "GET", "/api/summary")[1]["answers"] == 2
+
+
+def test_a_version_1_answers_file_gains_the_reviewer_column_and_keeps_its_rows(tmp_path):
+    """Answers stored before reviewers existed stay (reviewer NULL) and are still counted."""
+    db = tmp_path / "reviews.sqlite"
+    conn = sqlite3.connect(db)
+    conn.executescript(ReviewStoreV1)
+    conn.execute("INSERT INTO answers (item_id, model_name, model_version, prompt, seed, real_side, answer, "
+                 "answered_at) VALUES ('a', 'm', '1', NULL, 0, 'left', 'right', '2026-01-01T00:00:00+00:00')")
+    conn.commit()
+    conn.close()
+    store = ReviewStore(db)
+    store.add(Answer("a", "m", "1", None, 1, None, "left", "left", None, reviewer="r.x"))
+    with pytest.raises(DuplicateAnswer):
+        store.add(Answer("a", "m", "1", None, 2, None, "left", "left", None, reviewer="r.x"))
+    assert [r["reviewer"] for r in rows(db)] == [None, "r.x"]
+    assert review_summary(db)["answers"] == 2 and review_summary(db)["fooled"] == 1
+
+
+ReviewStoreV1 = """CREATE TABLE answers (id INTEGER PRIMARY KEY, item_id TEXT NOT NULL, model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL, prompt TEXT, seed INTEGER NOT NULL, real_sha256 TEXT, real_side TEXT NOT NULL,
+    answer TEXT NOT NULL, prompt_match INTEGER, answered_at TEXT NOT NULL);"""
 
 
 @pytest.mark.parametrize("k,n,expected", [(0, 0, None), (0, 10, [0.0, 0.2775]), (5, 10, [0.2366, 0.7634]),

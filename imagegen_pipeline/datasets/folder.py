@@ -11,9 +11,25 @@ from imagegen_pipeline.atomic import write_json_atomic
 from imagegen_pipeline.paths import DataPaths
 
 
+FICLONE = 0x40049409  # Linux ioctl: share the extents copy-on-write (btrfs, XFS, bcachefs); EOPNOTSUPP elsewhere
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """An independent copy of `src` (data, mode and times): a reflink where supported, else a byte copy."""
+    with open(src, "rb") as fs, open(dst, "xb") as fd:
+        try:
+            import fcntl
+
+            fcntl.ioctl(fd.fileno(), FICLONE, fs.fileno())
+        except (ImportError, OSError):
+            shutil.copyfileobj(fs, fd, 1 << 20)
+    shutil.copystat(src, dst)
+
+
 def import_folder(paths: DataPaths, src: Path, *, name: str, resolution: int = 64, overwrite: bool = False,
                   progress=None) -> Path:
-    """Copy `src` as it is (hard links where possible); symlinks stay links so ingestion can judge them."""
+    """Copy `src` as it is (reflinks where the file system has them); symlinks stay links so ingestion can judge
+    them. Never hard links: editing a source photo would silently change the landing copy and its hash."""
     src = Path(src).expanduser().resolve()
     if not src.is_dir():
         raise NotADirectoryError(f"{src} is not a folder")
@@ -28,10 +44,7 @@ def import_folder(paths: DataPaths, src: Path, *, name: str, resolution: int = 6
                 if s.is_symlink():
                     os.symlink(os.readlink(s), d)
                 else:
-                    try:
-                        os.link(s, d)
-                    except OSError:
-                        shutil.copy2(s, d)
+                    copy_file(s, d)
                 if progress:
                     progress(1)
         if not (writer.tmp / DATASET_FILE).exists():

@@ -45,6 +45,29 @@ class PixelSpec:
         return "L" if im.mode in GRAY_MODES else "RGB"
 
 
+class Refused(OSError):
+    """A landing entry that must not be read as an image; the message is the quarantine reason."""
+
+
+def read_landing_file(root: str, rel: str, max_bytes: int) -> bytes:
+    """The bytes of `root/rel`, read through one file descriptor whose target was checked: inside the landing
+    folder (a symlink may point within it only), a regular file, at most `max_bytes`. Checking a path and then
+    opening it again would follow whatever the link points at by then (a file outside, a FIFO, /dev/zero)."""
+    real, top = os.path.realpath(os.path.join(root, rel)), os.path.realpath(root)
+    if os.path.commonpath([real, top]) != top:
+        raise Refused(f"symlink points outside the landing folder (-> {real})")
+    # O_NOFOLLOW: the resolved name must not have become a link since; O_NONBLOCK: a FIFO cannot block the open
+    fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise Refused("not a regular file (or a symlink to a missing file or a folder)")
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise Refused(f"file is over the {max_bytes / 2**20:.0f} MiB limit")
+    return data
+
+
 def inspect_file(root: str, rel: str, cfg: ValidationConfig, pixels: PixelSpec | None = None) -> dict:
     """Stat, hash and fully decode `root/rel`; return a manifest row with `valid` and `reason`. With `pixels`,
     a valid row also carries `_pixels` (uint8 bytes) and `_pixel_mode`, made from the same decoded bytes."""
@@ -78,8 +101,10 @@ def inspect_file(root: str, rel: str, cfg: ValidationConfig, pixels: PixelSpec |
         if st.st_size > cfg.max_bytes:
             row["reason"] = f"file is {st.st_size / 2**20:.1f} MiB, over the {cfg.max_bytes / 2**20:.0f} MiB limit"
             return row
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_landing_file(root, rel, cfg.max_bytes)
+    except Refused as exc:
+        row["reason"] = str(exc)
+        return row
     except OSError as exc:
         row["reason"] = f"cannot read file: {exc.strerror or exc}"
         return row
@@ -178,13 +203,15 @@ class ChangedSinceValidation(RuntimeError):
     """A landing file's bytes no longer hash to what raw_images validated: its pixels must not enter the shards."""
 
 
-def load_chunk(root: str, items: list[tuple[str, str]], resolution: int, channels: str) -> bytes:
+def load_chunk(root: str, items: list[tuple[str, str]], resolution: int, channels: str,
+               max_bytes: int = ValidationConfig.max_bytes) -> bytes:
     """Picklable worker entry point: (path, validated sha256) pairs -> contiguous (N, H, W, C) uint8 bytes. The
-    bytes decoded are the bytes hashed: a file edited after validation is refused, not sharded unchecked."""
+    bytes decoded are the bytes hashed, read under validation's own checks (read_landing_file): a file edited or
+    a symlink re-pointed after validation is refused, not sharded unchecked."""
     out = []
     for rel, sha in items:
         try:
-            data = Path(root, rel).read_bytes()
+            data = read_landing_file(root, rel, max_bytes)
         except OSError as exc:
             raise ChangedSinceValidation(f"{rel!r} became unreadable after raw_images validated it ({exc}); "
                                          "re-materialize raw_images, then image_shards") from None

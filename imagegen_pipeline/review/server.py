@@ -3,13 +3,21 @@
 Routes: GET / (the page), GET /api/items (pairs in a fresh random order), GET /img/<id>/<left|right>.png,
 POST /api/answer (JSON, validated strictly), GET /api/summary (`review_summary` of the SQLite file).
 Every error is a JSON body with a 4xx/5xx status; a bad request never takes the server down.
+
+Two guards keep the answers honest. A request whose `Host` is a name this server does not answer to gets 403,
+so a web page cannot reach a loopback server through DNS rebinding (IP literals are fine: rebinding needs a name
+the attacker controls). And the page gets a signed reviewer cookie; the database takes one answer per pair per
+reviewer, so a double click, a back button or a replayed request cannot count twice in the fooling rate.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
+import ipaddress
 import json
+import secrets
 import random
 import re
 import signal
@@ -24,8 +32,8 @@ from pathlib import Path
 
 from imagegen_pipeline.paths import DataPaths
 from imagegen_pipeline.review.pairs import GeneratorSource, ReviewItem
-from imagegen_pipeline.review.store import Answer, ReviewStore, review_summary, reviews_db
-from imagegen_pipeline.ui import LOOPBACK, url_for
+from imagegen_pipeline.review.store import Answer, DuplicateAnswer, ReviewStore, review_summary, reviews_db
+from imagegen_pipeline.ui import url_for, warn_if_exposed
 
 MAX_BODY = 4096  # bytes; an answer is about 100
 MAX_CONNECTIONS = 32  # connections served at once; a page load opens about 10
@@ -33,6 +41,8 @@ ANSWER_KEYS = frozenset({"item", "real", "prompt_match"})
 SIDES = ("left", "right")
 PAGE_FILE = Path(__file__).with_name("page.html")
 _IMG_PATH = re.compile(r"/img/([A-Za-z0-9_-]{1,64})/(left|right)\.png")
+COOKIE = "imagegen_reviewer"
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 class RequestError(Exception):
@@ -73,8 +83,8 @@ class ReviewApp:
                 "items": [{"id": it.id, "prompt": it.prompt, "left": f"/img/{it.id}/left.png",
                            "right": f"/img/{it.id}/right.png"} for it in order]}
 
-    def parse_answer(self, body: bytes) -> Answer:
-        """The POSTed JSON as an Answer, or RequestError(400) saying what is wrong with it."""
+    def parse_answer(self, body: bytes, reviewer: str) -> Answer:
+        """The POSTed JSON as an Answer from `reviewer`, or RequestError(400) saying what is wrong with it."""
         try:
             data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
         except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -98,7 +108,7 @@ class ReviewApp:
             raise RequestError(400, "`prompt_match` must be true or false")
         return Answer(item_id=item.id, model_name=self.source.model_name, model_version=self.source.model_version,
                       prompt=item.prompt, seed=item.seed, real_sha256=item.real_sha256, real_side=item.real_side,
-                      answer=real, prompt_match=match)
+                      answer=real, prompt_match=match, reviewer=reviewer)
 
     def summary(self) -> dict:
         return {"dataset": self.dataset, "model": self.source.description,
@@ -154,6 +164,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
 
     def _guard(self, route) -> None:
         try:
+            self._check_host()
             route()
         except RequestError as exc:
             self._json(exc.status, {"error": str(exc), "status": exc.status})
@@ -172,13 +183,38 @@ class ReviewHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._guard(self._post)
 
+    def _check_host(self) -> None:
+        """403 unless `Host` is an IP literal or a name this server answers to (see the module docstring)."""
+        host = self.headers.get("Host")
+        if host is not None and not self.server.accepts_host(host):  # type: ignore[attr-defined]
+            self.close_connection = True
+            raise RequestError(403, f"Host {host[:100]!r} is not a name of this server; open "
+                                    f"{self.server.url}/ (or start it with --allow-host NAME)")  # type: ignore
+
+    def _reviewer(self) -> str | None:
+        """The request's reviewer id, if its cookie carries one this server signed."""
+        for part in self.headers.get("Cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == COOKIE and self.server.signed(value):  # type: ignore[attr-defined]
+                return value
+        return None
+
+    def _cookie_headers(self, headers: dict) -> dict:
+        """Give a browser without a (valid) reviewer cookie a new one."""
+        if self._reviewer() is None:
+            headers["Set-Cookie"] = (f"{COOKIE}={self.server.new_reviewer()}; Path=/; HttpOnly; "  # type: ignore
+                                     "SameSite=Strict")
+        return headers
+
     def _get(self) -> None:
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             page, csp = self.server.page  # type: ignore[attr-defined]
-            self._send(200, page, "text/html; charset=utf-8", headers={"Content-Security-Policy": csp})
+            self._send(200, page, "text/html; charset=utf-8",
+                       headers=self._cookie_headers({"Content-Security-Policy": csp}))
         elif path == "/api/items":
-            self._json(200, self.app.item_list())
+            self._send(200, json.dumps(self.app.item_list()).encode(), "application/json",
+                       headers=self._cookie_headers({}))
         elif path == "/api/summary":
             self._json(200, self.app.summary())
         elif m := _IMG_PATH.fullmatch(path):
@@ -193,8 +229,14 @@ class ReviewHandler(BaseHTTPRequestHandler):
         if self.path != "/api/answer":
             raise RequestError(404, "POST goes to /api/answer")
         body = self._read_body()
-        answer = self.app.parse_answer(body)
-        row = self.app.store.add(answer)
+        reviewer = self._reviewer()
+        if reviewer is None:
+            raise RequestError(403, "no reviewer cookie from this server: open the review page (GET /) first")
+        answer = self.app.parse_answer(body, reviewer)
+        try:
+            row = self.app.store.add(answer)
+        except DuplicateAnswer:
+            raise RequestError(409, "this pair already has your answer (one answer per pair per reviewer)") from None
         self._json(201, {"ok": True, "id": row})
 
     def _read_body(self) -> bytes:
@@ -242,11 +284,40 @@ class ReviewServer(ThreadingHTTPServer):
 
     daemon_threads = True  # a hung client never blocks shutdown
 
-    def __init__(self, address: tuple[str, int], app: ReviewApp, max_connections: int = MAX_CONNECTIONS):
+    def __init__(self, address: tuple[str, int], app: ReviewApp, max_connections: int = MAX_CONNECTIONS,
+                 allowed_hosts: tuple[str, ...] = ()):
         self.app = app
         self.page = _page()
         self.slots = threading.BoundedSemaphore(max_connections)
+        self._secret = secrets.token_bytes(32)
         super().__init__(address, ReviewHandler)
+        self.url = url_for(address[0], self.server_address[1])
+        self.host_names = host_names(address[0], allowed_hosts)
+
+    def accepts_host(self, header: str) -> bool:
+        """Whether a `Host` header names this server: an IP literal, or one of `host_names`."""
+        name = header.strip().lower()
+        if name.startswith("["):  # [v6]:port
+            name = name[1:].split("]", 1)[0]
+        elif name.count(":") == 1:
+            name = name.split(":", 1)[0]
+        name = name.rstrip(".")
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return name in self.host_names
+
+    def new_reviewer(self) -> str:
+        token = secrets.token_urlsafe(16)
+        return f"{token}.{self._sign(token)}"
+
+    def signed(self, value: str) -> bool:
+        token, _, sig = value.partition(".")
+        return bool(token) and hmac.compare_digest(sig, self._sign(token))
+
+    def _sign(self, token: str) -> str:
+        return hmac.new(self._secret, token.encode(), hashlib.sha256).hexdigest()[:32]
 
     def process_request(self, request, client_address) -> None:
         if not self.slots.acquire(blocking=False):
@@ -276,10 +347,25 @@ class ReviewServer(ThreadingHTTPServer):
             self.slots.release()
 
 
+def host_names(bind: str, extra: tuple[str, ...] = ()) -> frozenset[str]:
+    """The names a `Host` header may carry for a server bound to `bind`: loopback names, the bound name, and on
+    a wildcard bind this machine's names; plus `extra` (e.g. the name a reverse proxy forwards)."""
+    names = set(LOOPBACK_NAMES) | {h.lower().rstrip(".") for h in extra if h}
+    if bind:
+        names.add(bind.lower())
+    try:
+        wildcard = not bind or ipaddress.ip_address(bind).is_unspecified
+    except ValueError:
+        wildcard = False
+    if wildcard:
+        names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return frozenset(names)
+
+
 def make_server(app: ReviewApp, *, host: str = "127.0.0.1", port: int = 8765,
-                max_connections: int = MAX_CONNECTIONS) -> ReviewServer:
+                max_connections: int = MAX_CONNECTIONS, allowed_hosts: tuple[str, ...] = ()) -> ReviewServer:
     """Bound and ready; call serve_forever() (in a thread for tests) and shutdown()/server_close() to stop."""
-    return ReviewServer((host, port), app, max_connections)
+    return ReviewServer((host, port), app, max_connections, allowed_hosts)
 
 
 def build_app(paths: DataPaths, dataset: str, *, n: int = 40, model_uri: str | None = None,
@@ -294,16 +380,14 @@ def build_app(paths: DataPaths, dataset: str, *, n: int = 40, model_uri: str | N
 
 
 def serve_review(paths: DataPaths, dataset: str, *, host: str = "127.0.0.1", port: int = 8765, n: int = 40,
-                 model_uri: str | None = None) -> int:
+                 model_uri: str | None = None, allowed_hosts: tuple[str, ...] = ()) -> int:
     """`imagegen review`: serve until Ctrl-C."""
+    warn_if_exposed(host, "the review page (anyone who can reach it can submit answers)")
     print(f"making {n} pairs for {dataset} ...", flush=True)
     app = build_app(paths, dataset, n=n, model_uri=model_uri)
-    server = make_server(app, host=host, port=port)
-    page = url_for(host, server.server_address[1])
-    print(f"review page: {page}/  ({n} pairs from {app.source.description})\n"
+    server = make_server(app, host=host, port=port, allowed_hosts=allowed_hosts)
+    print(f"review page: {server.url}/  ({n} pairs from {app.source.description})\n"
           f"answers go to {app.store.path}; Ctrl-C stops", flush=True)
-    if host not in (LOOPBACK, "localhost", "::1"):
-        print(f"note: bound to {host}: anyone who can reach it can submit answers", file=sys.stderr)
     def _terminate(signum, _frame):
         raise KeyboardInterrupt
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imagegen_pipeline.paths import DataPaths, validate_dataset_name
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `reviewer`, one answer per item per reviewer
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     id            INTEGER PRIMARY KEY,
@@ -28,10 +28,16 @@ CREATE TABLE IF NOT EXISTS answers (
     real_side     TEXT    NOT NULL CHECK (real_side IN ('left', 'right')),
     answer        TEXT    NOT NULL CHECK (answer IN ('left', 'right')),  -- the side the person called real
     prompt_match  INTEGER CHECK (prompt_match IN (0, 1)),  -- "both match the prompt"; NULL without a prompt
-    answered_at   TEXT    NOT NULL                  -- UTC, ISO 8601
+    answered_at   TEXT    NOT NULL,                 -- UTC, ISO 8601
+    reviewer      TEXT                              -- the page's signed cookie; NULL in version-1 files
 );
 CREATE INDEX IF NOT EXISTS answers_by_version ON answers (model_version);
 """
+ONE_PER_REVIEWER = "CREATE UNIQUE INDEX IF NOT EXISTS answers_one_per_reviewer ON answers (item_id, reviewer)"
+
+
+class DuplicateAnswer(Exception):
+    """This reviewer already answered this item."""
 
 
 def reviews_db(paths: DataPaths, dataset: str) -> Path:
@@ -50,6 +56,7 @@ class Answer:
     real_side: str
     answer: str
     prompt_match: bool | None
+    reviewer: str | None = None
 
 
 class ReviewStore:
@@ -61,6 +68,9 @@ class ReviewStore:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
+            if "reviewer" not in {row[1] for row in conn.execute("PRAGMA table_info(answers)")}:  # a version-1 file
+                conn.execute("ALTER TABLE answers ADD COLUMN reviewer TEXT")
+            conn.execute(ONE_PER_REVIEWER)
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.close()
 
@@ -70,17 +80,21 @@ class ReviewStore:
         return conn
 
     def add(self, a: Answer) -> int:
-        """Store one answer durably; return its row id."""
+        """Store one answer durably; return its row id. DuplicateAnswer if its reviewer answered the item already."""
         conn = self._connect()
         try:
             with conn:
                 cur = conn.execute(
                     "INSERT INTO answers (item_id, model_name, model_version, prompt, seed, real_sha256, real_side, "
-                    "answer, prompt_match, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "answer, prompt_match, answered_at, reviewer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (a.item_id, a.model_name, a.model_version, a.prompt, int(a.seed), a.real_sha256, a.real_side,
                      a.answer, None if a.prompt_match is None else int(a.prompt_match),
-                     datetime.now(timezone.utc).isoformat(timespec="milliseconds")))
+                     datetime.now(timezone.utc).isoformat(timespec="milliseconds"), a.reviewer))
             return int(cur.lastrowid)
+        except sqlite3.IntegrityError as exc:
+            if "answers.item_id, answers.reviewer" in str(exc):
+                raise DuplicateAnswer(a.item_id) from None
+            raise
         finally:
             conn.close()
 
