@@ -13,6 +13,8 @@ from PIL import Image
 from imagegen_pipeline.definitions import defs
 from imagegen_pipeline.paths import DataPaths
 
+pytest_plugins = ["imagegen_pipeline_tests.ci_skips"]
+
 # One decoding process keeps tiny tests fast; the parallel path has its own test.
 SERIAL = {"ops": {"raw_images": {"config": {"workers": 1}}, "image_shards": {"config": {"workers": 1}}}}
 

@@ -26,6 +26,7 @@ from imagegen_pipeline.ml.dcgan import (DCGANConfig, Discriminator, Generator, T
                                         generate, interpolate, load_generator, train_dcgan)
 from imagegen_pipeline.ml.dcgan.augment import diff_augment
 from imagegen_pipeline.ml.runtime import resolve_runtime
+from imagegen_pipeline_tests.ci_skips import HARDWARE
 
 CPU = resolve_runtime("cpu")
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +130,7 @@ def test_cpu_bf16_is_asked_for_and_trains_fp32_weights_in_bf16_autocast(tmp_path
     assert resolve_runtime("cpu").amp_dtype is None
     if not cpu_has_native_bf16():
         assert resolve_runtime("cpu", cpu_bf16=True).amp_dtype is None
-        pytest.skip("this CPU has no native bf16 (AVX512-BF16 / AMX)")
+        pytest.skip(HARDWARE + "this CPU has no native bf16 (AVX512-BF16 / AMX)")
     runtime = resolve_runtime("cpu", cpu_bf16=True)
     assert runtime.amp_dtype == torch.bfloat16
     cfg = tiny_cfg(conditioning="class", num_classes=3, steps=6)

@@ -22,6 +22,8 @@ from mlflow.pyfunc import PythonModel
 
 MAX_IMAGES_PER_ROW = 256
 MAX_IMAGES_PER_REQUEST = 1024  # about 0.3 s of generation on 2 CPU cores at 32 px
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed's range
+FORMATS = ("png", "array")
 
 
 class GeneratorModel(PythonModel):
@@ -68,14 +70,20 @@ class GeneratorModel(PythonModel):
         if "seed" not in frame:
             raise ValueError("input needs a `seed` column (and optionally `count`, `label`, `prompt`)")
         fmt = (params or {}).get("format", "png")
-        counts = [_count(row) for _, row in frame.iterrows()]
+        if fmt not in FORMATS:
+            raise ValueError(f"params.format must be one of {list(FORMATS)}, not {str(fmt)[:40]!r}")
+        counts = [_whole(row.get("count"), "count", default=1, low=1, high=MAX_IMAGES_PER_ROW)
+                  for _, row in frame.iterrows()]
         if sum(counts) > MAX_IMAGES_PER_REQUEST:  # refused before any work: one request cannot starve the rest
             raise ValueError(f"this request asks for {sum(counts)} images; at most {MAX_IMAGES_PER_REQUEST} per "
                              "request (split it into several)")
+        firsts = [_whole(row["seed"], "seed", low=0, high=MAX_SEED - count) for (_, row), count in
+                  zip(frame.iterrows(), counts, strict=True)]
+        conds = [self._cond(row, count) for (_, row), count in zip(frame.iterrows(), counts, strict=True)]
         images, rows = [], []
-        for (_, row), count in zip(frame.iterrows(), counts, strict=True):
-            seeds = [int(row["seed"]) + i for i in range(count)]
-            batch = generate(self.generator, self.cfg, seeds=seeds, cond=self._cond(row, count), runtime=self.runtime)
+        for (_, row), count, first, cond in zip(frame.iterrows(), counts, firsts, conds, strict=True):
+            seeds = [first + i for i in range(count)]
+            batch = generate(self.generator, self.cfg, seeds=seeds, cond=cond, runtime=self.runtime)
             images.append(batch)
             rows += [{**{k: row.get(k) for k in ("label", "prompt") if k in frame}, "seed": s} for s in seeds]
         out = np.concatenate(images) if images else np.zeros((0, self.cfg.resolution, self.cfg.resolution,
@@ -87,11 +95,18 @@ class GeneratorModel(PythonModel):
         return result
 
 
-def _count(row: pd.Series) -> int:
-    count = int(row.get("count", 1) if pd.notna(row.get("count", 1)) else 1)
-    if not 1 <= count <= MAX_IMAGES_PER_ROW:
-        raise ValueError(f"count must be between 1 and {MAX_IMAGES_PER_ROW}, got {count}")
-    return count
+def _whole(value, column: str, *, low: int, high: int, default: int | None = None) -> int:
+    """A request cell as a whole number in [low, high] (JSON numbers may arrive as floats), or a ValueError
+    that names the column; a missing cell is `default` where there is one."""
+    missing = value is None or (isinstance(value, float) and np.isnan(value))
+    if missing and default is not None:
+        return default
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or \
+            missing or not float(value).is_integer():
+        raise ValueError(f"`{column}` must be a whole number, got {str(value)[:40]!r}")
+    if not low <= int(value) <= high:
+        raise ValueError(f"`{column}` must be between {low} and {high}, got {int(value)}")
+    return int(value)
 
 
 def _png_b64(image: np.ndarray) -> str:
