@@ -480,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     paths = DataPaths.from_home(args.home)
+    if args.home:  # the assets' storage resource and the servers we start read the data root from here
+        os.environ["IMAGEGEN_HOME"] = str(paths.home)
     try:
         return args.func(args, paths)
     except (InvalidDatasetName, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as exc:

@@ -28,6 +28,17 @@ def test_cli_imports_then_ingests_and_records_the_run_in_the_instance(paths, tmp
         assert inst.get_dynamic_partitions("datasets") == ["mnist"]
 
 
+def test_home_flag_is_the_data_root_of_the_runs_it_launches(paths, tmp_path, monkeypatch):
+    """`imagegen --home DIR ingest` ran the assets on $IMAGEGEN_HOME's data (the resource never saw the flag):
+    a bench pointed at a scratch root ingested and trained on the user's real data instead."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    other = tmp_path / "other-root"
+    assert main(["--home", str(other), "datasets", "import", "mnist", "--limit", "20"]) == 0
+    assert main(["--home", str(other), "ingest", "mnist", "--resolution", "16"]) == 0
+    assert (other / "data" / "shards" / "mnist" / "description.json").is_file()
+    assert not paths.shards("mnist").exists()
+
+
 def test_cli_refuses_bad_names_and_missing_folders_with_a_clear_message(paths, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     assert main(["datasets", "import", "mnist", "--name", "../../etc"]) == 2
