@@ -3,16 +3,55 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+NEARLY_FULL = 1 << 20  # bytes free below which a failed write is put down to a full disk
+
+
+class DiskFull(OSError):
+    """A write failed because its file system is full; the message names the mount point and the file."""
+
+
+def mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _full_disk(exc: BaseException, where: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:  # torch.save and pyarrow report ENOSPC as their own errors: judge by the space left
+        return shutil.disk_usage(where).free < NEARLY_FULL
+    except OSError:
+        return False
+
+
+def require_free_space(path: Path, min_free: int = 32 << 20) -> None:
+    """Refuse to start writing under `path` when its file system has less than `min_free` bytes: DiskFull names
+    it now, instead of a write failing later with the store's own words (sqlite: "database or disk is full")."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    free = shutil.disk_usage(path).free
+    if free < min_free:
+        mount = mount_point(path)
+        raise DiskFull(errno.ENOSPC, f"no space left on {mount}: {free / 2**20:.1f} MiB free, at least "
+                                     f"{min_free / 2**20:.0f} MiB needed to start. Free space on {mount} and run "
+                                     "again; what is there now is kept")
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `target`; on success fsync it and rename it over `target`."""
+    """Yield a temp path beside `target`; on success fsync it and rename it over `target`. On a full disk the
+    old `target` stays as it was and DiskFull says which file system to free."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -23,6 +62,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
+    except Exception as exc:
+        if not _full_disk(exc, target.parent):
+            raise
+        mount = mount_point(target.parent)
+        raise DiskFull(errno.ENOSPC, f"no space left on {mount} (the file system holding {target}); the previous "
+                                     f"version of the file is kept. Free space on {mount} and run again") from exc
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -45,30 +45,13 @@ def cmd_import(args: argparse.Namespace, paths: DataPaths) -> int:
     return 0
 
 
-PID_TAG = "imagegen/cli_process"
-
-
 def reap_dead_cli_runs(instance) -> None:
-    """A CLI run killed with SIGKILL stays STARTED and keeps its `gpu` pool slot forever; mark such runs
-    failed and free their slots, so the next run (a resume) is not queued behind a ghost."""
-    import dagster as dg
+    """Runs killed with SIGKILL stay STARTED and keep their `gpu` pool slot; mark them failed first, so the next
+    run (a resume) is not queued behind a ghost (the daemon's dead_run_sensor does the same every 30 s)."""
+    from imagegen_pipeline.defs.dead_runs import reap_dead_runs
 
-    host = socket.gethostname()
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-        owner = run.tags.get(PID_TAG, "")
-        if not owner.startswith(host + ":"):
-            continue
-        pid = int(owner.rsplit(":", 1)[1])
-        try:
-            os.kill(pid, 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        instance.report_run_failed(run, f"its process {pid} is gone (killed); marked failed by the next CLI run")
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        print(f"run {run.run_id} ({run.job_name}) had died with process {pid}: marked failed, its slots freed")
+    for run_id in reap_dead_runs(instance):
+        print(f"run {run_id} had died with its process: marked failed, its slots freed")
 
 
 def job_run_config(job_def, run_config: dict | None) -> dict:
@@ -82,6 +65,7 @@ def job_run_config(job_def, run_config: dict | None) -> dict:
 def run_job(job: str, dataset: str, paths: DataPaths, run_config: dict | None = None, *, tags: dict | None = None):
     """Launch one of the Definitions' jobs for a dataset partition in this process, as the UI would."""
     from imagegen_pipeline.definitions import defs
+    from imagegen_pipeline.defs.dead_runs import PID_TAG
     from imagegen_pipeline.defs.instance import get_instance
     from imagegen_pipeline.defs.partitions import dataset_partitions
 

@@ -15,6 +15,7 @@ from imagegen_pipeline.defs.jobs import (captions_job, evaluate_job, features_jo
 from imagegen_pipeline.defs.prompts import prompt_assets
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.defs.schedules import retrain_changed_datasets
+from imagegen_pipeline.defs.dead_runs import dead_run_sensor
 from imagegen_pipeline.defs.sensors import landing_sensor
 
 defs = dg.Definitions(
@@ -23,6 +24,6 @@ defs = dg.Definitions(
     asset_checks=[*ingestion_checks, *feature_checks, *evaluation_checks],
     jobs=[ingest_job, features_job, captions_job, train_job, evaluate_job, retrain_job, pipeline_job, text_job],
     schedules=[retrain_changed_datasets],
-    sensors=[landing_sensor],
+    sensors=[landing_sensor, dead_run_sensor],
     resources={"storage": ImagegenStorage(), "mlflow_tracker": MlflowTracker()},
 )

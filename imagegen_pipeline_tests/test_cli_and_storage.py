@@ -65,6 +65,39 @@ def test_binding_a_server_beyond_loopback_warns_that_it_has_no_authentication(pa
     assert capsys.readouterr().err == ""
 
 
+def test_a_full_disk_is_named_and_the_previous_file_is_kept(tmp_path):
+    """Issue 14.2: a write on a full file system failed with the writer's own words (torch: "unexpected pos",
+    sqlite: "database or disk is full"). Now it is DiskFull naming the mount point, the old file stays whole and
+    no temp file is left; a stage refuses to start on a disk that is already full."""
+    import subprocess
+
+    import torch
+
+    from imagegen_pipeline.atomic import DiskFull, require_free_space
+    from imagegen_pipeline.ml.checkpoint import load_checkpoint, save_checkpoint
+    from imagegen_pipeline_tests.ci_skips import HARDWARE
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(HARDWARE + "cannot mount a tmpfs here (needs root, as in CI)")
+    try:
+        target = small / "latest.pt"
+        save_checkpoint(target, {"step": 1, "w": torch.zeros(1000)})
+        with pytest.raises(DiskFull, match=f"no space left on {small} .*previous version of the file is kept"):
+            save_checkpoint(target, {"step": 2, "w": torch.zeros(1_000_000)})  # 4 MB on a 2 MB disk
+        assert load_checkpoint(target)["step"] == 1
+        with pytest.raises(DiskFull, match=f"no space left on {small}"):
+            write_json_atomic(small / "big.json", {"x": "y" * 3_000_000})
+        assert sorted(p.name for p in small.iterdir()) == ["latest.pt"]
+        with pytest.raises(DiskFull, match=f"no space left on {small}: .* MiB free"):
+            require_free_space(small / "data" / "checkpoints", min_free=4 << 20)
+        require_free_space(small, min_free=1 << 20)
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "manifest.json"
     write_json_atomic(target, {"version": 1})

@@ -108,7 +108,7 @@ def test_kill_minus_nine_then_rematerialize_resumes_to_the_same_final_step(mnist
     [ckpt] = list(paths.checkpoints("mnist").glob("dcgan-*/latest.pt"))
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "had died with process" in done.stdout  # the ghost run was failed and its gpu-pool slot freed
+    assert "had died with its process" in done.stdout  # the ghost run was failed and its gpu-pool slot freed
     line = next(ln for ln in done.stdout.splitlines() if ln.startswith("dcgan:"))
     assert line.startswith("dcgan: 200 steps (resumed from ")
     resumed = int(line.split("resumed from ")[1].split(")")[0])

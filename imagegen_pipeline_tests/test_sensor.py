@@ -65,3 +65,56 @@ def test_already_ingested_dataset_is_not_requested_again_when_the_sensor_starts(
 def test_no_landing_folder_at_all_is_fine(paths, instance):
     result = tick(instance, paths, None)
     assert result.run_requests == [] and result.cursor
+
+
+SLEEPER = """
+import sys, time
+import dagster as dg
+
+@dg.op(pool="gpu")
+def train():
+    time.sleep(300)
+
+@dg.job
+def train_job():
+    train()
+
+with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
+    train_job.execute_in_process(instance=instance)
+"""
+
+
+def test_a_run_whose_worker_died_is_marked_failed_and_its_gpu_slot_freed(tmp_path):
+    """Issue 14.1: with `dagster dev` killed as a whole, its runs stayed STARTED with their `gpu` slot held (the
+    code server that would have noticed died too, and the DefaultRunLauncher has no health check), so the next
+    run queued for ever. dead_run_sensor marks such runs failed and frees the slot; a live run is left alone."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from imagegen_pipeline.defs.dead_runs import dead_run_sensor, reap_dead_runs
+    from imagegen_pipeline.paths import REPO_ROOT
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.event_log_storage.set_concurrency_slots("gpu", 1)
+        worker = subprocess.Popen([sys.executable, "-c", SLEEPER, str(home)])
+        deadline = time.monotonic() + 120
+        while not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots:  # the op holds the slot
+            assert worker.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        [run] = instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.STARTED
+        assert reap_dead_runs(instance) == []  # alive: left alone
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED  # the ghost
+        result = dead_run_sensor(dg.build_sensor_context(instance=instance))
+        assert "marked 1 dead run(s) failed" in str(result.skip_message)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+        assert reap_dead_runs(instance) == []

@@ -32,8 +32,10 @@ class MlflowTracker(dg.ConfigurableResource):
 
     def start_run(self, paths: DataPaths, dataset: str, *, run_name: str, tags: dict[str, str] | None = None,
                   run_id: str | None = None):
+        from imagegen_pipeline.atomic import require_free_space
         from imagegen_pipeline.tracking.store import artifact_root, start_run
 
+        require_free_space(paths.home)  # every training and evaluation starts here
         return start_run(self.uri(paths), dataset, artifacts=artifact_root(paths), run_name=run_name, tags=tags,
                          run_id=run_id)
 
