@@ -193,6 +193,19 @@ def flood(port: int, sockets: int = 64) -> dict:
     return {"idle_sockets": len(idle), "status_during": during, "ms_during": round(ms, 1), "status_after": after}
 
 
+def measure(home: Path, command: list[str], ready: str, workload, args, *, extra) -> dict:
+    """Start `imagegen <command>` on a free port, hammer it, then run `extra(port)`; memory before and after."""
+    port = free_port()
+    proc = start(home, [*command, "--port", str(port)], f"http://127.0.0.1:{port}{ready}",
+                 home / f"{command[0]}.log")
+    try:
+        before = rss_mb(proc.pid)
+        result = hammer(port, workload, args.clients, args.seconds)
+        return result | {"rss_mb_start": before, "rss_mb_end": rss_mb(proc.pid), extra.__name__: extra(port)}
+    finally:
+        stop(proc)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=60)
@@ -206,33 +219,18 @@ def main() -> int:
     print(f"prepared {home} in {time.perf_counter() - t:.0f} s", flush=True)
     results = {"clients": args.clients, "seconds": args.seconds, "cpus": os.cpu_count()}
 
-    port = free_port()
-    proc = start(home, ["serve", "mnist", "--alias", "candidate", "--port", str(port)],
-                 f"http://127.0.0.1:{port}/ping", home / "serve.log")
-    try:
-        before = rss_mb(proc.pid)
-        serve = hammer(port, generation, args.clients, args.seconds)
-        serve |= {"rss_mb_start": before, "rss_mb_end": rss_mb(proc.pid), "oversized": oversized(port)}
-    finally:
-        stop(proc)
-    results["serve"] = serve
-
-    port = free_port()
-    proc = start(home, ["review", "mnist", "--n", "40", "--port", str(port)], f"http://127.0.0.1:{port}/api/summary",
-                 home / "review.log")
-    try:
-        before = rss_mb(proc.pid)
-        review = hammer(port, review_visit, args.clients, args.seconds)
-        review |= {"rss_mb_start": before, "rss_mb_end": rss_mb(proc.pid), "flood": flood(port)}
-    finally:
-        stop(proc)
-    results["review"] = review
+    results["serve"] = measure(home, ["serve", "mnist", "--alias", "candidate"], "/ping", generation, args,
+                               extra=oversized)
+    results["review"] = measure(home, ["review", "mnist", "--n", "40"], "/api/summary", review_visit, args,
+                                extra=flood)
+    serve, review = results["serve"], results["review"]
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\n| server | clients x s | requests/s | p50 ms | p99 ms | errors | RSS MB start -> end |\n"
           f"|---|---:|---:|---:|---:|---:|---:|")
-    for name, unit in (("serve", "POST /invocations, 4 PNGs"), ("review", "visit: items, image, answer, repeat")):
+    for name, unit in (("serve", "POST /invocations, 4 PNGs"),
+                       ("review", "a visit = 4 requests: items, image, answer, repeat")):
         r = results[name]
         print(f"| {name} ({unit}) | {args.clients} x {args.seconds:.0f} | {r['requests_per_s']} | {r['p50_ms']} | "
               f"{r['p99_ms']} | {r['errors']} | {r['rss_mb_start']} -> {r['rss_mb_end']} |")

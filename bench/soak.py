@@ -298,8 +298,8 @@ def kill_phase(paths: DataPaths, table: Table, *, kills: int, steps: int, rng: r
     trained = completed_trainings(paths, dataset)
     reg = registry_state(paths, dataset)
     files = audit(paths)
-    result = {"faults": len(targets), "final_run": run["status"], "killed_runs_failed": statuses.count("FAILURE"),
-              "killed_runs": len(killed_runs), "checkpoint_step": checkpoint_step(paths, dataset),
+    result = {"faults": len(targets), "final_run": run["status"], "killed_runs": len(killed_runs),
+              "killed_runs_failed": statuses.count("FAILURE"), "killed_runs_finished": statuses.count("SUCCESS"), "checkpoint_step": checkpoint_step(paths, dataset),
               "configured_steps": steps, "completed_trainings": trained, "registry_versions": reg["versions"],
               "unloadable_files": len(files["unloadable"]), "loaded": files["loaded"]}
     table.add(fault="after all kills: a new run", **result)
@@ -420,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps({"rows": table.rows, **results}, indent=2, default=str))
     ok = True
     if k := results.get("kills"):
-        ok &= (k["final_run"] == "SUCCESS" and k["killed_runs_failed"] == k["killed_runs"] and
+        ok &= (k["final_run"] == "SUCCESS" and  # every killed run ended: none is left STARTED
+               k["killed_runs_failed"] + k["killed_runs_finished"] == k["killed_runs"] and
                k["checkpoint_step"] == k["configured_steps"] and
                k["completed_trainings"] == k["registry_versions"] and k["unloadable_files"] == 0)
     if (d := results.get("disk_full")) and "skipped" not in d:

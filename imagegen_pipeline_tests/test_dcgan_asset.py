@@ -115,6 +115,26 @@ def test_kill_minus_nine_then_rematerialize_resumes_to_the_same_final_step(mnist
     assert 10 <= resumed < 200 and resumed % 10 == 0
 
 
+def test_init_from_a_model_whose_checkpoint_the_store_lost_names_it_and_the_fix(mnist_shards, instance,
+                                                                                mlflow_uri):
+    """Issue 14.4: a registered source whose logged checkpoint is gone from the artifact store failed with
+    MLflow's raw download error. It is now MissingArtifact naming the version, the run and what to do."""
+    paths = mnist_shards
+    assert train(paths, instance).success
+    [logged] = list((paths.mlruns / "artifacts").rglob("checkpoint/latest.pt"))
+    logged.unlink()
+    import_dataset("mnist", paths, name="digits", limit=120)
+    assert run_ingest(instance, "digits").success
+    result = dg.materialize([dcgan_checkpoint], partition_key="digits", instance=instance, raise_on_error=False,
+                            resources={"storage": ImagegenStorage(home=str(paths.home)),
+                                       "mlflow_tracker": MlflowTracker()},
+                            run_config={"ops": {"dcgan_checkpoint": {"config": {**TINY_GAN, "init_from": "mnist"}}}})
+    assert not result.success
+    error = str(result.failure_data_for_node("dcgan_checkpoint").error)
+    assert "MissingArtifact" in error and "imagegen-generator-mnist v1 was registered from MLflow run" in error
+    assert "cannot be read from the artifact store" in error and "train 'mnist' again" in error
+
+
 def test_init_from_starts_from_the_source_champion_checkpoint_not_the_newest_local_one(mnist_shards, instance,
                                                                                          mlflow_uri):
     """Issue 13.11: init_from took the newest checkpoint folder by mtime; the README promises the registered

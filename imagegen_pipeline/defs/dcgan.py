@@ -36,7 +36,8 @@ from imagegen_pipeline.ml.dcgan.train import CHECKPOINT_FILE
 from imagegen_pipeline.ml.grids import png_bytes
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.paths import validate_dataset_name
-from imagegen_pipeline.tracking.registry import current_alias_holder, log_code_model, registered_name
+from imagegen_pipeline.tracking.registry import (MissingArtifact, current_alias_holder, log_code_model,
+                                                registered_name)
 from imagegen_pipeline.tracking.store import use_store
 
 GROUP = "generation"
@@ -118,8 +119,14 @@ def _init_from(source: str) -> tuple[dict | None, str]:
         raise dg.Failure(f"init_from={source!r}: no registered generator {name}; materialize dcgan_checkpoint "
                          f"for {source!r} first")
     with tempfile.TemporaryDirectory(prefix="imagegen-init-from-") as tmp:
-        local = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=f"checkpoint/{CHECKPOINT_FILE}",
-                                                    dst_path=tmp)
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=mv.run_id, artifact_path=f"checkpoint/{CHECKPOINT_FILE}", dst_path=tmp)
+        except (mlflow.exceptions.MlflowException, OSError) as exc:
+            raise MissingArtifact(
+                f"init_from={source!r}: {name} v{mv.version} was registered from MLflow run {mv.run_id}, whose "
+                f"checkpoint/{CHECKPOINT_FILE} cannot be read from the artifact store ({type(exc).__name__}: "
+                f"{str(exc)[:200]}). Restore the store's artifacts folder, or train {source!r} again") from None
         return load_checkpoint(local), f"{name} v{mv.version}"
 
 
