@@ -29,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from imagegen_pipeline.ui import free_port, stop, wait_http  # noqa: E402
+from imagegen_pipeline.net import free_port  # noqa: E402
+from imagegen_pipeline.ui import stop, wait_http  # noqa: E402
 
 
 def imagegen(home: Path, *args: str) -> None:
@@ -227,8 +228,8 @@ def main() -> int:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
-    print(f"\n| server | clients x s | requests/s | p50 ms | p99 ms | errors | RSS MB start -> end |\n"
-          f"|---|---:|---:|---:|---:|---:|---:|")
+    print("\n| server | clients x s | requests/s | p50 ms | p99 ms | errors | RSS MB start -> end |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
     for name, unit in (("serve", "POST /invocations, 4 PNGs"),
                        ("review", "a visit = 4 requests: items, image, answer, repeat")):
         r = results[name]

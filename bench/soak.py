@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from imagegen_pipeline.paths import DataPaths  # noqa: E402
-from imagegen_pipeline.ui import free_port, start_dagster, stop, url_for, wait_http  # noqa: E402
+from imagegen_pipeline.net import free_port, url_for  # noqa: E402
+from imagegen_pipeline.ui import start_dagster, stop, wait_http  # noqa: E402
 
 LOCATION = "imagegen_pipeline"
 PHASES = {"ingest": ("raw_images", "image_shards"), "extractor": ("feature_extractor", "image_embeddings"),
@@ -64,6 +64,10 @@ RUN = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { stat
 WORKSPACE = "query { workspaceOrError { ... on Workspace { locationEntries { name loadStatus } } } }"
 
 
+class DagsterExited(RuntimeError):
+    """`dagster dev` stopped without being told to (it stops everything when its daemon dies)."""
+
+
 class Dagster:
     """`dagster dev` for one data root, started and stopped like `imagegen ui` does."""
 
@@ -83,6 +87,8 @@ class Dagster:
         return self.gql(WORKSPACE)["workspaceOrError"].get("locationEntries", [])
 
     def gql(self, query: str, variables: dict | None = None) -> dict:
+        if self.proc.poll() is not None:
+            raise DagsterExited(f"dagster dev exited with {self.proc.returncode}; see {self.log}")
         req = urllib.request.Request(f"{self.base}/graphql", method="POST",
                                      data=json.dumps({"query": query, "variables": variables or {}}).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -259,37 +265,22 @@ def kill_phase(paths: DataPaths, table: Table, *, kills: int, steps: int, rng: r
     targets = [list(PHASES)[k % len(PHASES)] for k in range(kills)] + ["daemon", "dagster dev"]
     killed_runs: list[str] = []
     try:
-        for target in targets:
-            run_id = dagster.launch("pipeline_job", dataset, config)
-            steps_of = PHASES.get(target, PHASES["dcgan"])
-            step = dagster.wait_step(run_id, steps_of, timeout=600)
-            if step is None:
-                table.add(fault=f"kill run worker in {target}", result="run ended before the step started")
-                continue
-            time.sleep(rng.uniform(0.0, 0.2) if target == "ingest" else rng.uniform(0.2, 4.0))
-            if target == "daemon":
-                kill(pids_with("dagster._daemon", "run") or pids_with("dagster-daemon", "run"))
-                try:  # `dagster dev` shuts everything down when its daemon dies: start it again, as a user would
-                    dagster.proc.wait(timeout=60)
-                    dagster.stop()
-                    dagster = Dagster(paths, log)
-                except subprocess.TimeoutExpired:
-                    pass
-            elif target == "dagster dev":
-                os.killpg(os.getpgid(dagster.proc.pid), signal.SIGKILL)
-                dagster.proc.wait()
+        while targets:
+            target, run_id = targets.pop(0), None
+            try:
+                run_id = dagster.launch("pipeline_job", dataset, config)
+                dagster, faulted = _fault(dagster, target, run_id, paths, table, rng, log)
+                if faulted:
+                    killed_runs.append(run_id)
+            except DagsterExited as exc:  # not one of ours: say so, start it again, try the same fault again
+                dagster.stop()
                 dagster = Dagster(paths, log)
-            else:
-                workers = run_worker(run_id)
-                if not workers:
-                    raise RuntimeError(f"no run worker found for {run_id}")
-                kill(workers)
-            killed_runs.append(run_id)
-            t0 = time.monotonic()
-            status = dagster.wait(run_id, timeout=300)["status"]
-            what = target if target in ("daemon", "dagster dev") else f"run worker in {step}"
-            table.add(fault=f"SIGKILL {what}", run_status_after=status,
-                      marked_after_s=round(time.monotonic() - t0, 1), audit=audit(paths)["unloadable"] or "ok")
+                status = None
+                if run_id is not None:
+                    killed_runs.append(run_id)
+                    status = dagster.wait(run_id, timeout=300)["status"]
+                table.add(fault=f"unplanned: {exc}", run_status_after=status, audit=audit(paths)["unloadable"] or "ok")
+                targets.insert(0, target)
         final = dagster.launch("pipeline_job", dataset, config)
         run = dagster.wait(final, timeout=1200)
         statuses = [dagster.run(r)["status"] for r in killed_runs]
@@ -298,12 +289,48 @@ def kill_phase(paths: DataPaths, table: Table, *, kills: int, steps: int, rng: r
     trained = completed_trainings(paths, dataset)
     reg = registry_state(paths, dataset)
     files = audit(paths)
-    result = {"faults": len(targets), "final_run": run["status"], "killed_runs": len(killed_runs),
-              "killed_runs_failed": statuses.count("FAILURE"), "killed_runs_finished": statuses.count("SUCCESS"), "checkpoint_step": checkpoint_step(paths, dataset),
+    result = {"faults": len(killed_runs), "final_run": run["status"], "killed_runs": len(killed_runs),
+              "killed_runs_failed": statuses.count("FAILURE"), "killed_runs_finished": statuses.count("SUCCESS"),
+              "checkpoint_step": checkpoint_step(paths, dataset),
               "configured_steps": steps, "completed_trainings": trained, "registry_versions": reg["versions"],
               "unloadable_files": len(files["unloadable"]), "loaded": files["loaded"]}
     table.add(fault="after all kills: a new run", **result)
     return result
+
+
+def _fault(dagster: Dagster, target: str, run_id: str, paths: DataPaths, table: Table, rng: random.Random,
+           log: Path) -> tuple[Dagster, bool]:
+    """Wait until `run_id` is in the target's stage, inflict the fault, record how the run ended. Returns the
+    Dagster to go on with (a new one when the fault took `dagster dev` down) and whether the fault happened."""
+    steps_of = PHASES.get(target, PHASES["dcgan"])
+    step = dagster.wait_step(run_id, steps_of, timeout=600)
+    if step is None:
+        table.add(fault=f"kill run worker in {target}", result="run ended before the step started")
+        return dagster, False
+    time.sleep(rng.uniform(0.0, 0.2) if target == "ingest" else rng.uniform(0.2, 4.0))
+    if target == "daemon":
+        kill(pids_with("dagster._daemon", "run") or pids_with("dagster-daemon", "run"))
+        try:  # `dagster dev` shuts everything down when its daemon dies: start it again, as a user would
+            dagster.proc.wait(timeout=60)
+            dagster.stop()
+            dagster = Dagster(paths, log)
+        except subprocess.TimeoutExpired:
+            pass
+    elif target == "dagster dev":
+        os.killpg(os.getpgid(dagster.proc.pid), signal.SIGKILL)
+        dagster.proc.wait()
+        dagster = Dagster(paths, log)
+    else:
+        workers = run_worker(run_id)
+        if not workers:
+            raise RuntimeError(f"no run worker found for {run_id}")
+        kill(workers)
+    t0 = time.monotonic()
+    status = dagster.wait(run_id, timeout=300)["status"]
+    what = target if target in ("daemon", "dagster dev") else f"run worker in {step}"
+    table.add(fault=f"SIGKILL {what}", run_status_after=status, marked_after_s=round(time.monotonic() - t0, 1),
+              audit=audit(paths)["unloadable"] or "ok")
+    return dagster, True
 
 
 def disk_full_phase(table: Table, *, size_mb: int, log: Path) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -45,39 +44,11 @@ def cmd_import(args: argparse.Namespace, paths: DataPaths) -> int:
     return 0
 
 
-def reap_dead_cli_runs(instance) -> None:
-    """Runs killed with SIGKILL stay STARTED and keep their `gpu` pool slot; mark them failed first, so the next
-    run (a resume) is not queued behind a ghost (the daemon's dead_run_sensor does the same every 30 s)."""
-    from imagegen_pipeline.defs.dead_runs import reap_dead_runs
-
-    for run_id in reap_dead_runs(instance):
-        print(f"run {run_id} had died with its process: marked failed, its slots freed")
-
-
-def job_run_config(job_def, run_config: dict | None) -> dict:
-    """A preset configures the whole chain; a job takes the `ops` sections of the ops it runs."""
-    config = dict(run_config or {})
-    if "ops" in config:
-        config["ops"] = {op: c for op, c in config["ops"].items() if job_def.graph.has_node_named(op)}
-    return config
-
-
 def run_job(job: str, dataset: str, paths: DataPaths, run_config: dict | None = None, *, tags: dict | None = None):
-    """Launch one of the Definitions' jobs for a dataset partition in this process, as the UI would."""
-    from imagegen_pipeline.definitions import defs
-    from imagegen_pipeline.defs.dead_runs import PID_TAG
-    from imagegen_pipeline.defs.instance import get_instance
-    from imagegen_pipeline.defs.partitions import dataset_partitions
+    """Launch a job for a dataset in this process (defs/launch.py) and print its checks and outcome."""
+    from imagegen_pipeline.defs.launch import run_job as launch
 
-    instance = get_instance(paths)
-    reap_dead_cli_runs(instance)
-    if not instance.has_dynamic_partition(dataset_partitions.name, dataset):
-        instance.add_dynamic_partitions(dataset_partitions.name, [dataset])
-    job_def = defs.resolve_job_def(job)
-    config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **job_run_config(job_def, run_config)}
-    result = job_def.execute_in_process(
-        partition_key=dataset, instance=instance, run_config=config, raise_on_error=False,
-        tags={"imagegen/trigger": "cli", PID_TAG: f"{socket.gethostname()}:{os.getpid()}", **(tags or {})})
+    result = launch(job, dataset, paths, run_config, tags=tags, log=print)
     for check in result.get_asset_check_evaluations():
         print(f"check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
     print(f"dagster run {result.run_id} ({job}) {'succeeded' if result.success else 'FAILED'} "
@@ -107,7 +78,7 @@ def cmd_ingest(args: argparse.Namespace, paths: DataPaths) -> int:
               f"{counts.get('quarantined', 0)} quarantined")
         for reason, n in manifest.loc[manifest["status"] == "quarantined", "reason"].value_counts().head(10).items():
             print(f"  quarantined x{n}: {reason}")
-    desc_file = paths.shards(dataset) / "description.json"
+    desc_file = paths.description(dataset)
     if result.success and desc_file.is_file():
         desc = json.loads(desc_file.read_text())
         files = sum(len(s["files"]) for s in desc["splits"].values())
@@ -186,7 +157,7 @@ def cmd_pipeline(args: argparse.Namespace, paths: DataPaths) -> int:
         return 2
     run_config = _run_config(args, {})
     text = run_config["ops"].get("dcgan_checkpoint", {}).get("config", {}).get("conditioning") == "text"
-    if text and not (paths.shards(dataset) / "description.json").is_file():
+    if text and not paths.description(dataset).is_file():
         print(f"error: a text-conditioned chain (text_job) starts from shards; run `imagegen ingest {dataset}` "
               "first", file=sys.stderr)
         return 2
@@ -200,7 +171,7 @@ def cmd_pipeline(args: argparse.Namespace, paths: DataPaths) -> int:
         meta = _materialized(result, asset)
         if meta:
             print(f"{asset}: " + ", ".join(f"{k}={meta[k]}" for k in keys if k in meta))
-    promo = paths.reports(dataset) / "promotion.json"
+    promo = paths.promotion(dataset)
     if promo.is_file():
         print(f"promotion: {json.loads(promo.read_text())['reason']}")
     print("\nopen the UIs: `make ui` (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
@@ -218,7 +189,7 @@ def cmd_evaluate(args: argparse.Namespace, paths: DataPaths) -> int:
         print(", ".join(f"{k}={meta[k]}" for k in ("fid", "kid", "precision", "recall", "conditional_accuracy",
                                                    "diversity_ratio", "real_floor_fid", "quality_gate") if k in meta))
         print(f"report: {meta['report_html']}")
-    promo = paths.reports(dataset) / "promotion.json"
+    promo = paths.promotion(dataset)
     if result.success and promo.is_file():
         print(f"promotion: {json.loads(promo.read_text())['reason']}")
     return 0 if result.success else 1
@@ -249,29 +220,24 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     import numpy as np
     import pandas as pd
 
-    from imagegen_pipeline.defs.extractor import EXTRACTOR_FILE
+    from imagegen_pipeline.defs.artifacts import EXTRACTOR_FILE
     from imagegen_pipeline.ml.grids import image_grid, png_bytes
     from imagegen_pipeline.ml.prompt_score import PromptScorer, best_of
-    from imagegen_pipeline.tracking.registry import registered_name
+    from imagegen_pipeline.tracking.registry import load_registered, registered_name
     from imagegen_pipeline.tracking.store import default_tracking_uri, use_store
 
     dataset = validate_dataset_name(args.dataset)
     if args.n < 1 or args.candidates < 1:
         raise ValueError("--n and --candidates must be at least 1")
     use_store(default_tracking_uri(paths))
-    name = registered_name("generator", dataset)
-    uris = [args.model_uri] if args.model_uri else [f"models:/{name}@champion", f"models:/{name}@candidate"]
-    model = None
-    for i, uri in enumerate(uris):
-        try:
-            model = mlflow.pyfunc.load_model(uri)
-            break
-        except mlflow.exceptions.MlflowException as exc:
-            if i + 1 == len(uris):
-                print(f"error: cannot load {uri}: {str(exc).splitlines()[0]}\n(train one with `imagegen train "
-                      f"{dataset}`)", file=sys.stderr)
-                return 2
-            print(f"note: no {uri} yet (evaluation promotes the champion); using {uris[i + 1]}", file=sys.stderr)
+    try:
+        loaded = load_registered(registered_name("generator", dataset), args.model_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        print(f"error: cannot load a generator: {exc}\n(train one with `imagegen train {dataset}`)", file=sys.stderr)
+        return 2
+    for note in loaded.notes:
+        print(f"note: no {note.split(': ')[0]} yet (evaluation promotes the champion)", file=sys.stderr)
+    model, uri = loaded.model, loaded.description
     conditioning = (model.metadata.metadata or {}).get("conditioning", "?")
     print(f"generator {uri} (conditioning: {conditioning})")
     if conditioning == "text" and not args.prompt:
@@ -325,7 +291,7 @@ def cmd_serve(args: argparse.Namespace, paths: DataPaths) -> int:
 
     from imagegen_pipeline.tracking.registry import registered_name
     from imagegen_pipeline.tracking.store import default_tracking_uri
-    from imagegen_pipeline.ui import url_for, warn_if_exposed
+    from imagegen_pipeline.net import url_for, warn_if_exposed
 
     warn_if_exposed(args.host, "the model server")
     dataset = validate_dataset_name(args.dataset)

@@ -33,6 +33,12 @@ def default_home() -> Path:
     return Path(env).expanduser().resolve() if env else REPO_ROOT
 
 
+# The data root's own files: the stage that writes each one imports its name from here, as does every reader.
+MANIFEST_FILE = "manifest.parquet"  # raw_images: one row per landing file
+DESCRIPTION_FILE = "description.json"  # image_shards: shape, classes, shard files of the current generation
+PROMOTION_FILE = "promotion.json"  # evaluation_report: the last promotion decision
+
+
 @dataclass(frozen=True)
 class DataPaths:
     """The folders of one data root; every per-dataset path validates the dataset name."""
@@ -69,10 +75,13 @@ class DataPaths:
         return self._per_dataset("manifests", dataset)
 
     def manifest(self, dataset: str) -> Path:
-        return self.manifest_dir(dataset) / "manifest.parquet"
+        return self.manifest_dir(dataset) / MANIFEST_FILE
 
     def shards(self, dataset: str) -> Path:
         return self._per_dataset("shards", dataset)
+
+    def description(self, dataset: str) -> Path:
+        return self.shards(dataset) / DESCRIPTION_FILE
 
     def previews(self, dataset: str) -> Path:
         return self._per_dataset("previews", dataset)
@@ -91,3 +100,6 @@ class DataPaths:
     def reports(self, dataset: str) -> Path:
         """Evaluation reports, galleries and cached detector statistics."""
         return self._per_dataset("reports", dataset)
+
+    def promotion(self, dataset: str) -> Path:
+        return self.reports(dataset) / PROMOTION_FILE

@@ -7,10 +7,8 @@ daemon and code server, MLflow's uvicorn worker). `imagegen ui` and the browser 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,46 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from imagegen_pipeline.net import LOOPBACK, url_for, warn_if_exposed
 from imagegen_pipeline.paths import REPO_ROOT, DataPaths
-
-LOOPBACK = "127.0.0.1"
-
-
-def free_port(host: str = LOOPBACK) -> int:
-    """A port nobody listens on right now (for tests; a race with other processes is possible but rare)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def url_for(host: str, port: int) -> str:
-    """The URL a browser on this machine opens; a wildcard bind address is reached through loopback."""
-    try:
-        wildcard = not host or ipaddress.ip_address(host).is_unspecified
-    except ValueError:  # a host name
-        wildcard = False
-    return f"http://{LOOPBACK if wildcard else host}:{port}"
-
-
-def is_loopback(host: str) -> bool:
-    """Whether binding to `host` keeps a server on this machine (a loopback address or `localhost`)."""
-    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def warn_if_exposed(host: str, what: str) -> None:
-    """On a non-loopback bind, say on stderr that `what` has no authentication and how to put it behind one."""
-    if is_loopback(host):
-        return
-    print(f"WARNING: binding {what} to {host}: it has no authentication or TLS. Anyone who can reach this address "
-          "can use it (Dagster and MLflow: launch and delete runs, read and overwrite models). Keep the default "
-          "127.0.0.1 and reach it through an SSH tunnel (ssh -L PORT:127.0.0.1:PORT this-host), or put it behind a "
-          "reverse proxy that authenticates (nginx auth_basic or oauth2-proxy, with TLS).", file=sys.stderr,
-          flush=True)
 
 
 def _venv_bin(name: str) -> str:
@@ -93,7 +53,7 @@ def start_dagster(paths: DataPaths, *, host: str = LOOPBACK, port: int = 3000, m
 
     $DAGSTER_HOME is the one `ensure_dagster_home` picks (default `<home>/.dagster`, seeded with our
     dagster.yaml); `IMAGEGEN_MLFLOW_UI` makes the assets' metadata links point at our MLflow UI."""
-    from imagegen_pipeline.defs.instance import ensure_dagster_home
+    from imagegen_pipeline.dagster_home import ensure_dagster_home
 
     dagster_home = ensure_dagster_home(paths)
     env = {**os.environ, "IMAGEGEN_HOME": str(paths.home), "DAGSTER_HOME": str(dagster_home)}

@@ -14,7 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from imagegen_pipeline.ui import free_port, stop, wait_http
+from imagegen_pipeline.net import free_port
+from imagegen_pipeline.ui import stop, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

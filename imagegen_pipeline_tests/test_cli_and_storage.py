@@ -50,7 +50,7 @@ def test_cli_refuses_bad_names_and_missing_folders_with_a_clear_message(paths, t
 def test_binding_a_server_beyond_loopback_warns_that_it_has_no_authentication(paths, capsys):
     """Issue 14.8: `serve --host` with a non-loopback address (and `ui`/`review`, through the same function)
     says on stderr that nothing authenticates and how to put a proxy in front; loopback binds stay quiet."""
-    from imagegen_pipeline.ui import is_loopback, warn_if_exposed
+    from imagegen_pipeline.net import is_loopback, warn_if_exposed
 
     assert main(["serve", "mnist", "--host", "0.0.0.0"]) == 2  # nothing registered: it stops after warning
     err = capsys.readouterr().err

@@ -23,7 +23,8 @@ from imagegen_pipeline_tests.test_features_assets import TINY_EXTRACTOR
 
 TINY_EVAL = {"device": "cpu", "num_samples": 20, "num_real": 20, "per_class_min": 2, "detector_batch_size": 20}
 # A 6-step GAN cannot pass the real quality gate; the promotion-mechanics tests open it wide on purpose.
-OPEN_GATE = {"gate_min_diversity_ratio": 0.0, "gate_min_recall": 0.0, "gate_max_fid_over_floor": 1e9}
+OPEN_GATE = {"gate_min_diversity_ratio": 0.0, "gate_min_recall": 0.0, "gate_max_fid_over_floor": 1e9,
+             "gate_max_ms_ssim_ratio": 1e9}
 GENERATOR = "imagegen-generator-mnist"
 
 

@@ -365,3 +365,41 @@ def test_class_model_is_sampled_and_floored_in_the_reference_class_mix(tmp_path)
     assert np.bincount(res.sample_labels).tolist() == [24, 4, 2]
     assert res.protocol["floor"].startswith("train split, 30 images")
     assert train.subset_like(val.labels, 0).labels.bincount().tolist() == [24, 4, 2]
+
+
+def test_ms_ssim_matches_torchmetrics_and_a_collapsed_set_scores_worse_than_real():
+    """Issue 16.1: MS-SSIM (plain PyTorch) is 1 for identical images, falls as noise grows, agrees with torchmetrics
+    within its border handling (it also scores reflect-padded borders), and the AC-GAN diversity figure separates
+    a collapsed sample set from varied real images."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as tm_ms_ssim
+
+    from imagegen_pipeline.ml.metrics.ms_ssim import WEIGHTS, ms_ssim, ms_ssim_diversity
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(6, 3, 32, 32, generator=g)
+    x = (base + 0.3 * torch.rand(6, 3, 32, 32, generator=g)).clamp(0, 1)
+    ours = ms_ssim(base, x, sigma=0.9)  # torchmetrics sizes its Gaussian from sigma: 0.9 gives our 7 px
+    betas = tuple(w / sum(WEIGHTS[:3]) for w in WEIGHTS[:3])
+    theirs = torch.stack([tm_ms_ssim(base[i:i + 1].double(), x[i:i + 1].double(), kernel_size=7, sigma=0.9,
+                                     betas=betas, data_range=1.0, normalize="relu") for i in range(6)]).float()
+    assert torch.allclose(ours, theirs.flatten(), atol=0.02), (ours, theirs)
+    assert torch.allclose(ms_ssim(base, base), torch.ones(6), atol=1e-6)
+    assert torch.allclose(ms_ssim(base, x), ms_ssim(x, base))
+    noisier = [float(ms_ssim(base, (base + a * torch.rand(6, 3, 32, 32, generator=g)).clamp(0, 1)).mean())
+               for a in (0.1, 0.3, 0.6, 1.0)]
+    assert noisier == sorted(noisier, reverse=True) and noisier[-1] < 0.8
+
+    rng = np.random.default_rng(0)
+    strokes = np.zeros((200, 1, 32, 32), np.uint8)  # "real": a bar at a different place and width each time
+    labels = np.repeat([0, 1], 100)
+    for k in range(200):
+        r, c, w = rng.integers(2, 20), rng.integers(2, 20), rng.integers(3, 10)
+        strokes[k, 0, r:r + w, c:c + 12] = 255 if labels[k] == 0 else 128
+    collapsed = np.repeat(strokes[[0, 100]], 100, axis=0)  # one picture per class, noise-free
+    real_ctx = MetricContext(fake_images=strokes[::-1].copy(), fake_labels=labels[::-1].copy(),
+                             real_images=strokes, real_labels=labels)
+    bad_ctx = MetricContext(fake_images=collapsed, fake_labels=labels, real_images=strokes, real_labels=labels)
+    varied, same = ms_ssim_diversity(real_ctx), ms_ssim_diversity(bad_ctx)
+    assert 0.85 < varied["ms_ssim_ratio"] < 1.15 and same["ms_ssim_fake"] > 0.99
+    assert same["ms_ssim_ratio"] > 1.5 * varied["ms_ssim_ratio"]
+    assert set(same["ms_ssim_per_class"]) == {"0", "1"} and same["ms_ssim_scales"] == 3

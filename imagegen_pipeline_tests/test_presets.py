@@ -67,7 +67,7 @@ def test_cli_layers_flags_over_the_config_file_over_the_preset(tmp_path):
 def test_each_job_accepts_the_part_of_a_preset_it_runs(job, preset):
     import dagster as dg
 
-    from imagegen_pipeline.cli import job_run_config
+    from imagegen_pipeline.defs.launch import job_run_config
     from imagegen_pipeline.definitions import defs
 
     job_def = defs.resolve_job_def(job)

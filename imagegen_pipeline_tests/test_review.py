@@ -19,7 +19,7 @@ from PIL import Image
 from imagegen_pipeline.review.server import MAX_BODY, build_app, make_server
 from imagegen_pipeline.review.store import (Answer, DuplicateAnswer, ReviewStore, review_summary, reviews_db,
                                             wilson_interval)
-from imagegen_pipeline.ui import free_port
+from imagegen_pipeline.net import free_port
 from imagegen_pipeline_tests import browser
 from imagegen_pipeline_tests.test_dcgan_asset import mnist_shards, train  # noqa: F401  (fixture)
 

@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from imagegen_pipeline.cli import main
-from imagegen_pipeline.ui import free_port, stop, wait_http
+from imagegen_pipeline.net import free_port
+from imagegen_pipeline.ui import stop, wait_http
 from imagegen_pipeline_tests.test_dcgan_asset import mnist_shards, train  # noqa: F401  (fixture)
 
 REQUEST = {"dataframe_split": {"columns": ["label", "seed", "count"], "data": [["3", 7, 2]]},

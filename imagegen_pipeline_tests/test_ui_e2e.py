@@ -10,7 +10,8 @@ import dagster as dg
 import pytest
 
 from imagegen_pipeline.datasets import import_dataset
-from imagegen_pipeline.ui import free_port, start_dagster, start_mlflow, stop, url_for, wait_http
+from imagegen_pipeline.net import free_port, url_for
+from imagegen_pipeline.ui import start_dagster, start_mlflow, stop, wait_http
 from imagegen_pipeline_tests import browser
 
 pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=str(browser.missing()))
@@ -75,7 +76,7 @@ def test_dagster_ui_runs_ingest_for_a_partition_and_shows_the_materialized_asset
     UI does, and the rendered asset page shows image_shards (upstream raw_images) materialized for mnist."""
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / ".dagster"))
     import_dataset("mnist", paths, limit=60)
-    from imagegen_pipeline.defs.instance import ensure_dagster_home
+    from imagegen_pipeline.dagster_home import ensure_dagster_home
 
     with dg.DagsterInstance.from_config(str(ensure_dagster_home(paths))) as instance:
         instance.add_dynamic_partitions("datasets", ["mnist"])

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import Field
 
 from imagegen_pipeline.defs.common import dataset_of, open_shards, shards_stamp
-from imagegen_pipeline.defs.ingestion import image_shards
+from imagegen_pipeline.defs.artifacts import ENCODER_NAME, IMAGE_SHARDS
 from imagegen_pipeline.defs.metadata import markdown_table
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
@@ -17,7 +17,6 @@ from imagegen_pipeline.ml import text_encoder
 from imagegen_pipeline.ml.prompt_score import encode_unique, write_captions
 
 GROUP = "features"
-ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 class CaptionEmbeddingsConfig(dg.Config):
@@ -27,7 +26,7 @@ class CaptionEmbeddingsConfig(dg.Config):
 
 
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
-          group_name=GROUP, kinds={"pytorch", "parquet"}, deps=[image_shards],
+          group_name=GROUP, kinds={"pytorch", "parquet"}, deps=[IMAGE_SHARDS],
           description="all-MiniLM-L6-v2 embedding (384-d, unit norm) of every captioned image, each distinct caption "
                       "encoded once, as Parquet under data/embeddings/<dataset>/captions.parquet "
                       "(sha256, split, caption, vector).")

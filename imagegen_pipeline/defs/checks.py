@@ -8,6 +8,7 @@ from imagegen_pipeline.defs.resources import ImagegenStorage
 from imagegen_pipeline.ingest import checks
 from imagegen_pipeline.ingest.manifest import read_manifest
 from imagegen_pipeline.ml.shard_reader import ShardReader
+from imagegen_pipeline.paths import MANIFEST_FILE
 
 
 def datasets_in_scope(context: dg.AssetCheckExecutionContext, storage: ImagegenStorage) -> list[str]:
@@ -15,7 +16,7 @@ def datasets_in_scope(context: dg.AssetCheckExecutionContext, storage: ImagegenS
     if context.op_execution_context.has_partition_key:
         return [context.partition_key]
     root = storage.paths.data / "manifests"
-    return sorted(d.name for d in root.iterdir() if (d / "manifest.parquet").is_file()) if root.is_dir() else []
+    return sorted(d.name for d in root.iterdir() if (d / MANIFEST_FILE).is_file()) if root.is_dir() else []
 
 
 def check_each(context, storage, fn) -> dg.AssetCheckResult:

@@ -7,8 +7,8 @@ import json
 
 import dagster as dg
 
-from imagegen_pipeline.ml.shard_reader import DESCRIPTION_FILE, ShardReader
-from imagegen_pipeline.paths import DataPaths, validate_dataset_name
+from imagegen_pipeline.ml.shard_reader import ShardReader
+from imagegen_pipeline.paths import DESCRIPTION_FILE, DataPaths, validate_dataset_name
 
 
 def dataset_of(context: dg.AssetExecutionContext) -> str:

@@ -21,12 +21,10 @@ from mlflow.models import infer_signature
 from pydantic import Field
 
 from imagegen_pipeline.atomic import atomic_path, write_json_atomic
-from imagegen_pipeline.defs.captions import ENCODER_NAME, caption_embeddings
+from imagegen_pipeline.defs.artifacts import (CAPTION_EMBEDDINGS, ENCODER_NAME, EXTRACTOR_FILE, EXTRACTOR_SUMMARY,
+                                              EXTRACTOR_VERSION_TAG, FEATURE_EXTRACTOR, GENERATOR_FILE,
+                                              GENERATOR_SUMMARY, IMAGE_SHARDS)
 from imagegen_pipeline.defs.common import curves_png, dataset_of, open_shards, shards_stamp
-from imagegen_pipeline.defs.extractor import EXTRACTOR_FILE
-from imagegen_pipeline.defs.extractor import SUMMARY_FILE as EXTRACTOR_SUMMARY
-from imagegen_pipeline.defs.extractor import feature_extractor
-from imagegen_pipeline.defs.ingestion import image_shards
 from imagegen_pipeline.defs.metadata import png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
@@ -43,9 +41,6 @@ from imagegen_pipeline.tracking.store import use_store
 GROUP = "generation"
 SERVING_CODE = Path(__file__).resolve().parent.parent / "serving" / "generator_model.py"
 CANDIDATE = "candidate"
-GENERATOR_FILE = "generator.safetensors"  # the latest trained EMA generator (weights + config metadata)
-GENERATOR_SUMMARY = "generator_summary.json"  # beside it: registered name/version, run, shards, steps
-EXTRACTOR_VERSION_TAG = "imagegen.extractor_version"  # on the run and the registered version: the pinned judge
 DONE_FILE = "registered.json"  # written after registration: a later materialization starts a fresh run
 
 
@@ -132,7 +127,7 @@ def _init_from(source: str) -> tuple[dict | None, str]:
 
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
           group_name=GROUP, kinds={"pytorch", "mlflow"}, pool="gpu",
-          deps=[image_shards, feature_extractor, caption_embeddings],
+          deps=[IMAGE_SHARDS, FEATURE_EXTRACTOR, CAPTION_EMBEDDINGS],
           description="Conditional DCGAN (G + D, EMA generator) trained on the shards; checkpoints every N steps "
                       "and resumes after a kill. The EMA generator is registered as imagegen-generator-<dataset>.")
 def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig, storage: ImagegenStorage,
@@ -180,7 +175,7 @@ def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig
     out_dir = _run_dir(paths, dataset, cfg, stamp)
     if (out_dir / DONE_FILE).exists():  # finished and registered before: this materialization is a new run
         shutil.rmtree(out_dir)
-    resuming = (out_dir / "latest.pt").exists()
+    resuming = (out_dir / CHECKPOINT_FILE).exists()
     mlflow_run_file = out_dir / "mlflow_run_id"
     extractor_version = _extractor_version(paths, dataset)
     context.log.info(f"{dataset}: {len(images)} images {reader.shape}, conditioning={conditioning}, "
@@ -288,23 +283,6 @@ def _train_captions(paths, dataset: str, reader) -> _TrainCaptions:
     examples = sorted(set(frame["caption"].tolist()))
     step = max(1, len(examples) // 8)
     return _TrainCaptions(vectors, found, hashlib.sha256(f.read_bytes()).hexdigest()[:16], examples[::step][:8])
-
-
-def generator_summary(paths, dataset: str) -> dict:
-    """What the last dcgan_checkpoint materialization registered (name, version, run, shards, steps)."""
-    f = paths.models(dataset) / GENERATOR_SUMMARY
-    if not f.is_file():
-        raise dg.Failure(f"{dataset}: no trained generator; materialize dcgan_checkpoint first")
-    return json.loads(f.read_text())
-
-
-def trained_generator(paths, dataset: str, *, device) -> tuple[dict, core.Generator, core.DCGANConfig]:
-    """The latest trained EMA generator of a dataset (the local export) and its summary."""
-    summary = generator_summary(paths, dataset)
-    if not (paths.models(dataset) / GENERATOR_FILE).is_file():
-        raise dg.Failure(f"{dataset}: no trained generator; materialize dcgan_checkpoint first")
-    generator, cfg = core.load_generator(paths.models(dataset) / GENERATOR_FILE, device=device)
-    return summary, generator, cfg
 
 
 def _extractor_version(paths, dataset: str) -> str | None:

@@ -12,9 +12,9 @@ import mlflow
 from pydantic import Field
 
 from imagegen_pipeline.atomic import write_bytes_atomic, write_json_atomic
+from imagegen_pipeline.defs.artifacts import (DCGAN_CHECKPOINT, EXTRACTOR_VERSION_TAG, IMAGE_EMBEDDINGS,
+                                              fine_tuned_extractor, generator_summary)
 from imagegen_pipeline.defs.common import curves_png, dataset_of, open_shards
-from imagegen_pipeline.defs.dcgan import EXTRACTOR_VERSION_TAG, dcgan_checkpoint, generator_summary
-from imagegen_pipeline.defs.extractor import fine_tuned_extractor, image_embeddings
 from imagegen_pipeline.defs.metadata import png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
@@ -55,6 +55,9 @@ class EvaluationConfig(dg.Config):
     gate_min_recall: float = Field(default=QualityGate.min_recall, description="Quality gate: recall, at least.")
     gate_max_fid_over_floor: float = Field(default=QualityGate.max_fid_over_floor,
                                            description="Quality gate: FID at most this multiple of the real floor.")
+    gate_max_ms_ssim_ratio: float = Field(default=QualityGate.max_ms_ssim_ratio,
+                                          description="Quality gate: same-class MS-SSIM of samples vs real pairs, at "
+                                                      "most (above 1: samples more alike than the data).")
 
     def to_core(self) -> core.EvalConfig:
         if self.protocol not in core.PROTOCOLS:
@@ -65,7 +68,8 @@ class EvaluationConfig(dg.Config):
                                per_class_min=self.per_class_min, kid_subset_size=min(1000, n), seed=self.seed)
 
     def gate(self) -> QualityGate:
-        return QualityGate(self.gate_min_diversity_ratio, self.gate_min_recall, self.gate_max_fid_over_floor)
+        return QualityGate(self.gate_min_diversity_ratio, self.gate_min_recall, self.gate_max_fid_over_floor,
+                           self.gate_max_ms_ssim_ratio)
 
 
 def _held_out_captions(paths, dataset: str, with_bank: bool) -> dict:
@@ -93,7 +97,7 @@ def _held_out_captions(paths, dataset: str, with_bank: bool) -> dict:
 
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
           group_name=GROUP, kinds={"pytorch", "mlflow", "html"},
-          deps=[dcgan_checkpoint, image_embeddings],
+          deps=[DCGAN_CHECKPOINT, IMAGE_EMBEDDINGS],
           description="FID/KID (standard InceptionV3) against the val split, the train-vs-val floor, precision/"
                       "recall, is_domain, asked-for-class accuracy, diversity and memorisation of the latest "
                       "EMA generator, as JSON, HTML and Markdown; logged to the generator's MLflow run.")
@@ -295,7 +299,7 @@ def generator_promotion(context: dg.AssetCheckExecutionContext, storage: Imagege
     client = mlflow.MlflowClient()
     mv = client.get_model_version(info["registered_model"], info["version"])
     decision = promote_if_better(info["registered_model"], info["version"], promotion_guards(mv.tags), client=client)
-    write_json_atomic(paths.reports(dataset) / "promotion.json", {**info, "promoted": decision.promoted,
+    write_json_atomic(paths.promotion(dataset), {**info, "promoted": decision.promoted,
                                                                     "reason": decision.reason,
                                                                     "champion_before": decision.champion_before})
     context.log.info(decision.reason)

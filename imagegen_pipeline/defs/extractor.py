@@ -14,7 +14,8 @@ from pydantic import Field
 
 from imagegen_pipeline.atomic import write_json_atomic
 from imagegen_pipeline.defs.common import curves_png, dataset_of, open_shards, shards_stamp
-from imagegen_pipeline.defs.ingestion import image_shards
+from imagegen_pipeline.defs.artifacts import EXTRACTOR_FILE, FEATURE_EXTRACTOR, IMAGE_SHARDS
+from imagegen_pipeline.defs.artifacts import EXTRACTOR_SUMMARY as SUMMARY_FILE
 from imagegen_pipeline.defs.metadata import markdown_table, png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
@@ -25,8 +26,6 @@ from imagegen_pipeline.tracking.registry import Guard, log_code_model, promote_i
 
 GROUP = "features"
 SERVING_CODE = Path(__file__).resolve().parent.parent / "serving" / "extractor_model.py"
-EXTRACTOR_FILE = "extractor.safetensors"  # weights + metadata, per dataset under data/models/<dataset>/
-SUMMARY_FILE = "extractor_summary.json"  # beside the model folder: what the run measured; the check reads it
 
 
 class FeatureExtractorConfig(dg.Config):
@@ -56,7 +55,7 @@ class FeatureExtractorConfig(dg.Config):
 
 
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
-          group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[image_shards],
+          group_name=GROUP, kinds={"pytorch", "mlflow"}, deps=[IMAGE_SHARDS],
           pool="gpu",
           description="MobileNetV2 with ImageNet weights, fine-tuned on the dataset's labels (an optional "
                       "frozen-backbone head, then the whole net, one-cycle); an optional from-scratch baseline "
@@ -154,7 +153,7 @@ class ImageEmbeddingsConfig(dg.Config):
 
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN,
           group_name=GROUP, kinds={"pytorch", "parquet"},
-          deps=[feature_extractor, image_shards],
+          deps=[FEATURE_EXTRACTOR, IMAGE_SHARDS],
           description="The fine-tuned extractor's 1280-d embedding of every accepted image, as Parquet under "
                       "data/embeddings/<dataset>/ (sha256, split, label, vector), with a 2-D map and near-duplicates.")
 def image_embeddings(context: dg.AssetExecutionContext, config: ImageEmbeddingsConfig,
@@ -201,12 +200,6 @@ def image_embeddings(context: dg.AssetExecutionContext, config: ImageEmbeddingsC
         "embedding_map": png_markdown(map_png, "PCA of the embeddings, coloured by class"),
         "path": dg.MetadataValue.path(str(out)),
     })
-
-
-def fine_tuned_extractor(paths, dataset: str, *, device) -> core.ExtractorNet | None:
-    """The dataset's extractor in eval mode, or None when feature_extractor was never materialized."""
-    f = paths.models(dataset) / EXTRACTOR_FILE
-    return core.load_extractor(f, device=device)[0] if f.is_file() else None
 
 
 def _num(v: float | None) -> float | None:

@@ -5,7 +5,8 @@ import json
 import dagster as dg
 
 from imagegen_pipeline.defs.checks import check_each
-from imagegen_pipeline.defs.extractor import SUMMARY_FILE, feature_extractor, image_embeddings
+from imagegen_pipeline.defs.artifacts import EXTRACTOR_SUMMARY as SUMMARY_FILE
+from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
 from imagegen_pipeline.defs.resources import ImagegenStorage
 from imagegen_pipeline.ml import quality_checks
 from imagegen_pipeline.ml.embeddings_store import EMBEDDINGS_FILE, read_embeddings

@@ -9,9 +9,8 @@ import torch
 from pydantic import Field
 
 from imagegen_pipeline.atomic import write_json_atomic
+from imagegen_pipeline.defs.artifacts import DCGAN_CHECKPOINT, IMAGE_EMBEDDINGS, fine_tuned_extractor, trained_generator
 from imagegen_pipeline.defs.common import dataset_of, open_shards
-from imagegen_pipeline.defs.dcgan import dcgan_checkpoint, trained_generator
-from imagegen_pipeline.defs.extractor import fine_tuned_extractor, image_embeddings
 from imagegen_pipeline.defs.metadata import png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
@@ -57,7 +56,7 @@ def _train_set(paths, dataset: str, reader, cap: int | None, log) -> tuple:
 
 
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP,
-          kinds={"pytorch", "html"}, deps=[dcgan_checkpoint, image_embeddings],
+          kinds={"pytorch", "html"}, deps=[DCGAN_CHECKPOINT, IMAGE_EMBEDDINGS],
           description="A fixed-seed HTML gallery of the latest generator: a grid per class, the fixed-seed grid, "
                       "latent interpolations and each sample beside its nearest training image, under "
                       "reports/<dataset>/gallery/v<version>/ (latest.json names the newest).")

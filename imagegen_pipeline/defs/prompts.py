@@ -12,10 +12,9 @@ import numpy as np
 from pydantic import Field
 
 from imagegen_pipeline.atomic import write_bytes_atomic, write_json_atomic
-from imagegen_pipeline.defs.captions import caption_embeddings
+from imagegen_pipeline.defs.artifacts import (CAPTION_EMBEDDINGS, DCGAN_CHECKPOINT, EXTRACTOR_FILE, IMAGE_EMBEDDINGS,
+                                              trained_generator)
 from imagegen_pipeline.defs.common import dataset_of
-from imagegen_pipeline.defs.dcgan import dcgan_checkpoint, trained_generator
-from imagegen_pipeline.defs.extractor import EXTRACTOR_FILE, image_embeddings
 from imagegen_pipeline.defs.metadata import markdown_table, png_markdown
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
@@ -97,7 +96,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px}}img{{image-rendering:pixelated;max
 
 
 @dg.asset(partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP,
-          kinds={"pytorch", "html"}, deps=[dcgan_checkpoint, caption_embeddings, image_embeddings],
+          kinds={"pytorch", "html"}, deps=[DCGAN_CHECKPOINT, CAPTION_EMBEDDINGS, IMAGE_EMBEDDINGS],
           description="Best-of-K images for a fixed list of prompts from the latest text-conditioned generator, "
                       "scored by how well their nearest training images' captions match the prompt: a grid per "
                       "prompt and index.html under reports/<dataset>/prompts/v<version>/.")

@@ -5,7 +5,7 @@ import json
 import dagster as dg
 
 from imagegen_pipeline.defs.common import shards_stamp
-from imagegen_pipeline.defs.dcgan import GENERATOR_SUMMARY
+from imagegen_pipeline.defs.artifacts import GENERATOR_SUMMARY
 from imagegen_pipeline.defs.jobs import retrain_job
 from imagegen_pipeline.defs.partitions import dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage

@@ -9,6 +9,7 @@ from imagegen_pipeline.defs.jobs import pipeline_job
 from imagegen_pipeline.defs.partitions import dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
 from imagegen_pipeline.ingest.landing_watch import decide
+from imagegen_pipeline.paths import MANIFEST_FILE
 
 
 @dg.sensor(job=pipeline_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
@@ -19,8 +20,8 @@ def landing_sensor(context: dg.SensorEvaluationContext, storage: ImagegenStorage
     cursor = json.loads(context.cursor) if context.cursor else {}
     manifests = {}
     if (paths.data / "manifests").is_dir():
-        manifests = {d.name: (d / "manifest.parquet").stat().st_mtime_ns
-                     for d in (paths.data / "manifests").iterdir() if (d / "manifest.parquet").is_file()}
+        manifests = {d.name: (d / MANIFEST_FILE).stat().st_mtime_ns
+                     for d in (paths.data / "manifests").iterdir() if (d / MANIFEST_FILE).is_file()}
     decision = decide(paths.raw_root, cursor, manifest_mtime_ns=manifests)
     for name, why in decision.skipped.items():
         context.log.info(f"ignoring data/raw/{name}: {why}")

@@ -24,8 +24,8 @@ from imagegen_pipeline.ingest import pixel_store
 from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_workers
 from imagegen_pipeline.ingest.validate import load_chunk
 from imagegen_pipeline.locks import exclusive_lock
+from imagegen_pipeline.paths import DESCRIPTION_FILE
 
-DESCRIPTION_FILE = "description.json"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
 

@@ -185,6 +185,7 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
         real_features=ref.features, real_stats=(ref.mu, ref.sigma), real_labels=val_sub.labels.numpy(),
         heldout_features=floor.features, fake_features=fake_features, fake_labels=labels, fake_probs=fake_probs,
         fake_embeddings=fake_emb, train_embeddings=train_embeddings, real_embeddings=real_emb, class_names=class_names,
+        fake_images=fake.numpy(), real_images=val_sub.images.numpy(),
         per_class_min=eval_cfg.per_class_min, kid_subset_size=eval_cfg.kid_subset_size, seed=eval_cfg.seed,
         device=str(runtime.device))
     if labels is None:
@@ -244,7 +245,7 @@ def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray
 
 
 HEADLINE = ("fid", "fid_std", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity",
-            "diversity_ratio", "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean", "r_precision",
+            "diversity_ratio", "ms_ssim_ratio", "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean", "r_precision",
             "r_precision_real", "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate")
 
 

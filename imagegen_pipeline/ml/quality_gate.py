@@ -1,8 +1,8 @@
 """The quality gate: what a generator must show before it may ever be served, whatever the champion scores.
 
 Promotion compares a candidate with the champion; the gate compares it with the data. A generator that draws
-one picture per label (diversity far below real), covers none of the real images (recall about 0) or sits
-many times above the real train-vs-val FID floor is registered with the reason and the tag `rejected`, and
+one picture per label (diversity far below real, or same-class pairs far more alike in MS-SSIM than real
+pairs), covers none of the real images (recall about 0) or sits many times above the real train-vs-val FID floor is registered with the reason and the tag `rejected`, and
 never becomes champion, the first model included.
 """
 
@@ -17,6 +17,8 @@ class QualityGate:
     min_diversity_ratio: float = 0.4  # within-label diversity of samples / of real images (extractor space)
     min_recall: float = 0.05  # share of real images inside the samples' k-NN manifold (Kynkäänniemi et al.)
     max_fid_over_floor: float = 8.0  # FID / real train-vs-val FID at the same N and detector
+    max_ms_ssim_ratio: float = 1.5  # same-class MS-SSIM of samples / of real pairs (MNIST demo champion 1.06,
+    #                                 a 20-step collapsed model 2.33, one image per label 2.37)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,6 +42,9 @@ def gate_failures(results: dict, gate: QualityGate = QualityGate()) -> list[str]
         failures.append("recall missing")
     elif recall < gate.min_recall:
         failures.append(f"recall {recall:.3f} < {gate.min_recall}")
+    similar = value("ms_ssim_ratio")  # judged where measured: evaluations before MS-SSIM existed lack it
+    if similar is not None and similar > gate.max_ms_ssim_ratio:
+        failures.append(f"same-class MS-SSIM {similar:.2f} x real > {gate.max_ms_ssim_ratio} (collapse)")
     fid, floor = value("fid"), value("real_floor_fid")
     if fid is None or floor is None:
         failures.append(f"fid or real_floor_fid missing (fid={fid}, floor={floor})")

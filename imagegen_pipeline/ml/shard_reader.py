@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-DESCRIPTION_FILE = "description.json"
+from imagegen_pipeline.paths import DESCRIPTION_FILE
 
 
 class CorruptShard(RuntimeError):

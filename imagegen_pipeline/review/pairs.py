@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imagegen_pipeline.ml.dcgan.export import WEIGHTS_FILE as GENERATOR_FILE  # in data/models/<dataset>/
 from imagegen_pipeline.ml.shard_reader import ShardReader
 from imagegen_pipeline.paths import DataPaths, validate_dataset_name
-
-GENERATOR_FILE = "generator.safetensors"  # what dcgan_checkpoint exports to data/models/<dataset>/
 
 
 @dataclass(frozen=True)
@@ -47,45 +46,24 @@ class ReviewItem:
 
 def open_generator(paths: DataPaths, dataset: str, *, model_uri: str | None = None) -> GeneratorSource:
     """`model_uri`, else the registry's @champion, else @candidate, else the exported generator.safetensors."""
-    import mlflow
+    from mlflow.exceptions import MlflowException
 
-    from imagegen_pipeline.tracking.registry import registered_name
+    from imagegen_pipeline.tracking.registry import load_registered, registered_name
     from imagegen_pipeline.tracking.store import default_tracking_uri, use_store
 
     use_store(default_tracking_uri(paths))
     name = registered_name("generator", validate_dataset_name(dataset))
-    uris = [model_uri] if model_uri else [f"models:/{name}@champion", f"models:/{name}@candidate"]
-    errors = []
-    for uri in uris:
-        try:
-            model, source = _load_pinned(uri)
-        except (mlflow.exceptions.MlflowException, OSError) as exc:
-            errors.append(f"{uri}: {str(exc).splitlines()[0]}")
-            continue
-        return _pyfunc_source(model, *source)
+    try:
+        loaded = load_registered(name, model_uri)
+        return _pyfunc_source(loaded.model, loaded.name, loaded.version, loaded.description)
+    except MlflowException as exc:
+        errors = str(exc)
     weights = paths.models(dataset) / GENERATOR_FILE
     if model_uri is None and weights.is_file():
-        print(f"note: no registered generator ({'; '.join(errors)}); using {weights}", file=sys.stderr)
+        print(f"note: no registered generator ({errors}); using {weights}", file=sys.stderr)
         return _file_source(weights)
-    raise FileNotFoundError(f"no generator for {dataset}: {'; '.join(errors)}; and no {weights} "
+    raise FileNotFoundError(f"no generator for {dataset}: {errors}; and no {weights} "
                             f"(train one with `imagegen train {dataset}`)")
-
-
-def _load_pinned(uri: str):
-    """Load a pyfunc; an alias is resolved to its version first, so the answers name the version that was shown
-    even if the alias moves meanwhile. Returns (model, (name, version, description))."""
-    import mlflow
-
-    if not uri.startswith("models:/"):
-        model = mlflow.pyfunc.load_model(uri)
-        return model, (uri, model.metadata.model_uuid or "?", uri)
-    name, _, alias = uri[len("models:/"):].partition("@")
-    if alias:
-        version = mlflow.MlflowClient().get_model_version_by_alias(name, alias).version
-    else:
-        name, _, version = name.partition("/")
-    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-    return model, (name, str(version), f"{name} v{version}" + (f" (@{alias})" if alias else ""))
 
 
 def _pyfunc_source(model, name: str, version: str, description: str) -> GeneratorSource:
@@ -106,6 +84,7 @@ def _pyfunc_source(model, name: str, version: str, description: str) -> Generato
 def _file_source(weights: Path) -> GeneratorSource:
     from imagegen_pipeline.ml.dcgan import generate as dcgan_generate
     from imagegen_pipeline.ml.dcgan import load_generator
+    from imagegen_pipeline.ml.dcgan.sample import class_index
 
     generator, cfg = load_generator(weights)
     class_names = list(cfg.extra.get("class_names", []))
@@ -114,7 +93,7 @@ def _file_source(weights: Path) -> GeneratorSource:
     def generate(prompts: Sequence[str | None], seeds: Sequence[int]) -> np.ndarray:
         nonlocal encoder
         if cfg.conditioning == "class":
-            cond = [class_names.index(p) if p in class_names else int(p) for p in prompts]
+            cond = [class_index(p, class_names, cfg.num_classes) for p in prompts]
         elif cfg.conditioning == "text":
             if encoder is None:
                 from imagegen_pipeline.ml.text_encoder import TextEncoder

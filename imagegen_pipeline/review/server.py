@@ -33,7 +33,7 @@ from pathlib import Path
 from imagegen_pipeline.paths import DataPaths
 from imagegen_pipeline.review.pairs import GeneratorSource, ReviewItem
 from imagegen_pipeline.review.store import Answer, DuplicateAnswer, ReviewStore, review_summary, reviews_db
-from imagegen_pipeline.ui import url_for, warn_if_exposed
+from imagegen_pipeline.net import url_for, warn_if_exposed
 
 MAX_BODY = 4096  # bytes; an answer is about 100
 MAX_CONNECTIONS = 32  # connections served at once; a page load opens about 10

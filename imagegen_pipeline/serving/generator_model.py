@@ -44,13 +44,9 @@ class GeneratorModel(PythonModel):
             label = row.get("label")
             if label is None or (isinstance(label, float) and np.isnan(label)):
                 raise ValueError(f"this generator is conditioned on a class: give `label` (one of {self.class_names})")
-            label = str(label)
-            if label in self.class_names:
-                idx = self.class_names.index(label)
-            elif label.lstrip("-").isdigit() and 0 <= int(label) < self.cfg.num_classes:
-                idx = int(label)
-            else:
-                raise ValueError(f"unknown label {label!r}; known: {self.class_names}")
+            from imagegen_pipeline.ml.dcgan.sample import class_index
+
+            idx = class_index(label, self.class_names, self.cfg.num_classes)
             return torch.full((n,), idx, dtype=torch.long)
         if self.cfg.conditioning == "text":
             prompt = row.get("prompt")

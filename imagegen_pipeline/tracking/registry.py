@@ -75,6 +75,42 @@ def download_model_artifact(name: str, version: str, key: str, dst: Path) -> Pat
     return path
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A registered pyfunc and which version it is (an alias resolved first: what was used is recorded even if
+    the alias moves meanwhile)."""
+
+    model: Any
+    name: str
+    version: str
+    description: str  # for people: "imagegen-generator-mnist v3 (@champion)"
+    notes: tuple[str, ...] = ()  # the URIs tried before it, and why they failed
+
+
+def load_registered(name: str, model_uri: str | None = None,
+                    aliases: tuple[str, ...] = (CHAMPION, "candidate")) -> LoadedModel:
+    """`model_uri` if given, else models:/name@<alias> for the first alias that loads (the champion, and before
+    evaluation has promoted one, the candidate). MlflowException lists every URI tried and why it failed."""
+    uris = [model_uri] if model_uri else [f"models:/{name}@{alias}" for alias in aliases]
+    notes: list[str] = []
+    for uri in uris:
+        try:
+            if not uri.startswith("models:/"):
+                model = mlflow.pyfunc.load_model(uri)
+                return LoadedModel(model, uri, model.metadata.model_uuid or "?", uri, tuple(notes))
+            model_name, _, alias = uri[len("models:/"):].partition("@")
+            if alias:
+                version = MlflowClient().get_model_version_by_alias(model_name, alias).version
+            else:
+                model_name, _, version = model_name.partition("/")
+            model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+            return LoadedModel(model, model_name, str(version),
+                               f"{model_name} v{version}" + (f" (@{alias})" if alias else ""), tuple(notes))
+        except (MlflowException, OSError) as exc:
+            notes.append(f"{uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    raise MlflowException("; ".join(notes))
+
+
 def current_alias_holder(name: str, alias: str = CHAMPION, *, client: MlflowClient | None = None
                          ) -> ModelVersion | None:
     """The version holding `alias`, or None when no version does. Any other failure (a locked database, a

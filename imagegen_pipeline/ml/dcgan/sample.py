@@ -69,6 +69,16 @@ def render(generator: nn.Module, z: torch.Tensor, cond: torch.Tensor | None = No
     return np.concatenate(out) if out else np.zeros((0,), np.uint8)
 
 
+def class_index(label, class_names: Sequence[str], num_classes: int) -> int:
+    """A request's class: its name, or its index written as a number ("7"); ValueError naming the known ones."""
+    label = str(label)
+    if label in class_names:
+        return list(class_names).index(label)
+    if label.lstrip("-").isdigit() and 0 <= int(label) < num_classes:
+        return int(label)
+    raise ValueError(f"unknown label {label!r}; known: {list(class_names)}")
+
+
 def generate(generator: nn.Module, cfg: DCGANConfig, *, seeds: Sequence[int], cond: CondLike = None,
              runtime: Runtime | None = None) -> np.ndarray:
     """uint8 (N, H, W, C), one image per seed; the same seed (and cond) gives the same image."""

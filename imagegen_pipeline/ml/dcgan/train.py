@@ -23,7 +23,7 @@ from imagegen_pipeline.ml.dcgan import ddp
 from imagegen_pipeline.ml.dcgan.augment import diff_augment
 from imagegen_pipeline.ml.dcgan.config import ARCHITECTURE, RESUMABLE_CHANGES, DCGANConfig
 from imagegen_pipeline.ml.dcgan.ema import EMA
-from imagegen_pipeline.ml.dcgan.export import export_generator
+from imagegen_pipeline.ml.dcgan.export import WEIGHTS_FILE, export_generator
 from imagegen_pipeline.ml.dcgan.losses import d_loss, g_loss
 from imagegen_pipeline.ml.dcgan.monitor import ZSensitivity
 from imagegen_pipeline.ml.dcgan.models import Discriminator, Generator
@@ -209,7 +209,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
         recalibrate_ema()
         export_generator(ema.model, cfg, out_dir, step=step)
     agree = ddp.params_agree(G, info) and ddp.params_agree(D, info)
-    return TrainResult(out_dir / CHECKPOINT_FILE, out_dir / "generator.safetensors", step, history, ips, grid,
+    return TrainResult(out_dir / CHECKPOINT_FILE, out_dir / WEIGHTS_FILE, step, history, ips, grid,
                        start_step, aborted, agree)
 
 

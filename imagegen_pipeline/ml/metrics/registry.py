@@ -37,6 +37,8 @@ class MetricContext:
     fake_embeddings: np.ndarray | None = None  # (N_g, D) generated images in the feature-extractor space
     train_embeddings: np.ndarray | None = None  # (N_t, D) training images in the same space (memorization)
     real_embeddings: np.ndarray | None = None  # (N_r, D) reference images in the same space (diversity vs real)
+    fake_images: np.ndarray | None = None  # (N_g, C, H, W) uint8 generated pixels (MS-SSIM)
+    real_images: np.ndarray | None = None  # (N_r, C, H, W) uint8 reference pixels, rows as real_labels
     class_names: list[str] | None = None  # index -> name, for per-class keys; str(index) without it
     fid_bootstrap: int = 8  # FID: resamples of the generated set for fid_std (0 = skip)
     kid_subsets: int = 100  # KID: number of random subsets (stylegan2-ada default)
