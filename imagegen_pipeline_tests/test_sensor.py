@@ -118,3 +118,74 @@ def test_a_run_whose_worker_died_is_marked_failed_and_its_gpu_slot_freed(tmp_pat
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
         assert not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
         assert reap_dead_runs(instance) == []
+
+
+STEPS_IN_SUBPROCESSES = """
+import sys, time
+import dagster as dg
+
+@dg.op
+def first():
+    return 1
+
+@dg.op(pool="gpu")
+def second(x):
+    time.sleep(300)
+
+@dg.job(executor_def=dg.multiprocess_executor)
+def two_steps():
+    second(first())
+
+if __name__ == "__main__":
+    with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
+        dg.execute_job(dg.reconstructable(two_steps), instance=instance)
+"""
+
+
+def test_a_live_run_waiting_for_the_gpu_pool_is_not_reaped(tmp_path):
+    """Under the multiprocess executor (the default for runs launched from the UI) each step has its own process,
+    which ends while the run goes on. With `first` done in its own (ended) process and `second` waiting for the
+    `gpu` slot, the reaper must judge the run by its orchestrator (the process that logged RUN_START) and leave
+    it alone; once the orchestrator is killed, the run is marked failed."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from imagegen_pipeline.defs.dead_runs import reap_dead_runs, worker_pid
+    from imagegen_pipeline.paths import REPO_ROOT
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    script = tmp_path / "two_steps.py"
+    script.write_text(STEPS_IN_SUBPROCESSES)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("gpu", 1)
+        storage.claim_concurrency_slot("gpu", "another-training", "dcgan_checkpoint")  # the GPU is busy
+        orchestrator = subprocess.Popen([sys.executable, str(script), str(home)], cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 180
+            while True:  # `first` has finished in its own process; `second` waits for the slot
+                assert orchestrator.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+                runs = instance.get_runs()
+                events = [r.event_log_entry.dagster_event for r in instance.get_records_for_run(
+                    runs[0].run_id).records] if runs else []
+                if any(e is not None and e.step_key == "first" and e.event_type_value == "STEP_SUCCESS"
+                       for e in events):
+                    break
+            time.sleep(3)  # the step process has exited by now
+            [run] = runs
+            assert worker_pid(instance, run) == orchestrator.pid
+            assert reap_dead_runs(instance) == [] and instance.get_run_by_id(run.run_id).status.value == "STARTED"
+            orchestrator.send_signal(signal.SIGKILL)
+            orchestrator.wait()
+            assert reap_dead_runs(instance) == [run.run_id]
+            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        finally:
+            if orchestrator.poll() is None:
+                orchestrator.kill()
+                orchestrator.wait()

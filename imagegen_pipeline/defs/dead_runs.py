@@ -3,7 +3,7 @@ their `gpu` pool slot, so the next run of that dataset (a resume) queues behind 
 run failed when its own child dies, but not when the code server died with it, and the DefaultRunLauncher has no
 worker health check for run monitoring. This finds such runs and marks them failed, freeing their slots.
 
-A run's worker is the process id on its engine events ("Executing steps in process (pid: N)"); for CLI runs, the
+A run's worker is the process that logged its RUN_START (the orchestrator, not a step process); for CLI runs, the
 `imagegen/cli_process` tag (host:pid). A pid is only judged on this machine: runs launched elsewhere (any other
 run launcher) and CLI runs of other hosts are left alone.
 """
@@ -36,11 +36,11 @@ def worker_pid(instance: dg.DagsterInstance, run: dg.DagsterRun) -> int | None:
         return int(pid) if host == socket.gethostname() and pid.isdigit() else None
     if type(instance.run_launcher).__name__ != "DefaultRunLauncher":
         return None
-    records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT, limit=20,
-                                           ascending=False).records
-    pids = [r.event_log_entry.dagster_event.pid for r in records
-            if r.event_log_entry.dagster_event is not None and r.event_log_entry.dagster_event.pid]
-    return pids[0] if pids else None
+    # RUN_START comes from the process that orchestrates the run. Engine events also come from step processes
+    # (the multiprocess executor), which end between steps while the run lives on: never judge by those.
+    records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_START, limit=1).records
+    event = records[0].event_log_entry.dagster_event if records else None
+    return event.pid if event is not None and event.pid else None
 
 
 def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
