@@ -235,8 +235,8 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     except mlflow.exceptions.MlflowException as exc:
         print(f"error: cannot load a generator: {exc}\n(train one with `imagegen train {dataset}`)", file=sys.stderr)
         return 2
-    for note in loaded.notes:
-        print(f"note: no {note.split(': ')[0]} yet (evaluation promotes the champion)", file=sys.stderr)
+    for skipped_uri, _ in loaded.skipped:
+        print(f"note: no {skipped_uri} yet (evaluation promotes the champion)", file=sys.stderr)
     model, uri = loaded.model, loaded.description
     conditioning = (model.metadata.metadata or {}).get("conditioning", "?")
     print(f"generator {uri} (conditioning: {conditioning})")

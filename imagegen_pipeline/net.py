@@ -8,6 +8,7 @@ import socket
 import sys
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})  # host names that always mean this machine
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -28,7 +29,7 @@ def url_for(host: str, port: int) -> str:
 
 def is_loopback(host: str) -> bool:
     """Whether binding to `host` keeps a server on this machine (a loopback address or `localhost`)."""
-    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain"):
+    if host.lower().rstrip(".") in LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback

@@ -33,7 +33,7 @@ from pathlib import Path
 from imagegen_pipeline.paths import DataPaths
 from imagegen_pipeline.review.pairs import GeneratorSource, ReviewItem
 from imagegen_pipeline.review.store import Answer, DuplicateAnswer, ReviewStore, review_summary, reviews_db
-from imagegen_pipeline.net import url_for, warn_if_exposed
+from imagegen_pipeline.net import LOOPBACK_NAMES, url_for, warn_if_exposed
 
 MAX_BODY = 4096  # bytes; an answer is about 100
 MAX_CONNECTIONS = 32  # connections served at once; a page load opens about 10
@@ -42,7 +42,6 @@ SIDES = ("left", "right")
 PAGE_FILE = Path(__file__).with_name("page.html")
 _IMG_PATH = re.compile(r"/img/([A-Za-z0-9_-]{1,64})/(left|right)\.png")
 COOKIE = "imagegen_reviewer"
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain"})
 
 
 class RequestError(Exception):
@@ -144,8 +143,8 @@ class ReviewHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, payload: dict) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
+    def _json(self, status: int, payload: dict, *, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), "application/json", headers=headers)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own errors (bad request line, unsupported method, ...) as JSON too."""
@@ -213,8 +212,7 @@ class ReviewHandler(BaseHTTPRequestHandler):
             self._send(200, page, "text/html; charset=utf-8",
                        headers=self._cookie_headers({"Content-Security-Policy": csp}))
         elif path == "/api/items":
-            self._send(200, json.dumps(self.app.item_list()).encode(), "application/json",
-                       headers=self._cookie_headers({}))
+            self._json(200, self.app.item_list(), headers=self._cookie_headers({}))
         elif path == "/api/summary":
             self._json(200, self.app.summary())
         elif m := _IMG_PATH.fullmatch(path):

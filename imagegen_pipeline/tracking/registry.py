@@ -84,7 +84,7 @@ class LoadedModel:
     name: str
     version: str
     description: str  # for people: "imagegen-generator-mnist v3 (@champion)"
-    notes: tuple[str, ...] = ()  # the URIs tried before it, and why they failed
+    skipped: tuple[tuple[str, str], ...] = ()  # (uri, why it failed to load) for the URIs tried before it
 
 
 def load_registered(name: str, model_uri: str | None = None,
@@ -92,12 +92,12 @@ def load_registered(name: str, model_uri: str | None = None,
     """`model_uri` if given, else models:/name@<alias> for the first alias that loads (the champion, and before
     evaluation has promoted one, the candidate). MlflowException lists every URI tried and why it failed."""
     uris = [model_uri] if model_uri else [f"models:/{name}@{alias}" for alias in aliases]
-    notes: list[str] = []
+    skipped: list[tuple[str, str]] = []
     for uri in uris:
         try:
             if not uri.startswith("models:/"):
                 model = mlflow.pyfunc.load_model(uri)
-                return LoadedModel(model, uri, model.metadata.model_uuid or "?", uri, tuple(notes))
+                return LoadedModel(model, uri, model.metadata.model_uuid or "?", uri, tuple(skipped))
             model_name, _, alias = uri[len("models:/"):].partition("@")
             if alias:
                 version = MlflowClient().get_model_version_by_alias(model_name, alias).version
@@ -105,10 +105,10 @@ def load_registered(name: str, model_uri: str | None = None,
                 model_name, _, version = model_name.partition("/")
             model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
             return LoadedModel(model, model_name, str(version),
-                               f"{model_name} v{version}" + (f" (@{alias})" if alias else ""), tuple(notes))
+                               f"{model_name} v{version}" + (f" (@{alias})" if alias else ""), tuple(skipped))
         except (MlflowException, OSError) as exc:
-            notes.append(f"{uri}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
-    raise MlflowException("; ".join(notes))
+            skipped.append((uri, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+    raise MlflowException("; ".join(f"{uri}: {why}" for uri, why in skipped))
 
 
 def current_alias_holder(name: str, alias: str = CHAMPION, *, client: MlflowClient | None = None
