@@ -14,6 +14,7 @@ $(VENV)/.installed: pyproject.toml requirements.lock requirements-data.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
 	$(BIN)/pip install -q --no-deps -r requirements-data.txt
+	$(BIN)/python -m imagegen_pipeline.ml.metrics.lpips_weights
 	touch $@
 
 # Debian packages the tests use: Fashion-MNIST files, and Chromium + its WebDriver for the UI browser tests.

@@ -33,7 +33,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from train_throughput import BaselineD, BaselineG, weights_init  # noqa: E402  (the recipe's nets, one copy)
 
-from imagegen_pipeline.defs.dcgan import DcganTrainConfig, _core_config  # noqa: E402
+from imagegen_pipeline.defs.dcgan import DcganTrainConfig  # noqa: E402
+from imagegen_pipeline.stages.dcgan import model_config  # noqa: E402
 from imagegen_pipeline.ml.dcgan import DCGANConfig, TrainData, generate, load_generator, train_dcgan  # noqa: E402
 from imagegen_pipeline.ml.dcgan.monitor import pixel_spread, within_label_spread  # noqa: E402
 from imagegen_pipeline.ml.dcgan.sample import to_uint8  # noqa: E402
@@ -50,7 +51,9 @@ def ours_config(preset: str, reader: ShardReader, dataset: str, steps: int | Non
     whether the asset would train in bf16 on this CPU."""
     over = preset_run_config(preset)["ops"].get("dcgan_checkpoint", {}).get("config", {})
     asset = DcganTrainConfig(**{k: v for k, v in over.items() if k not in ("device", "compile", "conditioning")})
-    cfg = _core_config(asset, reader, dataset, "class")
+    c, h, _ = reader.shape
+    cfg = model_config(asset.to_job(), resolution=h, channels=c, conditioning="class",
+                       num_classes=len(reader.class_names), extra={"dataset": dataset})
     return cfg.replace(steps=steps or cfg.steps, sample_every=10**9, checkpoint_every=10**9, log_every=100,
                        num_samples=10), asset.cpu_bf16
 

@@ -105,6 +105,14 @@ def _load_config_file(path: str | None) -> dict:
     return json.loads(text)
 
 
+# flags of `imagegen features` and `imagegen train`: fields of the asset Configs (test_config_defaults checks), so
+# an unset flag keeps the Config's default, which is the core dataclass's
+FEATURE_FLAGS = ("device", "input_size", "head_epochs", "finetune_epochs", "max_train_images", "max_val_images",
+                 "batch_size")
+TRAIN_FLAGS = ("device", "steps", "batch_size", "ngf", "ndf", "checkpoint_every", "sample_every", "conditioning",
+               "init_from", "family")
+
+
 def _run_config(args: argparse.Namespace, flags_by_op: dict[str, tuple[str, ...]]) -> dict:
     """The --preset's ops, then the --config file's `ops`, then the CLI flags that were given, op by op."""
     ops = preset_run_config(args.preset)["ops"] if getattr(args, "preset", None) else {}
@@ -117,9 +125,7 @@ def _run_config(args: argparse.Namespace, flags_by_op: dict[str, tuple[str, ...]
 
 def cmd_features(args: argparse.Namespace, paths: DataPaths) -> int:
     dataset = validate_dataset_name(args.dataset)
-    run_config = _run_config(args, {"feature_extractor": ("device", "input_size", "head_epochs", "finetune_epochs",
-                                                          "max_train_images", "max_val_images", "batch_size"),
-                                    "image_embeddings": ("device",)})
+    run_config = _run_config(args, {"feature_extractor": FEATURE_FLAGS, "image_embeddings": ("device",)})
     extractor_cfg = run_config["ops"]["feature_extractor"]["config"]
     for cap in ("max_train_images", "max_val_images"):
         if extractor_cfg.get(cap) == 0:  # --max-train-images 0: every image
@@ -138,9 +144,7 @@ def cmd_features(args: argparse.Namespace, paths: DataPaths) -> int:
 
 def cmd_train(args: argparse.Namespace, paths: DataPaths) -> int:
     dataset = validate_dataset_name(args.dataset)
-    result = run_job("train_job", dataset, paths, _run_config(args, {"dcgan_checkpoint": (
-        "device", "steps", "batch_size", "conditioning", "ngf", "ndf", "checkpoint_every", "sample_every",
-        "init_from")}))
+    result = run_job("train_job", dataset, paths, _run_config(args, {"dcgan_checkpoint": TRAIN_FLAGS}))
     meta = _materialized(result, "dcgan_checkpoint")
     if meta:
         print(f"dcgan: {meta['steps']} steps (resumed from {meta['resumed_from_step']}), "
@@ -216,14 +220,13 @@ def cmd_ui(args: argparse.Namespace, paths: DataPaths) -> int:
 def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     """Best-of-K images for a prompt (or a class label) from the registered generator, re-ranked by how well
     their nearest training images' captions match the prompt."""
-    import mlflow
     import numpy as np
     import pandas as pd
 
-    from imagegen_pipeline.defs.artifacts import EXTRACTOR_FILE
     from imagegen_pipeline.ml.grids import image_grid, png_bytes
-    from imagegen_pipeline.ml.prompt_score import PromptScorer, best_of
-    from imagegen_pipeline.tracking.registry import load_registered, registered_name
+    from imagegen_pipeline.ml.prompt_score import PromptScorer, keep_best
+    from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE
+    from imagegen_pipeline.tracking.registry import ModelNotFound, load_registered, registered_name
     from imagegen_pipeline.tracking.store import default_tracking_uri, use_store
 
     dataset = validate_dataset_name(args.dataset)
@@ -232,7 +235,7 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     use_store(default_tracking_uri(paths))
     try:
         loaded = load_registered(registered_name("generator", dataset), args.model_uri)
-    except mlflow.exceptions.MlflowException as exc:
+    except ModelNotFound as exc:
         print(f"error: cannot load a generator: {exc}\n(train one with `imagegen train {dataset}`)", file=sys.stderr)
         return 2
     for skipped_uri, _ in loaded.skipped:
@@ -261,12 +264,11 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
                              **({"label": args.label} if args.label else {})} for s in range(0, total, 256)])
     images = model.predict(request, params={"format": "array"})  # uint8 (n * k, H, W, C), seed s -> row s - seed
     if scorer is not None:
-        scores, nearest = scorer.score(images, text)
-        keep = best_of(scores, k=k)
+        keep, scores, nearest = keep_best(scorer, images, text, k=k)
         print(f"best of {k} per image, scored against {text!r} (mean cosine of the 5 nearest training images' "
               "captions):")
         for rank, i in enumerate(keep):
-            print(f"{rank:3d}  seed {args.seed + int(i)}  score {scores[i]:.4f}  nearest: {nearest[i]}")
+            print(f"{rank:3d}  seed {args.seed + int(i)}  score {scores[rank]:.4f}  nearest: {nearest[rank]}")
     else:
         keep = np.arange(len(images))
     out = Path(args.out)
@@ -287,9 +289,7 @@ def cmd_serve(args: argparse.Namespace, paths: DataPaths) -> int:
     """Become `mlflow models serve` for models:/imagegen-generator-<dataset>@<alias>, over the project's store.
 
     exec, not a child: Ctrl-C and SIGTERM reach MLflow directly, and nothing is left behind when it stops."""
-    import mlflow
-
-    from imagegen_pipeline.tracking.registry import registered_name
+    from imagegen_pipeline.tracking.registry import ModelNotFound, registered_name, version_for_alias
     from imagegen_pipeline.tracking.store import default_tracking_uri
     from imagegen_pipeline.net import url_for, warn_if_exposed
 
@@ -297,10 +297,9 @@ def cmd_serve(args: argparse.Namespace, paths: DataPaths) -> int:
     dataset = validate_dataset_name(args.dataset)
     name, tracking_uri = registered_name("generator", dataset), default_tracking_uri(paths)
     try:
-        mv = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri).get_model_version_by_alias(
-            name, args.alias)
-    except mlflow.exceptions.MlflowException as exc:
-        print(f"error: no models:/{name}@{args.alias} in {tracking_uri}: {str(exc).splitlines()[0]}\n"
+        version = version_for_alias(tracking_uri, name, args.alias)
+    except ModelNotFound as exc:
+        print(f"error: {exc}\n"
               f"(`imagegen train {dataset}` registers @candidate; evaluation promotes @champion; "
               "try --alias candidate)", file=sys.stderr)
         return 2
@@ -310,7 +309,7 @@ def cmd_serve(args: argparse.Namespace, paths: DataPaths) -> int:
     argv = [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{name}@{args.alias}",
             "--env-manager", "local", "-h", args.host, "-p", str(args.port)]
     base = url_for(args.host, args.port)
-    print(f"serving {name} v{mv.version} (@{args.alias}) on {base}/invocations "
+    print(f"serving {name} v{version} (@{args.alias}) on {base}/invocations "
           f"(store {tracking_uri})\ntry: curl -s {base}/invocations -H 'Content-Type: "
           "application/json' -d '{\"dataframe_split\": {\"columns\": [\"label\", \"seed\", \"count\"], "
           "\"data\": [[\"3\", 7, 2]]}, \"params\": {\"format\": \"png\"}}'", flush=True)
@@ -360,8 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     feat.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section), flags override it")
     feat.add_argument("--device", choices=["auto", "cpu", "cuda"])
     feat.add_argument("--preset", choices=sorted(PRESETS), help="named sizes (see `imagegen presets`)")
-    for flag in ("input-size", "head-epochs", "finetune-epochs", "max-train-images", "max-val-images", "batch-size"):
-        feat.add_argument(f"--{flag}", type=int, help="0 = all images" if flag.startswith("max-") else None)
+    for name in FEATURE_FLAGS[1:]:  # the int fields
+        feat.add_argument(f"--{name.replace('_', '-')}", type=int, help="0 = all images" if name.startswith("max_")
+                          else None)
     feat.set_defaults(func=cmd_features)
     tr = sub.add_parser("train", help="train or resume the dataset's DCGAN and register it (train_job)")
     tr.add_argument("dataset")
@@ -370,8 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", choices=sorted(PRESETS), help="named sizes (see `imagegen presets`)")
     tr.add_argument("--conditioning", choices=["auto", "none", "class", "text"])
     tr.add_argument("--init-from", help="start from this dataset's trained DCGAN")
-    for flag in ("steps", "batch-size", "ngf", "ndf", "checkpoint-every", "sample-every"):
-        tr.add_argument(f"--{flag}", type=int)
+    tr.add_argument("--family", choices=["dcgan", "vae"], help="model family (default dcgan); both compete for "
+                                                               "champion under the same gate")
+    for name in TRAIN_FLAGS[1:-3]:  # the int fields
+        tr.add_argument(f"--{name.replace('_', '-')}", type=int)
     tr.set_defaults(func=cmd_train)
     ev = sub.add_parser("evaluate", help="evaluate the latest generator under a named protocol, then promote it "
                                          "if it is better (evaluate_job)")
@@ -424,6 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     rev.add_argument("--model-uri", help="default models:/imagegen-generator-<dataset>@champion, else @candidate, "
                                          "else data/models/<dataset>/generator.safetensors")
     rev.set_defaults(func=cmd_review)
+    from imagegen_pipeline.project_cli import add_parser as add_project
+
+    add_project(sub)
     return p
 
 

@@ -1,11 +1,12 @@
-"""The one `Definitions` of the code location: assets, checks, jobs, schedules, sensors and resources, by hand."""
+"""The one `Definitions` of the code location: assets, checks, jobs, sensors and resources, by hand."""
 
 import dagster as dg
 
+from imagegen_pipeline.defs.automation import retrain_when_data_changes
 from imagegen_pipeline.defs.captions import caption_assets
 from imagegen_pipeline.defs.checks import ingestion_checks
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
-from imagegen_pipeline.defs.evaluation import evaluation_checks, evaluation_report
+from imagegen_pipeline.defs.evaluation import evaluation_assets
 from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
 from imagegen_pipeline.defs.feature_checks import feature_checks
 from imagegen_pipeline.defs.gallery import gallery_assets
@@ -14,16 +15,14 @@ from imagegen_pipeline.defs.jobs import (captions_job, evaluate_job, features_jo
                                         text_job, train_job)
 from imagegen_pipeline.defs.prompts import prompt_assets
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
-from imagegen_pipeline.defs.schedules import retrain_changed_datasets
 from imagegen_pipeline.defs.dead_runs import dead_run_sensor
 from imagegen_pipeline.defs.sensors import landing_sensor
 
 defs = dg.Definitions(
-    assets=[raw_images, image_shards, feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report,
+    assets=[raw_images, image_shards, feature_extractor, image_embeddings, dcgan_checkpoint, *evaluation_assets,
             *gallery_assets, *caption_assets, *prompt_assets],
-    asset_checks=[*ingestion_checks, *feature_checks, *evaluation_checks],
+    asset_checks=[*ingestion_checks, *feature_checks],
     jobs=[ingest_job, features_job, captions_job, train_job, evaluate_job, retrain_job, pipeline_job, text_job],
-    schedules=[retrain_changed_datasets],
-    sensors=[landing_sensor, dead_run_sensor],
+    sensors=[landing_sensor, dead_run_sensor, retrain_when_data_changes],
     resources={"storage": ImagegenStorage(), "mlflow_tracker": MlflowTracker()},
 )

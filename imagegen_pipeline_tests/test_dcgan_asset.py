@@ -51,8 +51,11 @@ def metadata(result) -> dict:
     return {k: v.value for k, v in mat.metadata.items()}
 
 
-def test_trained_generator_is_registered_and_generates_by_label_and_seed(mnist_shards, instance, mlflow_uri):
-    """The EMA generator loads back by version and alias and gives the same images for the same seed."""
+def test_trained_generator_is_registered_and_generates_by_label_and_seed(mnist_shards, instance, mlflow_uri,
+                                                                         monkeypatch):
+    """The EMA generator loads back by version and alias and gives the same images for the same seed; the run
+    records the shards it read as its input dataset and samples the machine's load."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     result = train(mnist_shards, instance)
     assert result.success
     meta = metadata(result)
@@ -67,6 +70,10 @@ def test_trained_generator_is_registered_and_generates_by_label_and_seed(mnist_s
     assert math.isfinite(run.data.metrics["loss_d"]) and math.isfinite(run.data.metrics["loss_g"])  # logged, finite
     assert len(client.get_metric_history(run.info.run_id, "loss_g")) == 3  # log_every=2 over 6 steps
     assert "checkpoint" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    [shards] = [d.dataset for d in run.inputs.dataset_inputs]
+    assert shards.name == "mnist-shards" and shards.digest == mv.tags["imagegen.shards"][:36]
+    assert str(mnist_shards.shards("mnist")) in shards.source
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)
 
     request = pd.DataFrame({"label": ["3", "7"], "seed": [11, 11], "count": [4, 2]})
     for uri in ("models:/imagegen-generator-mnist/1", "models:/imagegen-generator-mnist@candidate"):

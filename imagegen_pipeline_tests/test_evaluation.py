@@ -1,4 +1,4 @@
-"""evaluation_report + the champion promotion check, through real Dagster runs, real Inception and real MLflow."""
+"""evaluation_report + the generator_champion promotion asset, through real Dagster runs, real Inception and real MLflow."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import pytest
 
 from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
-from imagegen_pipeline.defs.evaluation import evaluation_checks, evaluation_report
+from imagegen_pipeline.defs.evaluation import evaluation_report, generator_champion
 from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml.metrics.inception import DETECTOR_ID
 from imagegen_pipeline.tracking.registry import METRIC_TAG, PROTOCOL_TAG
+from imagegen_pipeline.tracking.tracker import logged_model_id
 from imagegen_pipeline_tests.conftest import run_ingest
 from imagegen_pipeline_tests.test_dcgan_asset import TINY_GAN
 from imagegen_pipeline_tests.test_features_assets import TINY_EXTRACTOR
@@ -49,15 +50,16 @@ def run(paths, instance, assets, **ops) -> dg.ExecuteInProcessResult:
 
 
 def promotion(result) -> tuple[bool, str]:
-    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "generator_promotion"]
-    return check.passed, check.metadata["reason"].value
+    """What the run's generator_champion materialization decided, and why."""
+    [mat] = result.asset_materializations_for_node("generator_champion")
+    return mat.metadata["promoted"].value, mat.metadata["reason"].value
 
 
 def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, instance, mlflow_uri):
     """All metrics land in JSON/HTML/metadata and the generator's MLflow run; v1 takes `champion`."""
     paths = trained
     result = run(paths, instance, [feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report,
-                                   *evaluation_checks])
+                                   generator_champion])
     [mat] = result.asset_materializations_for_node("evaluation_report")
     meta = {k: v.value for k, v in mat.metadata.items()}
     for key in ("fid", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "real_floor_fid"):
@@ -76,6 +78,8 @@ def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, 
     assert str(champion.version) == "1" and float(champion.tags[METRIC_TAG + "fid"]) == pytest.approx(meta["fid"])
     run_data = client.get_run(champion.run_id).data
     assert run_data.metrics["eval_fid"] == pytest.approx(meta["fid"])
+    scored = {m.key: m.value for m in client.get_logged_model(logged_model_id(champion)).metrics}  # LoggedModel
+    assert scored["eval_fid"] == pytest.approx(meta["fid"]) and "eval_conditional_accuracy" in scored
     assert "evaluation" in {a.path for a in client.list_artifacts(champion.run_id)}
     # the protocol travels with every figure: report, Markdown, MLflow run tags and the registered version
     protocol = report["protocol"]
@@ -91,7 +95,7 @@ def test_champion_moves_only_to_a_measurably_better_evaluated_generator(trained,
     """Every version is trained and scored for real: 6 steps, then 300 (clearly better: takes the alias), then
     6 steps with another seed (worse: v2 stays champion, and the reason names the FIDs and the margin)."""
     paths = trained
-    chain = [dcgan_checkpoint, evaluation_report, *evaluation_checks]
+    chain = [dcgan_checkpoint, evaluation_report, generator_champion]
     run(paths, instance, [feature_extractor, image_embeddings, *chain])
     better = run(paths, instance, chain, dcgan_checkpoint={**TINY_GAN, "steps": 300, "checkpoint_every": 100,
                                                             "sample_every": 100, "log_every": 50})
@@ -113,7 +117,7 @@ def test_champion_scored_under_another_protocol_is_rescored_before_the_compariso
     """Issue 13.2: FID at 20 samples and at 30 do not compare. Evaluating v2 at 30 re-scores champion v1's
     registered weights at 30 first; its tags then carry the new protocol, and the decision compares like with like."""
     paths = trained
-    chain = [dcgan_checkpoint, evaluation_report, *evaluation_checks]
+    chain = [dcgan_checkpoint, evaluation_report, generator_champion]
     run(paths, instance, [feature_extractor, image_embeddings, *chain])
     mlflow.set_tracking_uri(mlflow_uri)
     client = mlflow.MlflowClient()
@@ -131,7 +135,7 @@ def test_a_champion_whose_weights_are_gone_is_kept_not_a_crash_of_the_evaluation
     """When the champion cannot be re-scored (its registered weights left the artifact store), the candidate is
     still judged, the report says why, and the champion stays: scores of two protocols are never compared."""
     paths = trained
-    chain = [dcgan_checkpoint, evaluation_report, *evaluation_checks]
+    chain = [dcgan_checkpoint, evaluation_report, generator_champion]
     run(paths, instance, [feature_extractor, image_embeddings, *chain])
     mlflow.set_tracking_uri(mlflow_uri)
     client = mlflow.MlflowClient()
@@ -152,7 +156,7 @@ def test_quality_gate_rejects_a_rigged_short_run_even_as_the_first_model(trained
     default gate: it is registered with the tag `rejected` and the reason, and no `champion` alias appears."""
     paths = trained
     result = run(paths, instance, [feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report,
-                                   *evaluation_checks], evaluation_report=TINY_EVAL)
+                                   generator_champion], evaluation_report=TINY_EVAL)
     passed, reason = promotion(result)
     assert not passed and reason.startswith("version 1 failed the quality gate:") and "no champion yet" in reason
     [mat] = result.asset_materializations_for_node("evaluation_report")
@@ -190,3 +194,44 @@ def test_evaluation_scores_the_registered_version_with_the_judge_it_was_trained_
     assert second["headline"]["fid"] == pytest.approx(first["headline"]["fid"], rel=1e-6)
     assert second["headline"]["conditional_accuracy"] == pytest.approx(first["headline"]["conditional_accuracy"])
     assert mat.metadata["protocol"].value == first["protocol"]["key"]
+
+
+def test_the_champion_asset_materialized_on_its_own_decides_on_the_last_evaluation(trained, instance, mlflow_uri):
+    """Promotion is an asset (issue 15.6): evaluated in one run, promoted in a later one from the UI, it judges the
+    version the last evaluation scored and records which evaluation that was; with nothing evaluated it fails."""
+    paths = trained
+    alone = dg.materialize([generator_champion], partition_key="mnist", instance=instance, raise_on_error=False,
+                           resources={"storage": ImagegenStorage(home=str(paths.home)),
+                                      "mlflow_tracker": MlflowTracker()})
+    assert not alone.success
+    assert any("no evaluation to promote from" in str(e.event_specific_data.error) for e in alone.all_events
+               if e.is_step_failure)
+    run(paths, instance, [feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report])
+    later = run(paths, instance, [generator_champion])
+    [mat] = later.asset_materializations_for_node("generator_champion")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert meta["promoted"] and meta["judged"] == f"{GENERATOR} v1" and meta["champion_now"] == "1"
+    assert meta["judged_in"] == "the last evaluation (an earlier run)"
+    assert "/#/models/imagegen-generator-mnist/versions/1" in meta["mlflow_model"]
+
+
+def test_a_vae_is_registered_beside_the_dcgan_and_competes_under_the_same_gate(trained, instance, mlflow_uri):
+    """Issue 16.3: the second family trains in the same asset (family: vae), is registered under the same name with
+    its family tag, is scored by the same protocol, and the champion decision compares it like any version; the
+    report's family table has one row per family."""
+    paths = trained
+    chain = [dcgan_checkpoint, evaluation_report, generator_champion]
+    run(paths, instance, [feature_extractor, image_embeddings, *chain])
+    second = run(paths, instance, chain, dcgan_checkpoint={**TINY_GAN, "family": "vae", "steps": 40})
+    [mat] = second.asset_materializations_for_node("dcgan_checkpoint")
+    assert mat.metadata["family"].value == "vae"
+    report = json.loads((paths.reports("mnist") / "eval-v2" / "report.json").read_text())
+    assert {r["family"]: r["version"] for r in report["families"]} == {"dcgan": "1", "vae": "2"}
+    assert all(r["fid"] > 0 and r["train_seconds"] > 0 for r in report["families"])
+    [eval_mat] = second.asset_materializations_for_node("evaluation_report")
+    assert "| vae | 2 |" in eval_mat.metadata["families"].value and "| dcgan | 1 |" in eval_mat.metadata["summary"].value
+    mlflow.set_tracking_uri(mlflow_uri)
+    tags = mlflow.MlflowClient().get_model_version(GENERATOR, "2").tags
+    assert tags["imagegen.family"] == "vae" and tags[PROTOCOL_TAG] == report["protocol"]["key"]
+    _, reason = promotion(second)
+    assert reason.startswith(("better than v1: fid", "kept v1 as champion: fid"))

@@ -38,7 +38,7 @@ def pattern_images(n: int, channels: int, *, seed: int) -> tuple[torch.Tensor, t
 
 def tiny_config(**overrides) -> ExtractorConfig:
     base = dict(input_size=32, batch_size=24, head_epochs=2, finetune_epochs=2, unfreeze_blocks=3,
-                lr_head=1e-2, lr_finetune=1e-4, lr_scratch=1e-3, embed_batch_size=64, seed=0)
+                lr_head=1e-2, lr_finetune=1e-4, lr_scratch=1e-3, embed_batch_size=64, seed=0, train_baseline=True)
     return ExtractorConfig(**{**base, **overrides})
 
 

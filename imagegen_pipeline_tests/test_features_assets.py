@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from imagegen_pipeline.datasets import import_dataset
-from imagegen_pipeline.defs.extractor import SUMMARY_FILE, feature_extractor, image_embeddings
+from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
+from imagegen_pipeline.stages.artifacts import EXTRACTOR_SUMMARY as SUMMARY_FILE
 from imagegen_pipeline.defs.feature_checks import feature_checks
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml import quality_checks

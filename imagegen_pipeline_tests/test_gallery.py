@@ -14,7 +14,8 @@ from PIL import Image
 from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
-from imagegen_pipeline.defs.gallery import LATEST_FILE, gallery_assets, sample_gallery
+from imagegen_pipeline.defs.gallery import gallery_assets, sample_gallery
+from imagegen_pipeline.stages.gallery import LATEST_FILE
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml.dcgan import DCGANConfig, Generator
 from imagegen_pipeline.ml.extractor import build_extractor, embed_images

@@ -164,7 +164,7 @@ def test_reingesting_the_same_files_keeps_the_shards_stamp(mnist_slice, instance
     """Issue 13.7: the stamp names training runs (resume) and the schedule's change detection. It hashed
     description.json, which holds a random file token and created_at, so every re-ingest started training from
     step 0. It must change only with the content."""
-    from imagegen_pipeline.defs.common import shards_stamp
+    from imagegen_pipeline.stages.common import shards_stamp
 
     paths = mnist_slice
     assert run_ingest(instance, "mnist").success

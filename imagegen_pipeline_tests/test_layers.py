@@ -1,6 +1,7 @@
-"""The layers, as imports (issue 15): the core (plain PyTorch, files, data) never imports Dagster, MLflow or
-anything above it, and no asset module imports another; what assets share lives in defs/artifacts.py and
-defs/common.py. Every import counts, also those inside functions."""
+"""The layers, as imports (issue 15): defs/ (Dagster) -> stages/ -> tracking/ (MLflow) and the core (plain
+PyTorch, files, data). The core never imports Dagster, MLflow or anything above it; the stages never import
+Dagster; only tracking/ and serving/ import MLflow; no asset module imports another (they name each other by key
+in defs/artifacts.py) and every asset is a thin call into its stage. Every import counts, also inside functions."""
 
 from __future__ import annotations
 
@@ -29,17 +30,51 @@ def imports(path: Path) -> set[str]:
 
 
 def asset_modules() -> set[str]:
-    """defs/ modules that define an asset (`@dg.asset`/`@dg.multi_asset`)."""
+    """defs/ modules that define an asset or an asset check."""
     return {p.stem for p in (PACKAGE / "defs").glob("*.py")
-            if "@dg.asset(" in p.read_text() or "@dg.multi_asset(" in p.read_text()}
+            if any(f"@dg.{d}(" in p.read_text() for d in ("asset", "multi_asset", "asset_check"))}
+
+
+def python_files(*parts: str) -> list[Path]:
+    return [f for part in parts for f in ([PACKAGE / part] if part.endswith(".py") else (PACKAGE / part).rglob("*.py"))]
+
+
+def offending(files: list[Path], tops: tuple[str, ...]) -> set[str]:
+    return {f"{f.relative_to(PACKAGE)} imports {m}" for f in files for m in imports(f)
+            if any(m == top or m.startswith(top + ".") for top in tops)}
 
 
 def test_the_core_imports_nothing_above_it():
-    files = [f for part in CORE for f in ([PACKAGE / part] if part.endswith(".py") else (PACKAGE / part).rglob("*.py"))]
+    files = python_files(*CORE)
     assert len(files) > 40
-    wrong = {f"{f.relative_to(PACKAGE)} imports {m}" for f in files for m in imports(f)
-             if any(m == top or m.startswith(top + ".") for top in ABOVE_CORE)}
+    wrong = offending(files, ABOVE_CORE + ("imagegen_pipeline.stages",))
     assert not wrong, sorted(wrong)
+
+
+def test_the_stages_import_no_dagster_and_talk_to_mlflow_only_through_the_tracker():
+    files = python_files("stages")
+    assert len(files) >= 8
+    wrong = offending(files, ("dagster", "mlflow", "imagegen_pipeline.defs", "imagegen_pipeline.definitions",
+                              "imagegen_pipeline.cli", "imagegen_pipeline.ui"))
+    assert not wrong, sorted(wrong)
+
+
+def test_only_tracking_and_serving_import_mlflow():
+    files = [f for f in PACKAGE.rglob("*.py") if f.relative_to(PACKAGE).parts[0] not in ("tracking", "serving")]
+    wrong = offending(files, ("mlflow",))
+    assert not wrong, sorted(wrong)
+
+
+def test_every_asset_body_is_a_thin_call_into_its_stage():
+    """Config in, one stage call, metadata out: at most 40 lines from `def` to the last line (issue 15.1)."""
+    long = {}
+    for f in (PACKAGE / "defs").glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.FunctionDef) and any(
+                    "asset" in ast.unparse(d).split("(")[0] for d in node.decorator_list):
+                if node.end_lineno - node.lineno + 1 > 40:
+                    long[f"{f.name}:{node.name}"] = node.end_lineno - node.lineno + 1
+    assert not long, long
 
 
 def test_no_asset_module_imports_another():

@@ -3,18 +3,17 @@ CPU with the preset's own architecture and loss settings (CI has no GPU; the ful
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from imagegen_pipeline.defs.dcgan import DcganTrainConfig, _core_config
+from imagegen_pipeline.defs.dcgan import DcganTrainConfig
 from imagegen_pipeline.defs.evaluation import EvaluationConfig
 from imagegen_pipeline.defs.extractor import FeatureExtractorConfig, ImageEmbeddingsConfig
 from imagegen_pipeline.defs.gallery import SampleGalleryConfig
 from imagegen_pipeline.ml.dcgan import TrainData, train_dcgan
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.presets import PRESETS, preset_run_config
+from imagegen_pipeline.stages.dcgan import model_config
 
 CONFIGS = {"feature_extractor": FeatureExtractorConfig, "image_embeddings": ImageEmbeddingsConfig,
            "dcgan_checkpoint": DcganTrainConfig, "evaluation_report": EvaluationConfig,
@@ -38,12 +37,13 @@ def test_gpu_preset_dcgan_takes_its_first_steps_on_cpu(name, tmp_path, one_threa
     over = preset_run_config(name)["ops"]["dcgan_checkpoint"]["config"]
     config = DcganTrainConfig(**{**over, "device": "cpu", "steps": 2, "batch_size": 4, "compile": False})
     text = over["conditioning"] == "text"
-    reader = SimpleNamespace(shape=(3, 64, 64) if text else (1, 32, 32), class_names=[str(i) for i in range(10)])
-    cfg = _core_config(config, reader, "presettest", over["conditioning"])
+    shape = (3, 64, 64) if text else (1, 32, 32)
+    cfg = model_config(config.to_job(), resolution=shape[1], channels=shape[0], conditioning=over["conditioning"],
+                       num_classes=10 if over["conditioning"] == "class" else 0, extra={"dataset": "presettest"})
     if text:
         cfg = cfg.replace(text_dim=16)
     g = torch.Generator().manual_seed(0)
-    data = TrainData(torch.randint(0, 256, (8, *reader.shape), dtype=torch.uint8, generator=g),
+    data = TrainData(torch.randint(0, 256, (8, *shape), dtype=torch.uint8, generator=g),
                      torch.arange(8) % 10, torch.randn(8, 16, generator=g))
     result = train_dcgan(cfg, data, out_dir=tmp_path, runtime=resolve_runtime("cpu"))
     assert result.final_step == 2 and (tmp_path / "generator.safetensors").is_file()

@@ -14,7 +14,8 @@ import torch
 
 from imagegen_pipeline.defs.evaluation import evaluation_report
 from imagegen_pipeline.defs.gallery import sample_gallery
-from imagegen_pipeline.defs.prompts import grid_file, prompt_gallery
+from imagegen_pipeline.defs.prompts import prompt_gallery
+from imagegen_pipeline.stages.prompt_gallery import grid_file
 from imagegen_pipeline.ml import evaluation as core
 from imagegen_pipeline.ml.dcgan import DCGANConfig, Generator, export_generator
 from imagegen_pipeline.ml.runtime import resolve_runtime

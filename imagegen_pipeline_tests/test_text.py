@@ -19,7 +19,7 @@ from imagegen_pipeline.cli import main
 from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.defs.captions import caption_embeddings
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
-from imagegen_pipeline.defs.extractor import EXTRACTOR_FILE
+from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml import text_encoder
 from imagegen_pipeline.ml.embeddings_store import write_embeddings

@@ -1,53 +1,32 @@
-"""Helpers every ML asset shares: the partition's dataset, its shards, a stamp of their content, plots."""
+"""What every asset and check shares: the partition's dataset name (checked before any path is built from it)
+and the datasets a check looks at."""
 
-
-import hashlib
-import io
-import json
 
 import dagster as dg
 
-from imagegen_pipeline.ml.shard_reader import ShardReader
-from imagegen_pipeline.paths import DESCRIPTION_FILE, DataPaths, validate_dataset_name
+from imagegen_pipeline.defs.resources import ImagegenStorage
+from imagegen_pipeline.paths import MANIFEST_FILE, validate_dataset_name
 
 
 def dataset_of(context: dg.AssetExecutionContext) -> str:
     return validate_dataset_name(context.partition_key)
 
 
-def open_shards(paths: DataPaths, dataset: str) -> ShardReader:
-    try:
-        return ShardReader(paths.shards(dataset))
-    except FileNotFoundError as exc:
-        raise dg.Failure(f"{dataset}: {exc}") from exc
+def datasets_in_scope(context: dg.AssetCheckExecutionContext, storage: ImagegenStorage) -> list[str]:
+    """The run's partition; or, for a check launched on its own (no partition), every ingested dataset."""
+    if context.op_execution_context.has_partition_key:
+        return [context.partition_key]
+    root = storage.paths.data / "manifests"
+    return sorted(d.name for d in root.iterdir() if (d / MANIFEST_FILE).is_file()) if root.is_dir() else []
 
 
-def shards_stamp(reader: ShardReader) -> str:
-    """The shards' content key: equal after re-ingesting the same files, so a killed pipeline run resumes its
-    checkpoint and the schedule skips unchanged data. Shards written before the key existed fall back to the
-    hash of description.json."""
-    raw = (reader.dir / DESCRIPTION_FILE).read_bytes()
-    return json.loads(raw).get("content_key") or hashlib.sha256(raw).hexdigest()[:16]
-
-
-def curves_png(series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str) -> bytes:
-    """Line plots of named (x, y) series, one figure; for loss and accuracy curves in metadata."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
-    for name, points in series.items():
-        if points:
-            xs, ys = zip(*points)
-            ax.plot(xs, ys, label=name, marker="o" if len(points) < 30 else None, markersize=3)
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+def check_each(context, storage, fn) -> dg.AssetCheckResult:
+    """Run `fn(dataset) -> (passed, details)` per dataset in scope; pass only if all pass."""
+    results = {ds: fn(ds) for ds in datasets_in_scope(context, storage)}
+    if len(results) == 1:
+        [(passed, details)] = results.values()
+        return dg.AssetCheckResult(passed=passed, metadata=details)
+    failed = sorted(ds for ds, (ok, _) in results.items() if not ok)
+    return dg.AssetCheckResult(passed=bool(results) and not failed, metadata={
+        "datasets_checked": len(results), "failed": ", ".join(failed) or "none",
+        **{f"{ds}: {k}": v for ds in failed for k, v in results[ds][1].items()}})

@@ -1,23 +1,20 @@
 """Asset checks on the features stage: the extractor learned something, every image has one finite embedding."""
 
-import json
-
 import dagster as dg
 
-from imagegen_pipeline.defs.checks import check_each
-from imagegen_pipeline.defs.artifacts import EXTRACTOR_SUMMARY as SUMMARY_FILE
-from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
+from imagegen_pipeline.defs.artifacts import FEATURE_EXTRACTOR, IMAGE_EMBEDDINGS
+from imagegen_pipeline.defs.common import check_each
 from imagegen_pipeline.defs.resources import ImagegenStorage
 from imagegen_pipeline.ml import quality_checks
 from imagegen_pipeline.ml.embeddings_store import EMBEDDINGS_FILE, read_embeddings
 from imagegen_pipeline.ml.shard_reader import ShardReader
+from imagegen_pipeline.stages.artifacts import extractor_summary
 
 
 def _accuracy(storage: ImagegenStorage, dataset: str) -> tuple[bool, dict]:
-    f = storage.paths.models(dataset) / SUMMARY_FILE
-    if not f.is_file():
-        return False, {"error": f"no {f}; materialize feature_extractor"}
-    summary = json.loads(f.read_text())
+    summary = extractor_summary(storage.paths, dataset)
+    if summary is None:
+        return False, {"error": f"no extractor summary for {dataset}; materialize feature_extractor"}
     return quality_checks.accuracy_above_floor(summary, float(summary.get("min_val_accuracy", 0.5)))
 
 
@@ -28,7 +25,7 @@ def _embeddings(storage: ImagegenStorage, dataset: str):
     return read_embeddings(d)
 
 
-@dg.asset_check(asset=feature_extractor, blocking=True,
+@dg.asset_check(asset=FEATURE_EXTRACTOR, blocking=True,
                 description="Validation accuracy of the fine-tuned extractor is at least the configured floor.")
 def extractor_accuracy_above_floor(context: dg.AssetCheckExecutionContext,
                                    storage: ImagegenStorage) -> dg.AssetCheckResult:
@@ -49,13 +46,13 @@ def _finite(storage: ImagegenStorage, ds: str) -> tuple[bool, dict]:
     return (False, {"error": "no embeddings"}) if frame is None else quality_checks.embeddings_finite(frame)
 
 
-@dg.asset_check(asset=image_embeddings, blocking=True,
+@dg.asset_check(asset=IMAGE_EMBEDDINGS, blocking=True,
                 description="Exactly one embedding per accepted image (same sha256 set as the shards).")
 def one_embedding_per_image(context: dg.AssetCheckExecutionContext, storage: ImagegenStorage) -> dg.AssetCheckResult:
     return check_each(context, storage, lambda ds: _one_per_image(storage, ds))
 
 
-@dg.asset_check(asset=image_embeddings, blocking=True, description="No NaN, inf or all-zero embedding.")
+@dg.asset_check(asset=IMAGE_EMBEDDINGS, blocking=True, description="No NaN, inf or all-zero embedding.")
 def embeddings_are_finite(context: dg.AssetCheckExecutionContext, storage: ImagegenStorage) -> dg.AssetCheckResult:
     return check_each(context, storage, lambda ds: _finite(storage, ds))
 

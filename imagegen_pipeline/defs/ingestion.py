@@ -7,7 +7,7 @@ import dagster as dg
 from pydantic import Field
 
 from imagegen_pipeline.datasets.landing import read_dataset_defaults
-from imagegen_pipeline.defs.metadata import histogram_markdown, markdown_table, png_markdown
+from imagegen_pipeline.defs.metadata import materialized
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage
 from imagegen_pipeline.ingest.manifest import build_manifest, read_manifest, write_manifest
@@ -18,6 +18,7 @@ from imagegen_pipeline.ingest.validate import PixelSpec, ValidationConfig
 from imagegen_pipeline.ml.grids import image_grid, png_bytes
 from imagegen_pipeline.ml.shard_reader import ShardReader
 from imagegen_pipeline.paths import validate_dataset_name
+from imagegen_pipeline.stages.outputs import FilePath, Markdown, Png, histogram, markdown_table
 
 GROUP = "ingestion"
 
@@ -65,18 +66,18 @@ def raw_images(context: dg.AssetExecutionContext, config: RawImagesConfig,
         "unchanged_reused": stats.reused,
         "pixels_kept_for_shards": stats.stored,
         "images_per_second": round(stats.decoded / seconds, 1) if seconds else 0.0,
-        "manifest": dg.MetadataValue.path(str(manifest_path)),
-        "class_histogram": histogram_markdown(accepted["label"]),
+        "manifest": FilePath(str(manifest_path)),
+        "class_histogram": histogram(accepted["label"]),
     }
     if len(bad):
         reasons = bad["reason"].str.split(":").str[0].value_counts()
-        metadata["quarantine_reasons"] = dg.MetadataValue.md(
+        metadata["quarantine_reasons"] = Markdown(
             markdown_table(["reason", "files"], reasons.items()) + "\n\n" +
             markdown_table(["path", "reason"], bad[["path", "reason"]].head(25).itertuples(index=False)))
     if (png := preview_grid_png(landing, accepted)) is not None:
-        metadata["preview"] = png_markdown(png, "accepted images")
+        metadata["preview"] = Png(png, "accepted images")
     context.log.info(f"{dataset}: {stats.counts} in {seconds:.1f}s")
-    return dg.MaterializeResult(metadata=metadata)
+    return materialized(metadata)
 
 
 class ImageShardsConfig(dg.Config):
@@ -118,7 +119,7 @@ def image_shards(context: dg.AssetExecutionContext, config: ImageShardsConfig,
     reader = ShardReader(paths.shards(dataset))
     first = next(reader.iter_batches("train" if desc["splits"]["train"]["rows"] else "val"))
     grid = image_grid(first["images"][:64].permute(0, 2, 3, 1).numpy(), nrow=8, tile=max(32, cfg.resolution))
-    return dg.MaterializeResult(metadata={
+    return materialized({
         "dagster/row_count": desc["num_rows"],
         "train_rows": desc["splits"]["train"]["rows"],
         "val_rows": desc["splits"]["val"]["rows"],
@@ -128,6 +129,6 @@ def image_shards(context: dg.AssetExecutionContext, config: ImageShardsConfig,
         "shard_files": sum(len(s["files"]) for s in desc["splits"].values()),
         "images_per_second": round(desc["num_rows"] / seconds, 1) if seconds else 0.0,
         "pixels_from": desc["pixels_from"],
-        "shards": dg.MetadataValue.path(str(paths.shards(dataset))),
-        "preview": png_markdown(png_bytes(grid), "first shard images, as training sees them"),
-    })
+        "shards": FilePath(str(paths.shards(dataset))),
+        "preview": Png(png_bytes(grid), "first shard images, as training sees them"),
+    }, data_version=desc.get("content_key"))

@@ -1,30 +1,40 @@
-"""Small builders for Dagster metadata: inline PNGs and Markdown tables a person reads at a glance."""
+"""Stage outputs as Dagster metadata: inline PNGs, links, paths and Markdown a person reads at a glance."""
 
 
 import base64
-from collections import Counter
-from typing import Iterable, Sequence
+import contextlib
 
 import dagster as dg
+
+from imagegen_pipeline.stages.outputs import FilePath, Link, Markdown, Png, StageFailed
 
 
 def png_markdown(png: bytes, alt: str = "preview") -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
-def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    def cell(v: object) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
+def _value(v):
+    if isinstance(v, Png):
+        return png_markdown(v.data, v.caption)
+    if isinstance(v, Link):
+        return dg.MetadataValue.url(v.url)
+    if isinstance(v, FilePath):
+        return dg.MetadataValue.path(v.path)
+    if isinstance(v, Markdown):
+        return dg.MetadataValue.md(v.text)
+    return v
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+
+def materialized(metadata: dict, *, data_version: str | None = None) -> dg.MaterializeResult:
+    """A stage's report as the materialization's metadata (and, where the content has a key, its data version)."""
+    return dg.MaterializeResult(metadata={k: _value(v) for k, v in metadata.items()},
+                                data_version=dg.DataVersion(data_version) if data_version else None)
 
 
-def histogram_markdown(values: Iterable[object], *, title: str = "class", top: int = 50) -> dg.MetadataValue:
-    counts = Counter("(none)" if v is None else str(v) for v in values)
-    total = sum(counts.values()) or 1
-    rows = [(k, n, f"{100 * n / total:.1f}%", "█" * max(1, round(30 * n / max(counts.values())))) for k, n in
-            counts.most_common(top)]
-    more = f"\n\n…and {len(counts) - top} more" if len(counts) > top else ""
-    return dg.MetadataValue.md(markdown_table([title, "images", "share", ""], rows) + more)
+@contextlib.contextmanager
+def stage_failures():
+    """A stage's StageFailed becomes a dg.Failure: the UI shows its message, not a stack trace."""
+    try:
+        yield
+    except StageFailed as exc:
+        raise dg.Failure(str(exc)) from exc

@@ -6,7 +6,7 @@ The vector column is a fixed-size list of float32, so a reader gets an (N, D) ar
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,3 +52,10 @@ def read_embeddings(out_dir: Path, *, split: str | None = None) -> pd.DataFrame:
 def embedding_matrix(frame: pd.DataFrame) -> np.ndarray:
     """(N, D) float32 from the `embedding` column."""
     return np.stack(frame["embedding"].to_numpy()).astype(np.float32, copy=False) if len(frame) else np.zeros((0, 0), np.float32)
+
+
+def rows_by_sha256(wanted: Sequence[str], table: Sequence[str]) -> np.ndarray:
+    """For each content hash in `wanted`, its row in `table` (-1 where absent): the one way tables of a dataset
+    (shards, embeddings, captions, samples' sources) are joined, whatever order each was written in."""
+    where = {sha: i for i, sha in enumerate(table)}
+    return np.array([where.get(sha, -1) for sha in wanted], dtype=np.int64)

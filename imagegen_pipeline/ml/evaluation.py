@@ -15,12 +15,14 @@ import numpy as np
 import torch
 
 from imagegen_pipeline.ml.dcgan import DCGANConfig, generate
+from imagegen_pipeline.ml.embeddings_store import rows_by_sha256
 from imagegen_pipeline.ml.extractor import embed_images
 from imagegen_pipeline.ml.metrics import MetricContext, compute_metrics, list_metrics
 from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache, cached_reference_stats, hash_images
 from imagegen_pipeline.ml.prompt_score import CaptionBank, r_precision
 from imagegen_pipeline.ml.protocols import PROTOCOLS
 from imagegen_pipeline.ml.runtime import Runtime
+from imagegen_pipeline.pages import key_value_table, page
 
 
 @dataclass
@@ -29,7 +31,7 @@ class EvalConfig:
     num_real: int = 1000  # cap on real images per split fed to the detector (seeded subset)
     protocol: str = "quick"  # the name recorded with every figure; "custom" when N differs from the named one
     metrics: tuple[str, ...] = ()  # empty = every registered metric
-    per_class_min: int = 100  # per-class FID only where both sides have this many images
+    per_class_min: int = 50  # per-class FID only where both sides have this many images
     kid_subset_size: int = 1000  # KID subset size (smaller sets use all images)
     seed: int = 0  # noise seeds are seed + i; real subsets drawn with this seed
 
@@ -136,6 +138,22 @@ def text_r_precision(bank: CaptionBank, fake_embeddings: np.ndarray, own_caption
     return out
 
 
+def class_sampler(generator: torch.nn.Module, cfg: DCGANConfig, runtime: Runtime,
+                  eval_cfg: EvalConfig) -> Callable[[np.ndarray, int], np.ndarray] | None:
+    """For class-conditional generators, MetricContext.sample: (labels (N,), seed) -> uint8 (N, C, H, W). Noise
+    seeds start past the evaluation's own (eval seed .. + num_samples) and 10M apart per metric seed."""
+    if cfg.conditioning != "class":
+        return None
+
+    def sample(labels: np.ndarray, seed: int) -> np.ndarray:
+        start = eval_cfg.seed + eval_cfg.num_samples + int(seed) * 10_000_000
+        images = generate(generator, cfg, seeds=range(start, start + len(labels)),
+                          cond=np.asarray(labels, dtype=np.int64), runtime=runtime)
+        return np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+
+    return sample
+
+
 def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: RealSplit, val: RealSplit,
                        detector, cache: FeatureCache, extractor=None, train_embeddings: np.ndarray | None = None,
                        class_names: list[str] | None = None, eval_cfg: EvalConfig, runtime: Runtime,
@@ -160,8 +178,7 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
         if caption_ids is not None:
             if len(caption_ids) != len(text_conds):
                 raise ValueError(f"{len(caption_ids)} caption_ids for {len(text_conds)} caption vectors")
-            where = {sha: i for i, sha in enumerate(val.sha256)}
-            source = np.array([where.get(caption_ids[r], -1) for r in rows], dtype=np.int64)  # (n,) val row or -1
+            source = rows_by_sha256([caption_ids[r] for r in rows], val.sha256)  # (n,) val row or -1
             if (source >= 0).all() and bool((val.labels[torch.from_numpy(source)] >= 0).all()):
                 labels = val.labels[torch.from_numpy(source)].numpy()
     fake = torch.from_numpy(samples).permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
@@ -185,7 +202,9 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
         real_features=ref.features, real_stats=(ref.mu, ref.sigma), real_labels=val_sub.labels.numpy(),
         heldout_features=floor.features, fake_features=fake_features, fake_labels=labels, fake_probs=fake_probs,
         fake_embeddings=fake_emb, train_embeddings=train_embeddings, real_embeddings=real_emb, class_names=class_names,
-        fake_images=fake.numpy(), real_images=val_sub.images.numpy(),
+        fake_images=fake.numpy(), real_images=val_sub.images.numpy(), train_images=train_sub.images.numpy(),
+        train_labels=train_sub.labels.numpy(), sample=class_sampler(generator, cfg, runtime, eval_cfg),
+        generator=generator,
         per_class_min=eval_cfg.per_class_min, kid_subset_size=eval_cfg.kid_subset_size, seed=eval_cfg.seed,
         device=str(runtime.device))
     if labels is None:
@@ -245,8 +264,9 @@ def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray
 
 
 HEADLINE = ("fid", "fid_std", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity",
-            "diversity_ratio", "ms_ssim_ratio", "real_floor_fid", "real_floor_kid", "memorization_nn_distance_mean", "r_precision",
-            "r_precision_real", "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate")
+            "diversity_ratio", "ms_ssim_ratio", "cas_accuracy", "cas_ratio", "real_floor_fid", "real_floor_kid",
+            "memorization_nn_distance_mean", "lpips_diversity_ratio", "lpips_memorization_ratio", "projection_gap",
+            "r_precision", "r_precision_real", "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate")
 
 
 def headline(results: dict) -> dict[str, float]:
@@ -288,13 +308,9 @@ def report_html(title: str, results: dict, skipped: dict, *, images: dict[str, s
     pics = "".join(f"<figure><img src='{esc(src)}' alt='{esc(name)}'><figcaption>{esc(name)}</figcaption></figure>"
                    for name, src in images.items())
     hist = f"<h2>History</h2><img src='{esc(history_png)}' alt='metric history'>" if history_png else ""
-    meta_rows = "".join(f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in meta.items())
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse}}
-td{{border:1px solid #ccc;padding:3px 8px}}figure{{display:inline-block;margin:8px}}img{{image-rendering:pixelated;max-width:520px}}</style>
-</head><body><h1>{esc(title)}</h1><table>{meta_rows}</table><h2>Headline</h2><table>{rows}</table>
-<h2>Samples</h2>{pics}{hist}<h2>All results</h2><table>{other}</table><h2>Skipped</h2><ul>{skips or '<li>none</li>'}</ul>
-</body></html>"""
+    return page(title, f"<h1>{esc(title)}</h1>{key_value_table(meta)}<h2>Headline</h2><table>{rows}</table>"
+                f"<h2>Samples</h2>{pics}{hist}<h2>All results</h2><table>{other}</table>"
+                f"<h2>Skipped</h2><ul>{skips or '<li>none</li>'}</ul>")
 
 
 def eval_config_dict(cfg: EvalConfig) -> dict:

@@ -25,6 +25,7 @@ from imagegen_pipeline.ml.grids import image_grid, png_bytes
 from imagegen_pipeline.ml.metrics.memorization import find_nearest_train
 from imagegen_pipeline.ml.metrics.registry import MetricUnavailable
 from imagegen_pipeline.ml.runtime import Runtime
+from imagegen_pipeline.pages import page
 
 PER_CLASS_DIR = "per_class"
 FIXED_SEEDS_FILE = "fixed_seeds.png"
@@ -131,16 +132,6 @@ def _index_html(*, model_name: str, model_version, cfg: DCGANConfig, sections: l
     esc = html.escape
     version = f" v{esc(str(model_version))}" if model_version is not None else ""
     parts = [
-        "<!doctype html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-        f"<title>{esc(model_name)}{version} sample gallery</title>",
-        "<style>",
-        "body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1100px}",
-        "h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}",
-        "img{image-rendering:pixelated;border:1px solid #ccc;max-width:100%}",
-        ".classes{display:flex;flex-wrap:wrap;gap:14px} figure{margin:0} figcaption{font-size:13px;color:#444}",
-        ".legend{font-size:14px;color:#444;background:#f6f6f6;padding:8px 12px;border-radius:4px}",
-        ".note{color:#a15c00}",
-        "</style>", "</head>", "<body>",
         f"<h1>{esc(model_name)}{version}</h1>",
         f"<p>{int(cfg.resolution)}&times;{int(cfg.resolution)} px, {int(cfg.channels)} channel(s), "
         f"conditioning: {esc(cfg.conditioning)}"
@@ -160,15 +151,14 @@ def _index_html(*, model_name: str, model_version, cfg: DCGANConfig, sections: l
         if s.get("text"):
             parts.append(f"<p>{esc(s['text'])}</p>")
         if s.get("figures"):
-            parts.append('<div class="classes">')
+            parts.append('<div class="figures">')
             for fig in s["figures"]:
                 width = f' width="{int(fig["width"])}"' if fig.get("width") else ""
                 parts.append(f'<figure><a href="{quote(fig["file"])}"><img src="{quote(fig["file"])}"{width} '
                              f'alt="{esc(fig["caption"])}"></a><figcaption>{esc(fig["caption"])}</figcaption>'
                              "</figure>")
             parts.append("</div>")
-    parts += ["</body>", "</html>", ""]
-    return "\n".join(parts)
+    return page(f"{model_name}{version} sample gallery", "\n".join(parts))
 
 
 def build_gallery(generator: torch.nn.Module, cfg: DCGANConfig, *, out_dir: Path, runtime: Runtime,

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from imagegen_pipeline.atomic import atomic_path, write_json_atomic
-from imagegen_pipeline.ml.embeddings_store import embedding_matrix
+from imagegen_pipeline.ml.embeddings_store import embedding_matrix, rows_by_sha256
 
 CAPTIONS_FILE = "captions.parquet"  # beside embeddings.parquet under data/embeddings/<dataset>/
 CAPTIONS_INFO_FILE = "captions.json"  # rows, unique captions, dim and which encoder wrote them
@@ -77,8 +77,7 @@ def vectors_for(order: Sequence[str], frame: pd.DataFrame) -> tuple[np.ndarray, 
     """Caption vectors in the order of `order` (sha256 list): ((N, D) float32 with zero rows where a sha256 has
     no caption, bool (N,) which rows have one)."""
     mat = embedding_matrix(frame)
-    where = dict(zip(frame["sha256"].tolist(), range(len(frame))))
-    rows = np.array([where.get(s, -1) for s in order], dtype=np.int64)
+    rows = rows_by_sha256(order, frame["sha256"].tolist())
     found = rows >= 0
     out = np.zeros((len(order), mat.shape[1] if mat.size else 0), np.float32)
     out[found] = mat[rows[found]]
@@ -144,6 +143,15 @@ def best_of(scores: np.ndarray, *, k: int) -> np.ndarray:
     groups = scores.reshape(-1, k)
     best = np.arange(len(groups)) * k + groups.argmax(axis=1)
     return best[np.argsort(-scores[best], kind="stable")]
+
+
+def keep_best(scorer: "PromptScorer", images: np.ndarray, text: str, *, k: int
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Score candidates (groups of k, one group per wanted image) against `text` and keep each group's best:
+    (indices into `images`, best first; their scores; their nearest training captions)."""
+    scores, nearest = scorer.score(images, text)
+    keep = best_of(scores, k=k)
+    return keep, np.asarray(scores)[keep], [nearest[i] for i in keep]
 
 
 def r_precision(image_vectors: np.ndarray, caption_vectors: np.ndarray, *, distractors: int = 99,

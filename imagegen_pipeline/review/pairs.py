@@ -46,9 +46,7 @@ class ReviewItem:
 
 def open_generator(paths: DataPaths, dataset: str, *, model_uri: str | None = None) -> GeneratorSource:
     """`model_uri`, else the registry's @champion, else @candidate, else the exported generator.safetensors."""
-    from mlflow.exceptions import MlflowException
-
-    from imagegen_pipeline.tracking.registry import load_registered, registered_name
+    from imagegen_pipeline.tracking.registry import ModelNotFound, load_registered, registered_name
     from imagegen_pipeline.tracking.store import default_tracking_uri, use_store
 
     use_store(default_tracking_uri(paths))
@@ -56,7 +54,7 @@ def open_generator(paths: DataPaths, dataset: str, *, model_uri: str | None = No
     try:
         loaded = load_registered(name, model_uri)
         return _pyfunc_source(loaded.model, loaded.name, loaded.version, loaded.description)
-    except MlflowException as exc:
+    except ModelNotFound as exc:
         errors = str(exc)
     weights = paths.models(dataset) / GENERATOR_FILE
     if model_uri is None and weights.is_file():

@@ -30,6 +30,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from imagegen_pipeline.pages import STYLE
 from imagegen_pipeline.paths import DataPaths
 from imagegen_pipeline.review.pairs import GeneratorSource, ReviewItem
 from imagegen_pipeline.review.store import Answer, DuplicateAnswer, ReviewStore, review_summary, reviews_db
@@ -53,8 +54,9 @@ class RequestError(Exception):
 
 
 def _page() -> tuple[bytes, str]:
-    """page.html and a Content-Security-Policy that allows exactly its inline <script> and <style>."""
-    html = PAGE_FILE.read_text(encoding="utf-8")
+    """page.html (with the pipeline's shared stylesheet) and a Content-Security-Policy that allows exactly its
+    inline <script> and <style>."""
+    html = PAGE_FILE.read_text(encoding="utf-8").replace("/* pages.STYLE */", STYLE)
 
     def hashes(tag: str) -> str:
         blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)

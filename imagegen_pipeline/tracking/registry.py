@@ -55,6 +55,10 @@ class MissingArtifact(RuntimeError):
     """A registered version whose files the MLflow artifact store no longer has."""
 
 
+class ModelNotFound(LookupError):
+    """No loadable model at any of the URIs asked for; the message lists each and why."""
+
+
 def download_model_artifact(name: str, version: str, key: str, dst: Path) -> Path:
     """The file logged as artifact `key` of `models:/name/version`: what the registry serves, not whatever the
     local models folder holds now (a later training run replaces that file before it registers)."""
@@ -90,7 +94,7 @@ class LoadedModel:
 def load_registered(name: str, model_uri: str | None = None,
                     aliases: tuple[str, ...] = (CHAMPION, "candidate")) -> LoadedModel:
     """`model_uri` if given, else models:/name@<alias> for the first alias that loads (the champion, and before
-    evaluation has promoted one, the candidate). MlflowException lists every URI tried and why it failed."""
+    evaluation has promoted one, the candidate). ModelNotFound lists every URI tried and why it failed."""
     uris = [model_uri] if model_uri else [f"models:/{name}@{alias}" for alias in aliases]
     skipped: list[tuple[str, str]] = []
     for uri in uris:
@@ -108,7 +112,16 @@ def load_registered(name: str, model_uri: str | None = None,
                                f"{model_name} v{version}" + (f" (@{alias})" if alias else ""), tuple(skipped))
         except (MlflowException, OSError) as exc:
             skipped.append((uri, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
-    raise MlflowException("; ".join(f"{uri}: {why}" for uri, why in skipped))
+    raise ModelNotFound("; ".join(f"{uri}: {why}" for uri, why in skipped))
+
+
+def version_for_alias(tracking_uri: str, name: str, alias: str) -> str:
+    """The version number `models:/name@alias` points at in that store; ModelNotFound when none does."""
+    try:
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        raise ModelNotFound(f"no models:/{name}@{alias} in {tracking_uri}: {str(exc).splitlines()[0]}") from None
 
 
 def current_alias_holder(name: str, alias: str = CHAMPION, *, client: MlflowClient | None = None

@@ -50,9 +50,11 @@ def ensure_experiment(dataset: str, *, artifacts: Path | None) -> str:
 
 @contextlib.contextmanager
 def start_run(tracking_uri: str, dataset: str, *, artifacts: Path | None, run_name: str,
-              tags: dict[str, str] | None = None, run_id: str | None = None) -> Iterator[Run]:
+              tags: dict[str, str] | None = None, run_id: str | None = None,
+              system_metrics: bool = False) -> Iterator[Run]:
     """One MLflow run under the dataset's experiment (or `run_id` reopened, for a resumed training);
-    failed runs are marked FAILED, not left RUNNING."""
+    failed runs are marked FAILED, not left RUNNING. `system_metrics`: CPU, memory, disk and network (and GPU
+    where pynvml is installed) sampled into the run while it lasts."""
     use_store(tracking_uri)
     exp_id = ensure_experiment(dataset, artifacts=artifacts)
     if run_id is not None:
@@ -61,7 +63,8 @@ def start_run(tracking_uri: str, dataset: str, *, artifacts: Path | None, run_na
         except mlflow.exceptions.MlflowException:
             run_id = None  # the store was reset since: start a new run
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp_id, run_name=None if run_id else run_name,
-                          tags={"imagegen.dataset": dataset, **(tags or {})}) as run:
+                          tags={"imagegen.dataset": dataset, **(tags or {})},
+                          log_system_metrics=system_metrics) as run:
         yield run
 
 

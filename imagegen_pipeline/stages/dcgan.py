@@ -1,0 +1,272 @@
+"""Stage `dcgan_checkpoint`: train the dataset's generator on its shards (GPU when present), resumable after a
+kill, tracked in MLflow, registered as imagegen-generator-<dataset> with alias `candidate` (evaluation moves
+`champion`). Two families share it: the conditional DCGAN (its EMA generator) and a VAE whose decoder is the same
+generator network; the `imagegen.family` tag says which, and both compete for `champion` under one gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from imagegen_pipeline.atomic import atomic_path, write_json_atomic
+from imagegen_pipeline.ml import dcgan as core
+from imagegen_pipeline.ml.checkpoint import CorruptCheckpoint, load_checkpoint
+from imagegen_pipeline.ml.dcgan.train import CHECKPOINT_FILE
+from imagegen_pipeline.ml.dcgan.vae import train_vae
+from imagegen_pipeline.ml.grids import png_bytes
+from imagegen_pipeline.ml.runtime import resolve_runtime
+from imagegen_pipeline.paths import DataPaths, validate_dataset_name
+from imagegen_pipeline.stages.artifacts import (ENCODER_NAME, EXTRACTOR_FILE, EXTRACTOR_SUMMARY, EXTRACTOR_VERSION_TAG,
+                                                FAMILY_TAG, GENERATOR_FILE, GENERATOR_SUMMARY)
+from imagegen_pipeline.stages.common import curves_png, open_shards, shards_stamp
+from imagegen_pipeline.stages.outputs import FilePath, Link, Png, StageFailed
+from imagegen_pipeline.tracking.registry import MissingArtifact, registered_name
+from imagegen_pipeline.tracking.tracker import Tracker
+
+SERVING_CODE = Path(__file__).resolve().parent.parent / "serving" / "generator_model.py"
+CANDIDATE = "candidate"
+DONE_FILE = "registered.json"  # written after registration: a later materialization starts a fresh run
+RUN_ID_FILE = "mlflow_run_id"  # in the run folder: a resumed training reopens its MLflow run
+
+
+@dataclass
+class GeneratorJob:
+    """One training request: DCGANConfig fields the caller sets (the rest keep the core defaults) and how to run."""
+
+    model: dict = field(default_factory=dict)
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+    conditioning: str = "auto"  # "none" | "class" | "text" | "auto": class when the data has 2+ labels
+    init_from: str = ""  # start from this dataset's registered generator (its champion, else its newest)
+    cpu_bf16: bool = True  # bf16 autocast on a CPU with native bf16; ignored elsewhere
+
+
+def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracker: Tracker, run_tag: str,
+                    log: Callable[[str], None], warn: Callable[[str], None]) -> dict:
+    """Train (or resume) and register one generator; the metadata of what was made."""
+    reader = open_shards(paths, dataset)
+    conditioning = job.conditioning
+    if conditioning == "auto":
+        conditioning = "class" if len(reader.class_names) >= 2 else "none"
+    captions = _train_captions(paths, dataset, reader) if conditioning == "text" else None
+    cfg = _model_config(job, reader, dataset, conditioning, captions)
+    init_state, init_version = _init_from(tracker, job.init_from)
+    if init_version:  # part of the run key: another source version is another experiment
+        cfg = cfg.replace(extra={**cfg.extra, "init_from": init_version})
+    data = _train_data(reader, conditioning, captions, warn)
+    feature_net = _feature_net(paths, dataset) if cfg.feature_head else None
+    if cfg.family == "vae" and init_state is not None:
+        raise StageFailed(f"{dataset}: init_from starts a DCGAN from another DCGAN; the vae family trains from scratch")
+    runtime = resolve_runtime(job.device, cpu_bf16=job.cpu_bf16)
+    stamp = shards_stamp(reader)
+    out_dir = run_dir(paths, dataset, cfg, stamp)
+    if (out_dir / DONE_FILE).exists():  # finished and registered before: this materialization is a new run
+        shutil.rmtree(out_dir)
+    resuming = (out_dir / CHECKPOINT_FILE).exists()
+    extractor_version = _extractor_version(paths, dataset)
+    log(f"{dataset}: {len(data.images)} images {reader.shape}, conditioning={conditioning}, "
+        f"{'resuming' if resuming else 'starting'} in {out_dir} on {runtime.describe()}")
+    run_id_file = out_dir / RUN_ID_FILE
+    with tracker.run(dataset, run_name=f"dcgan-{run_tag[:8]}", system_metrics=True,
+                     resume_id=run_id_file.read_text().strip() if resuming and run_id_file.exists() else None,
+                     tags={"imagegen.stage": "dcgan_checkpoint", "imagegen.dagster_run": run_tag,
+                           "imagegen.shards": stamp, EXTRACTOR_VERSION_TAG: str(extractor_version)}) as run:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_id_file.write_text(run.id)
+        if not resuming:
+            run.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "extra"}, **runtime.describe(),
+                            "train_images": len(data.images), "init_from": init_version or "none"})
+            run.log_shards(reader.dir, stamp, dataset)
+        t0 = time.perf_counter()
+        result = _train(cfg, data, out_dir, runtime, feature_net, init_state, run, log, dataset)
+        seconds = time.perf_counter() - t0
+        generator_file = paths.models(dataset) / GENERATOR_FILE
+        with atomic_path(generator_file) as tmp:
+            shutil.copyfile(result.generator_path, tmp)
+        run.log_artifact(result.checkpoint_path, "checkpoint")
+        run.log_metrics({"train_seconds": seconds, "images_per_second_total": result.images_per_second})
+        mv = _register(tracker, run, dataset, reader, conditioning, captions, generator_file, stamp,
+                       extractor_version, result, cfg.family)
+    name = mv.name
+    write_json_atomic(out_dir / DONE_FILE, {"registered_model": name, "version": mv.version})
+    write_json_atomic(paths.models(dataset) / GENERATOR_SUMMARY, {
+        "registered_model": name, "version": mv.version, "mlflow_run_id": run.id, "steps": result.final_step,
+        "checkpoint": str(result.checkpoint_path), "generator_file": str(generator_file), "conditioning": conditioning,
+        "family": cfg.family,
+        "images_per_second": result.images_per_second, "seconds": round(seconds, 1), "shards": stamp,
+        "extractor_version": extractor_version, "config": cfg.to_dict(), "runtime": runtime.describe()})
+    z_sens = [r["z_sensitivity"] for r in result.metrics if "z_sensitivity" in r]  # last = the exported G's
+    curves = curves_png({k: [(r["step"], r[k]) for r in result.metrics if k in r]
+                         for k in ("loss_d", "loss_g", "d_real", "d_fake", "recon", "kl", "z_sensitivity")},
+                        title=f"{dataset}: {cfg.family.upper()} losses", xlabel="step")
+    return {
+        "steps": result.final_step,
+        "resumed_from_step": result.resumed_from,
+        "images_per_second": round(result.images_per_second, 1),
+        "train_seconds": round(seconds, 1),
+        "device": runtime.describe()["device_name"],
+        "precision": runtime.describe()["amp_dtype"],
+        "conditioning": conditioning,
+        "family": cfg.family,
+        "z_sensitivity (exported G, share of real)": round(z_sens[-1], 3),
+        "registered_model": f"{name} v{mv.version} (@{CANDIDATE})",
+        "mlflow_run": Link(run.link),
+        "mlflow_model": Link(tracker.model_link(name, mv.version)),
+        "checkpoint": FilePath(str(result.checkpoint_path)),
+        "samples": Png(png_bytes(Image.fromarray(result.grid)), "fixed-noise samples of the EMA generator"),
+        "loss_curves": Png(curves, "losses"),
+    }
+
+
+def model_config(job: GeneratorJob, *, resolution: int, channels: int, conditioning: str, num_classes: int,
+                 extra: dict) -> core.DCGANConfig:
+    """The core config of a job: its model fields over the core defaults, shapes from the data."""
+    try:
+        return core.DCGANConfig(**{**job.model, "resolution": resolution, "channels": channels,
+                                   "conditioning": conditioning, "num_classes": num_classes, "extra": extra})
+    except (TypeError, ValueError) as exc:
+        raise StageFailed(str(exc)) from exc
+
+
+def _model_config(job: GeneratorJob, reader, dataset: str, conditioning: str, captions) -> core.DCGANConfig:
+    c, h, _ = reader.shape
+    cfg = model_config(job, resolution=h, channels=c, conditioning=conditioning,
+                       num_classes=len(reader.class_names) if conditioning == "class" else 0,
+                       extra={"dataset": dataset, "class_names": list(reader.class_names)})
+    if captions is None:
+        return cfg
+    # the vectors fix text_dim; the caption file's stamp makes it a different run
+    return cfg.replace(text_dim=captions.vectors.shape[1],
+                       extra={**cfg.extra, "text_encoder": ENCODER_NAME, "captions": captions.stamp,
+                              "example_prompts": captions.examples})
+
+
+def _train_data(reader, conditioning: str, captions, warn) -> core.TrainData:
+    """The train split, without the rows this conditioning cannot use (unlabelled, uncaptioned): each said."""
+    images, labels = reader.load_split("train")
+    if conditioning == "class" and bool((labels < 0).any()):
+        keep = labels >= 0
+        warn(f"{int((~keep).sum())} unlabelled images left out of class-conditional training")
+        images, labels = images[keep], labels[keep]
+    text = None
+    if captions is not None:
+        keep = torch.from_numpy(captions.found)
+        if not bool(keep.all()):
+            warn(f"{int((~keep).sum())} images without a caption left out of text-conditional training")
+            images, labels = images[keep], labels[keep]
+        text = torch.from_numpy(captions.vectors[captions.found])
+    return core.TrainData(images=images, labels=labels, text=text)
+
+
+def _feature_net(paths: DataPaths, dataset: str):
+    from imagegen_pipeline.ml.extractor import load_extractor
+
+    if not (paths.models(dataset) / EXTRACTOR_FILE).is_file():
+        raise StageFailed("feature_head=True needs the fine-tuned extractor: materialize feature_extractor")
+    return load_extractor(paths.models(dataset) / EXTRACTOR_FILE)[0]
+
+
+def _train(cfg, data, out_dir: Path, runtime, feature_net, init_state, run, log, dataset: str):
+    """The core training loop, its metrics and sample grids streamed into the MLflow run."""
+
+    def on_step(step: int, metrics: dict) -> None:
+        run.log_metrics(metrics, step=step)
+        if step % (cfg.log_every * 8) == 0 or step == cfg.steps:
+            log(f"step {step}/{cfg.steps}: " + ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
+
+    train = train_vae if cfg.family == "vae" else core.train_dcgan
+    try:
+        return train(cfg, data, out_dir=out_dir, runtime=runtime, feature_net=feature_net, init_from=init_state,
+                     on_step=on_step, log=log,
+                     on_sample=lambda step, grid: run.log_image(grid, key="samples", step=step))
+    except core.TrainingDiverged as exc:
+        raise StageFailed(f"{dataset}: {exc} (the last good checkpoint is kept in {out_dir})") from exc
+    except CorruptCheckpoint as exc:
+        raise StageFailed(f"{dataset}: {exc}") from exc
+
+
+def _register(tracker: Tracker, run, dataset: str, reader, conditioning: str, captions, generator_file: Path,
+              stamp: str, extractor_version, result, family: str):
+    """The generator as a models-from-code version of imagegen-generator-<dataset>, alias `candidate`."""
+    import pandas as pd
+
+    name = registered_name("generator", dataset)
+    example = pd.DataFrame({"label": [reader.class_names[0] if conditioning == "class" else None],
+                            "prompt": [captions.examples[0] if captions is not None else None],
+                            "seed": [0], "count": [1]})
+    mv = run.register_code_model(
+        code_file=SERVING_CODE, artifacts={"generator": str(generator_file)}, name=name,
+        example=example, params={"format": "png"},
+        metadata={"dataset": dataset, "shards": stamp, "conditioning": conditioning, "family": family},
+        tags={"imagegen.shards": stamp, EXTRACTOR_VERSION_TAG: str(extractor_version), FAMILY_TAG: family,
+              "imagegen.conditioning": conditioning, "imagegen.mlflow_run": run.id,
+              "imagegen.checkpoint": str(result.checkpoint_path)})
+    tracker.set_alias(name, CANDIDATE, mv.version)
+    return mv
+
+
+def run_dir(paths: DataPaths, dataset: str, cfg: core.DCGANConfig, stamp: str) -> Path:
+    """Same config + same data = same folder, so a killed run resumes; anything else starts fresh."""
+    key = hashlib.sha256(json.dumps([cfg.to_dict(), stamp], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return paths.checkpoints(dataset) / f"dcgan-{key}"
+
+
+def _init_from(tracker: Tracker, source: str) -> tuple[dict | None, str]:
+    """The checkpoint logged with the source dataset's registered generator (its champion, else its newest
+    version) and which version that is; not whichever local checkpoint folder was touched last."""
+    if not source:
+        return None, ""
+    name = registered_name("generator", validate_dataset_name(source))
+    mv = tracker.newest_or_champion(name)
+    if mv is None:
+        raise StageFailed(f"init_from={source!r}: no registered generator {name}; materialize dcgan_checkpoint "
+                          f"for {source!r} first")
+    with tempfile.TemporaryDirectory(prefix="imagegen-init-from-") as tmp:
+        try:
+            local = tracker.run_artifact(mv.run_id, f"checkpoint/{CHECKPOINT_FILE}", Path(tmp))
+        except MissingArtifact as exc:
+            raise MissingArtifact(
+                f"init_from={source!r}: {name} v{mv.version} was registered from MLflow run {mv.run_id}, whose "
+                f"checkpoint/{CHECKPOINT_FILE} cannot be read from the artifact store ({exc}). Restore the "
+                f"store's artifacts folder, or train {source!r} again") from None
+        return load_checkpoint(local), f"{name} v{mv.version}"
+
+
+@dataclass
+class TrainCaptions:
+    vectors: np.ndarray  # float32 (N_train, D) in the train split's row order; zero rows where found is False
+    found: np.ndarray  # bool (N_train,): the image has a caption vector
+    stamp: str  # content hash of captions.parquet: other caption vectors = another experiment
+    examples: list[str]  # a few training captions, e.g. as prompts to try
+
+
+def _train_captions(paths: DataPaths, dataset: str, reader) -> TrainCaptions:
+    """caption_embeddings' vectors aligned to the train split's row order by sha256."""
+    from imagegen_pipeline.ml.prompt_score import CAPTIONS_FILE, read_captions, vectors_for
+
+    f = paths.embeddings(dataset) / CAPTIONS_FILE
+    if not f.is_file():
+        raise StageFailed(f"{dataset}: text conditioning needs caption vectors; no {f}: materialize "
+                          "caption_embeddings first")
+    frame = read_captions(paths.embeddings(dataset), split="train")
+    vectors, found = vectors_for(reader.read_column("train", "sha256"), frame)
+    if not found.any():
+        raise StageFailed(f"{dataset}: {f} has no caption for any training image (stale? the shards changed "
+                          "since): rematerialize caption_embeddings")
+    examples = sorted(set(frame["caption"].tolist()))
+    step = max(1, len(examples) // 8)
+    return TrainCaptions(vectors, found, hashlib.sha256(f.read_bytes()).hexdigest()[:16], examples[::step][:8])
+
+
+def _extractor_version(paths: DataPaths, dataset: str) -> str | None:
+    f = paths.models(dataset) / EXTRACTOR_SUMMARY
+    return str(json.loads(f.read_text()).get("registered_version")) if f.is_file() else None

@@ -1,0 +1,314 @@
+"""Stage `evaluation_report` and the promotion decision: judge the latest registered generator by FID, KID,
+precision/recall, MS-SSIM and the extractor's scores under a named protocol, write the report (JSON, Markdown,
+HTML), record the scores in MLflow and the registry, and move `champion` only to a measurably better version."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from imagegen_pipeline.atomic import write_bytes_atomic, write_json_atomic
+from imagegen_pipeline.ml import evaluation as core
+from imagegen_pipeline.ml.dcgan import load_generator
+from imagegen_pipeline.ml.embeddings_store import EMBEDDINGS_FILE, embedding_matrix, read_embeddings
+from imagegen_pipeline.ml.extractor import load_extractor
+from imagegen_pipeline.ml.grids import image_grid, png_bytes
+from imagegen_pipeline.ml.metrics import append_jsonl, read_jsonl
+from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache
+from imagegen_pipeline.ml.metrics.inception import InceptionFeatures, MissingDetectorError
+from imagegen_pipeline.ml.quality_gate import QualityGate, gate_failures
+from imagegen_pipeline.ml.runtime import resolve_runtime
+from imagegen_pipeline.paths import DataPaths
+from imagegen_pipeline.review import review_summary, reviews_db
+from imagegen_pipeline.stages.artifacts import (EXTRACTOR_VERSION_TAG, FAMILY_TAG, fine_tuned_extractor,
+                                                generator_summary)
+from imagegen_pipeline.stages.common import curves_png, open_shards
+from imagegen_pipeline.stages.outputs import FilePath, Link, Markdown, Png, StageFailed, markdown_table
+from imagegen_pipeline.tracking.registry import (GATE_TAG, METRIC_TAG, PROTOCOL_TAG, REJECTED_TAG, Guard,
+                                                 MissingArtifact, registered_name)
+from imagegen_pipeline.tracking.tracker import Tracker
+
+LATEST_FILE = "latest_evaluation.json"  # in reports/<dataset>/: which version the last report judged
+HISTORY_FILE = "history.jsonl"
+
+
+@dataclass
+class EvaluationJob:
+    """One evaluation request: the core's settings, the gate, and how to run the detector."""
+
+    eval_cfg: core.EvalConfig
+    gate: QualityGate
+    device: str = "auto"
+    detector_batch_size: int = 64  # images per Inception forward pass
+
+
+def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, tracker: Tracker, run_tag: str,
+                    log: Callable[[str], None], warn: Callable[[str], None]) -> dict:
+    """Judge the generator the last dcgan_checkpoint registered; the metadata of the report."""
+    runtime = resolve_runtime(job.device)
+    summary = generator_summary(paths, dataset)
+    name, version = summary["registered_model"], str(summary["version"])
+    reader = open_shards(paths, dataset)
+    splits = {split: core.RealSplit(*reader.load_split(split), reader.read_column(split, "sha256"))
+              for split in ("train", "val")}
+    try:
+        detector = InceptionFeatures(runtime=runtime, batch_size=job.detector_batch_size)
+    except MissingDetectorError as exc:
+        raise StageFailed(str(exc)) from exc
+    train_emb = None
+    if (paths.embeddings(dataset) / EMBEDDINGS_FILE).is_file():
+        train_emb = embedding_matrix(read_embeddings(paths.embeddings(dataset), split="train"))
+    with tempfile.TemporaryDirectory(prefix="imagegen-eval-") as tmp:
+        # the registered artifacts, by version: the generator users are served, judged by the extractor version
+        # it was trained with (tag), so a candidate and the champion it is compared with share one judge
+        generator, gcfg = load_generator(tracker.model_artifact(name, version, "generator", Path(tmp) / "g"),
+                                         device=runtime.device)
+        judge_version = tracker.version(name, version).tags.get(EXTRACTOR_VERSION_TAG)
+        extractor, judge = _registered_judge(paths, dataset, tracker, judge_version, Path(tmp) / "x", runtime.device)
+        text = _held_out_captions(paths, dataset, train_emb is not None) if gcfg.conditioning == "text" else {}
+        seen = text.pop("val_captions_seen_in_train", None)  # must be 0: held-out captions are never trained on
+
+        def judge_generator(g, cfg, log) -> core.EvalResult:
+            return core.evaluate_generator(
+                g, cfg, train=splits["train"], val=splits["val"], detector=detector,
+                cache=FeatureCache(paths.reports(dataset) / "detector_cache"), extractor=extractor,
+                train_embeddings=train_emb, class_names=reader.class_names, eval_cfg=job.eval_cfg, runtime=runtime,
+                judge=judge, log=log, **text)
+
+        t0 = time.perf_counter()
+        result = judge_generator(generator, gcfg, log)
+        seconds = time.perf_counter() - t0
+        rescored = _rescore_champion(tracker, name, version, result.protocol, judge_generator, Path(tmp) / "c",
+                                     runtime.device, log, warn)
+    if seen is not None:
+        result.results["val_captions_seen_in_train"] = seen
+        if seen > 0:
+            warn(f"{seen:.1%} of the val captions also occur in train: R-precision is not held out")
+    human = review_summary(reviews_db(paths, dataset), model_version=version)  # `imagegen review` answers
+    if human.get("answers"):
+        result.results.update(human_fooling_rate=human.get("fooling_rate"),
+                              human_prompt_match_rate=human.get("prompt_match_rate"), human_answers=human["answers"])
+    failures = gate_failures(result.results, job.gate)
+    families = family_table(tracker, name, result.protocol["key"], current={"version": version, **{
+        k: v for k, v in core.headline(result.results).items()}})
+    report = _write_report(paths, dataset, job, summary, result, failures, human, judge_version, rescored, families,
+                           resolution=gcfg.resolution, device=runtime.describe()["device_name"], run_tag=run_tag)
+    head = report["head"]
+    with tracker.run(dataset, run_name="", resume_id=summary["mlflow_run_id"]) as run:
+        run.log_metrics({f"eval_{k}": v for k, v in head.items()})
+        run.set_tags({f"eval.protocol.{k}": v for k, v in result.protocol.items()})
+        run.log_artifacts(report["dir"], "evaluation")
+        record_scores(tracker, name, version, head, result.protocol, run_id=run.id)
+        tracker.tag_version(name, version, {GATE_TAG: "passed" if not failures else "rejected: " + "; ".join(failures)})
+        if failures:
+            tracker.tag_version(name, version, {REJECTED_TAG: "; ".join(failures)})
+        else:  # re-evaluated and now passes
+            tracker.untag_version(name, version, REJECTED_TAG)
+    title = f"{name} v{version}"
+    log(f"{title}: " + ", ".join(f"{k}={v:.4g}" for k, v in head.items()))
+    if failures:
+        warn(f"{title} is rejected by the quality gate: " + "; ".join(failures))
+    return {
+        **{k: round(v, 5) for k, v in head.items()},
+        "protocol": result.protocol["key"],
+        "families": Markdown(families_markdown(families)),
+        "champion_rescored": _rescored_note(rescored),
+        "quality_gate": "passed" if not failures else "rejected: " + "; ".join(failures),
+        "generator": title,
+        "eval_seconds": round(seconds, 1),
+        "summary": Markdown(report["markdown"]),
+        "samples": Png(report["samples_png"], "fixed-seed samples"),
+        "history": Png(report["history_png"], "metrics by version"),
+        "report_html": FilePath(str(report["dir"] / "report.html")),
+        "report_json": FilePath(str(report["dir"] / "report.json")),
+        "mlflow_run": Link(run.link),
+    }
+
+
+def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: dict, result, failures: list[str],
+                  human: dict, judge_version, rescored, families: list[dict], *, resolution: int, device: str,
+                  run_tag: str) -> dict:
+    """report.json/.md/.html, the sample grid and the by-version history under reports/<dataset>/eval-v<N>/."""
+    name, version = summary["registered_model"], str(summary["version"])
+    head = core.headline(result.results)
+    gate = {"passed": not failures, "failures": failures, "thresholds": job.gate.to_dict()}
+    out_dir = paths.reports(dataset) / f"eval-v{version}"
+    grid = png_bytes(image_grid(result.samples[:64], nrow=8, tile=max(32, resolution)))
+    write_bytes_atomic(out_dir / "samples.png", grid)
+    record = {"dataset": dataset, "registered_model": name, "version": version, "time": time.time(),
+              "headline": head, "protocol": result.protocol, "results": result.results, "quality_gate": gate,
+              "human_review": human, "skipped": result.skipped, "seconds": result.seconds,
+              "eval_config": core.eval_config_dict(job.eval_cfg), "generator_steps": summary.get("steps"),
+              "shards": summary.get("shards"), "extractor_version": judge_version, "families": families}
+    if rescored:
+        record["champion_rescored"] = rescored
+    write_json_atomic(out_dir / "report.json", record)
+    history_file = paths.reports(dataset) / HISTORY_FILE
+    history = [r for r in (read_jsonl(history_file) if history_file.is_file() else []) if r.get("version") != version]
+    append_jsonl(history_file, {"version": version, "time": record["time"], **head})
+    history.append({"version": version, **head})
+    hist_png = curves_png({k: [(int(r["version"]), r[k]) for r in history if k in r]
+                           for k in ("fid", "kid", "precision", "recall", "conditional_accuracy")},
+                          title=f"{dataset}: metrics by generator version", xlabel="registered version")
+    write_bytes_atomic(out_dir / "history.png", hist_png)
+    title = f"{name} v{version}"
+    markdown = core.report_markdown(title, result.results, result.skipped, gate_failures=failures,
+                                    protocol=result.protocol) + "\n\n" + families_markdown(families)
+    write_bytes_atomic(out_dir / "report.md", markdown.encode())
+    write_bytes_atomic(out_dir / "report.html", core.report_html(
+        title, result.results, result.skipped, images={"fixed-seed samples": "samples.png"},
+        history_png="history.png", meta={"dataset": dataset, "generator steps": summary.get("steps"),
+                                         "samples": job.eval_cfg.num_samples,
+                                         "real images per split": job.eval_cfg.num_real, "device": device}).encode())
+    judged = {"version": version, "registered_model": name, "report": str(out_dir / "report.json")}
+    write_json_atomic(paths.reports(dataset) / LATEST_FILE, judged)  # for people and tools
+    write_json_atomic(judged_file(paths, dataset, run_tag), judged)  # for this run's promotion decision
+    return {"head": head, "dir": out_dir, "markdown": markdown, "samples_png": grid, "history_png": hist_png}
+
+
+FAMILY_COLUMNS = ("fid", "kid", "precision", "recall", "ms_ssim_ratio", "conditional_accuracy")
+
+
+def family_table(tracker: Tracker, name: str, protocol_key: str, current: dict) -> list[dict]:
+    """One row per model family (dcgan, vae): its best-FID version scored under this protocol, its scores and its
+    training wall time. `current`: the version being judged, whose tags are written only after the report."""
+    best: dict[str, dict] = {}
+    for mv in tracker.versions(name):
+        tags = mv.tags
+        scores = {k: float(tags[METRIC_TAG + k]) for k in FAMILY_COLUMNS if METRIC_TAG + k in tags}
+        if str(mv.version) == str(current["version"]):
+            scores = {k: current[k] for k in FAMILY_COLUMNS if k in current}
+        elif tags.get(PROTOCOL_TAG) != protocol_key:
+            continue
+        if "fid" not in scores:
+            continue
+        family = tags.get(FAMILY_TAG, "dcgan")  # versions registered before families existed are DCGANs
+        if family not in best or scores["fid"] < best[family]["fid"]:
+            seconds = tracker.run_metric(mv.run_id, "train_seconds") if mv.run_id else None
+            best[family] = {"family": family, "version": str(mv.version), **scores, "train_seconds": seconds}
+    return sorted(best.values(), key=lambda r: r["fid"])
+
+
+def families_markdown(rows: list[dict]) -> str:
+    """The family table for people: best FID first, the champion-to-be on top when it passes the gate."""
+    cols = ("family", "version", *FAMILY_COLUMNS, "train_seconds")
+    fmt = (lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
+    return "**Model families** (best version of each under this protocol)\n\n" + markdown_table(
+        cols, [[fmt(r.get(c)) for c in cols] for r in rows])
+
+
+def judged_file(paths: DataPaths, dataset: str, run_tag: str) -> Path:
+    """Which version this run's evaluation judged: the promotion of the same run reads it back."""
+    return paths.reports(dataset) / "runs" / f"evaluated-{run_tag}.json"
+
+
+def record_scores(tracker: Tracker, name: str, version: str, head: dict, protocol: dict,
+                  run_id: str | None = None) -> None:
+    """The registry's record of a version's scores (tags; the protocol tag says what they compare with) and, with
+    the run, the same figures as metrics of the version's LoggedModel."""
+    tracker.tag_version(name, version, {**{METRIC_TAG + k: repr(float(v)) for k, v in head.items()},
+                                        PROTOCOL_TAG: protocol["key"]})
+    if run_id is not None:
+        tracker.log_model_metrics(tracker.version(name, version), run_id, {f"eval_{k}": v for k, v in head.items()})
+
+
+def _held_out_captions(paths: DataPaths, dataset: str, with_bank: bool) -> dict:
+    """A text model is judged on the val split's captions; the train split's captions + image embeddings are
+    the caption bank that R-precision describes generated images with."""
+    from imagegen_pipeline.ml.prompt_score import CAPTIONS_FILE, CaptionBank, read_captions
+
+    if not (paths.embeddings(dataset) / CAPTIONS_FILE).is_file():
+        raise StageFailed(f"{dataset}: the generator is text-conditioned and is evaluated on held-out captions; "
+                          f"no {paths.embeddings(dataset) / CAPTIONS_FILE}: materialize caption_embeddings")
+    val = read_captions(paths.embeddings(dataset), split="val")
+    train = read_captions(paths.embeddings(dataset), split="train")
+    seen = float(val["caption"].isin(set(train["caption"])).mean()) if len(val) else 0.0
+    if len(val) < 2:
+        raise StageFailed(f"{dataset}: {len(val)} val captions; a text model needs held-out captions to be judged on")
+    bank = None
+    if with_bank:
+        try:
+            bank = CaptionBank.from_frames(read_embeddings(paths.embeddings(dataset), split="train"), train)
+        except ValueError:  # embeddings and captions from different shards: r_precision is skipped, says why
+            bank = None
+    return {"text_conds": embedding_matrix(val), "caption_ids": val["sha256"].tolist(), "caption_bank": bank,
+            "val_captions_seen_in_train": seen}
+
+
+def _registered_judge(paths: DataPaths, dataset: str, tracker: Tracker, version: str | None, dst: Path,
+                      device) -> tuple[object | None, str | None]:
+    """The extractor version a generator was trained with, from the registry. A generator trained before any
+    extractor was registered falls back to the local file, named as unversioned in the protocol."""
+    if not version or version == "None":
+        local = fine_tuned_extractor(paths, dataset, device=device)
+        return local, ("local extractor file (unversioned)" if local is not None else None)
+    name = registered_name("extractor", dataset)
+    model, _ = load_extractor(tracker.model_artifact(name, version, "extractor", dst), device=device)
+    return model, f"{name} v{version}"
+
+
+def _rescore_champion(tracker: Tracker, name: str, version: str, protocol: dict, judge_generator, dst: Path, device,
+                      log, warn) -> dict | None:
+    """Scores only compare under one protocol (N, reference pixels, detector, judge). When the champion was scored
+    under another, judge its registered weights again under the candidate's, so promotion compares like with like."""
+    champion = tracker.alias_holder(name)
+    if champion is None or str(champion.version) == version or champion.tags.get(PROTOCOL_TAG) == protocol["key"]:
+        return None
+    log(f"champion v{champion.version} was scored under {champion.tags.get(PROTOCOL_TAG)!r}; re-scoring it "
+        f"under {protocol['key']!r}")
+    try:
+        generator, gcfg = load_generator(tracker.model_artifact(name, str(champion.version), "generator", dst),
+                                         device=device)
+    except (MissingArtifact, OSError, ValueError) as exc:  # the candidate is still judged
+        warn(f"cannot re-score champion v{champion.version} ({exc}); the promotion will keep it")
+        return {"version": str(champion.version), "error": str(exc)[:500], "headline": {}}
+    result = judge_generator(generator, gcfg, log)
+    if result.protocol["key"] != protocol["key"]:
+        raise StageFailed(f"re-scoring v{champion.version} gave protocol {result.protocol['key']!r}, not "
+                          f"{protocol['key']!r}")
+    head = core.headline(result.results)
+    record_scores(tracker, name, str(champion.version), head, result.protocol)
+    return {"version": str(champion.version), "headline": head, "was": champion.tags.get(PROTOCOL_TAG)}
+
+
+def _rescored_note(rescored: dict | None) -> str:
+    if not rescored:
+        return "no"
+    fid = rescored["headline"].get("fid")
+    return f"v{rescored['version']}: " + (f"fid {fid:.4g}" if fid is not None else f"failed ({rescored['error']})")
+
+
+def promotion_guards(new_tags: dict) -> list[Guard]:
+    """FID must improve; asked-for-class accuracy (when the model has one) must not drop."""
+    guards = [Guard("fid", higher_is_better=False, strict=True,
+                    spread="fid_std" if METRIC_TAG + "fid_std" in new_tags else None)]
+    if METRIC_TAG + "conditional_accuracy" in new_tags:
+        guards.append(Guard("conditional_accuracy", higher_is_better=True, strict=False))
+    return guards
+
+
+def promote_judged(paths: DataPaths, dataset: str, *, run_tag: str, tracker: Tracker,
+                   log: Callable[[str], None]) -> dict:
+    """Move `champion` to the version this run's evaluation judged (materialized on its own: the last evaluated
+    one), only if it passed the gate and beats the champion; the decision, also written to the promotion file."""
+    judged = judged_file(paths, dataset, run_tag)  # this run's own record: another run may rewrite LATEST_FILE
+    source = "this run's evaluation"
+    if not judged.is_file():
+        judged, source = paths.reports(dataset) / LATEST_FILE, "the last evaluation (an earlier run)"
+    if not judged.is_file():
+        raise StageFailed(f"{dataset}: no evaluation to promote from; materialize evaluation_report first")
+    info = json.loads(judged.read_text())
+    name, version = info["registered_model"], info["version"]
+    decision = tracker.promote_if_better(name, version, promotion_guards(tracker.version(name, version).tags))
+    write_json_atomic(paths.promotion(dataset), {**info, "promoted": decision.promoted, "reason": decision.reason,
+                                                 "champion_before": decision.champion_before})
+    log(decision.reason)
+    champion = version if decision.promoted else decision.champion_before
+    return {"promoted": decision.promoted, "reason": decision.reason, "judged": f"{name} v{version}",
+            "judged_in": source, "champion_before": decision.champion_before or "none",
+            "champion_now": champion or "none",
+            **({"mlflow_model": Link(tracker.model_link(name, champion))} if champion else {})}
