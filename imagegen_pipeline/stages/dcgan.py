@@ -59,13 +59,13 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         conditioning = "class" if len(reader.class_names) >= 2 else "none"
     captions = _train_captions(paths, dataset, reader) if conditioning == "text" else None
     cfg = _model_config(job, reader, dataset, conditioning, captions)
+    if cfg.family == "vae" and job.init_from:
+        raise StageFailed(f"{dataset}: init_from starts a DCGAN from another DCGAN; the vae family trains from scratch")
     init_state, init_version = _init_from(tracker, job.init_from)
     if init_version:  # part of the run key: another source version is another experiment
         cfg = cfg.replace(extra={**cfg.extra, "init_from": init_version})
     data = _train_data(reader, conditioning, captions, warn)
     feature_net = _feature_net(paths, dataset) if cfg.feature_head else None
-    if cfg.family == "vae" and init_state is not None:
-        raise StageFailed(f"{dataset}: init_from starts a DCGAN from another DCGAN; the vae family trains from scratch")
     runtime = resolve_runtime(job.device, cpu_bf16=job.cpu_bf16)
     stamp = shards_stamp(reader)
     out_dir = run_dir(paths, dataset, cfg, stamp)
@@ -76,7 +76,7 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
     log(f"{dataset}: {len(data.images)} images {reader.shape}, conditioning={conditioning}, "
         f"{'resuming' if resuming else 'starting'} in {out_dir} on {runtime.describe()}")
     run_id_file = out_dir / RUN_ID_FILE
-    with tracker.run(dataset, run_name=f"dcgan-{run_tag[:8]}", system_metrics=True,
+    with tracker.run(dataset, run_name=f"{cfg.family}-{run_tag[:8]}", system_metrics=True,
                      resume_id=run_id_file.read_text().strip() if resuming and run_id_file.exists() else None,
                      tags={"imagegen.stage": "dcgan_checkpoint", "imagegen.dagster_run": run_tag,
                            "imagegen.shards": stamp, EXTRACTOR_VERSION_TAG: str(extractor_version)}) as run:
