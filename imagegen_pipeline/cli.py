@@ -36,7 +36,8 @@ def cmd_import(args: argparse.Namespace, paths: DataPaths) -> int:
                                 overwrite=args.overwrite, progress=tick)
         else:
             out = import_dataset(args.kind, paths, name=name, source=Path(args.source) if args.source else None,
-                                 limit=args.limit, overwrite=args.overwrite, progress=tick)
+                                 limit=args.limit, train_limit=args.train_limit, overwrite=args.overwrite,
+                                 progress=tick)
     finally:
         bar.close()
     n = sum(1 for _ in out.rglob("*") if _.is_file())
@@ -335,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--name", help="dataset name (default: the kind, or the folder's name)")
     imp.add_argument("--source", help="folder (or npm tarball folder) holding the source files, for offline use")
     imp.add_argument("--limit", type=int, help="import only the first N images (small slices for tests)")
+    imp.add_argument("--train-limit", type=int, help="mnist/fashion-mnist: only the first N training images, the "
+                                                     "whole official test split (small labelled sets)")
     imp.add_argument("--resolution", type=int, help="with `folder`: default shard resolution (64)")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     imp.add_argument("--exist-ok", action="store_true", help="do nothing if the dataset is already imported")

@@ -47,6 +47,16 @@ def test_fashion_mnist_imports_from_debian_files_verified_by_official_md5(paths)
                                           "Sneaker", "Bag", "Ankle boot"}
 
 
+@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+def test_a_train_limit_keeps_few_training_images_and_the_official_test_split(paths):
+    """A small labelled set judged on the usual test images (the transfer experiment's 1% of Fashion-MNIST)."""
+    out = import_dataset("fashion-mnist", paths, train_limit=30, limit=80)
+    splits = [r["source_split"] for r in labels_csv(out)]
+    assert splits.count("train") == 30 and splits.count("test") == 50
+    with pytest.raises(ValueError, match="official train/test split"):
+        import_dataset("emoji", paths, name="e", train_limit=5)
+
+
 def test_idx_files_with_wrong_checksum_are_refused_with_how_to_get_them(paths, tmp_path):
     src = tmp_path / "fake"
     src.mkdir()

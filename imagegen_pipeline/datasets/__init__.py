@@ -16,13 +16,18 @@ __all__ = ["KNOWN", "DatasetExists", "SourceNotFound", "import_dataset", "import
 
 
 def import_dataset(kind: str, paths: DataPaths, *, name: str | None = None, source: Path | None = None,
-                   limit: int | None = None, overwrite: bool = False, progress=None) -> Path:
-    """Import a known dataset `kind` under the dataset name `name` (default: `kind`)."""
+                   limit: int | None = None, train_limit: int | None = None, overwrite: bool = False,
+                   progress=None) -> Path:
+    """Import a known dataset `kind` under the dataset name `name` (default: `kind`); `train_limit` (MNIST and
+    Fashion-MNIST) keeps the first N training images and the whole official test split."""
     name = validate_dataset_name(name or kind)
     if kind in ("mnist", "fashion-mnist"):
         spec = MNIST if kind == "mnist" else FASHION_MNIST
-        return import_idx_dataset(spec, paths, name=name, source=source, limit=limit, overwrite=overwrite,
-                                  progress=progress)
+        return import_idx_dataset(spec, paths, name=name, source=source, limit=limit, train_limit=train_limit,
+                                  overwrite=overwrite, progress=progress)
+    if train_limit is not None:
+        raise ValueError(f"train_limit needs a dataset with an official train/test split (mnist, fashion-mnist), "
+                         f"not {kind!r}")
     if kind == "emoji":
         return import_emoji(paths, name=name, source=source, limit=limit, overwrite=overwrite, progress=progress)
     raise ValueError(f"unknown dataset {kind!r}; known: {', '.join(KNOWN)} (or `folder PATH` for your own images)")

@@ -144,7 +144,10 @@ def parse_idx(data: bytes) -> np.ndarray:
 
 
 def import_idx_dataset(spec: IdxSpec, paths: DataPaths, *, name: str | None = None, source: Path | None = None,
-                       limit: int | None = None, overwrite: bool = False, progress=None) -> Path:
+                       limit: int | None = None, train_limit: int | None = None, overwrite: bool = False,
+                       progress=None) -> Path:
+    """`limit`: the first N images in all; `train_limit`: only the first N of the train split, the official test
+    split whole (a small labelled set judged on the usual test images, e.g. for transfer learning)."""
     files = load_idx_files(spec, paths, source=source)
     writer = LandingWriter(paths, name or spec.name, overwrite=overwrite)
     try:
@@ -152,7 +155,8 @@ def import_idx_dataset(spec: IdxSpec, paths: DataPaths, *, name: str | None = No
         for split, (img_name, lbl_name) in SPLIT_FILES.items():
             images, labels = parse_idx(files[img_name]), parse_idx(files[lbl_name])
             for i in range(len(images)):
-                if limit is not None and count >= limit:
+                if (limit is not None and count >= limit) or (split == "train" and train_limit is not None
+                                                              and i >= train_limit):
                     break
                 label = spec.classes[int(labels[i])]
                 writer.add_image(f"{slug(label)}/{split}-{i:05d}.png", Image.fromarray(images[i], mode="L"),
