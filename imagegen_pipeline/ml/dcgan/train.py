@@ -157,15 +157,15 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
         grid = np.asarray(picture)
         if on_sample:
             on_sample(step, grid)
-        pending["z_sensitivity"] = z_sensitivity(ema.model, runtime)  # goes out with the next metrics
-        if pending["z_sensitivity"] < COLLAPSE_WARNING and step >= cfg.steps // 4:  # early G is blurry anyway
-            log(f"step {step}: z_sensitivity {pending['z_sensitivity']:.2f} of real: images barely change with z "
+        z_sens = metric_log.pending["z_sensitivity"] = z_sensitivity(ema.model, runtime)  # out with the next row
+        if z_sens < COLLAPSE_WARNING and step >= cfg.steps // 4:  # early G is blurry anyway
+            log(f"step {step}: z_sensitivity {z_sens:.2f} of real: images barely change with z "
                 "(mode collapse?)")
         return grid
 
-    start_step, aborted, grid, pending, sampled_at = step, False, None, {}, None
+    start_step, aborted, grid, sampled_at = step, False, None, None
     per_step = cfg.batch_size * info.world_size
-    t_window, window_start = time.perf_counter(), step
+    metric_log = MetricLog(history, step, per_step, on_step)
     t_first = None
     while step < cfg.steps:
         if abort_fn is not None and abort_fn():
@@ -183,15 +183,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
         if step % cfg.sample_every == 0:
             grid, sampled_at = sample(), step
         if is_log:
-            metrics = loop.collect()  # syncs the device, raises TrainingDiverged
-            now = time.perf_counter()
-            metrics["images_per_second"] = (step - window_start) * per_step / max(now - t_window, 1e-9)
-            t_window, window_start = now, step
-            metrics.update(pending)
-            pending.clear()
-            history.append({"step": step, **metrics})
-            if on_step:
-                on_step(step, metrics)
+            metric_log.add(step, loop.collect())  # collect() syncs the device, raises TrainingDiverged
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             checkpoint()
     _sync(runtime)
@@ -201,16 +193,42 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
     checkpoint()
     if sampled_at != step:  # the same decision on every rank: sample() takes part in the divergence all-reduce
         grid = sample()
-    if pending and history and history[-1]["step"] == step:  # the final grid's figure joins the last metrics
-        history[-1].update(pending)
-    elif pending:
-        history.append({"step": step, **pending})
+    metric_log.close(step)
     if info.is_main:
         recalibrate_ema()
         export_generator(ema.model, cfg, out_dir, step=step)
     agree = ddp.params_agree(G, info) and ddp.params_agree(D, info)
     return TrainResult(out_dir / CHECKPOINT_FILE, out_dir / WEIGHTS_FILE, step, history, ips, grid,
                        start_step, aborted, agree)
+
+
+class MetricLog:
+    """The metrics history of a run (kept in its checkpoint): every log_every steps one row with the throughput
+    since the last row, and the figures measured at the last sample grid (`pending`), also sent to `on_step`."""
+
+    def __init__(self, history: list[dict], step: int, per_step: int,
+                 on_step: Callable[[int, dict], None] | None = None):
+        self.history, self.per_step, self.on_step = history, per_step, on_step
+        self.pending: dict = {}
+        self.t_window, self.window_start = time.perf_counter(), step
+
+    def add(self, step: int, metrics: dict) -> None:
+        now = time.perf_counter()
+        metrics["images_per_second"] = (step - self.window_start) * self.per_step / max(now - self.t_window, 1e-9)
+        self.t_window, self.window_start = now, step
+        metrics.update(self.pending)
+        self.pending.clear()
+        self.history.append({"step": step, **metrics})
+        if self.on_step:
+            self.on_step(step, metrics)
+
+    def close(self, step: int) -> None:
+        """The final grid's figures join the last row (or make one)."""
+        if self.pending and self.history and self.history[-1]["step"] == step:
+            self.history[-1].update(self.pending)
+        elif self.pending:
+            self.history.append({"step": step, **self.pending})
+        self.pending.clear()
 
 
 class _Loop:

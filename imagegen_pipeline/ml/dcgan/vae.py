@@ -28,9 +28,9 @@ from imagegen_pipeline.ml.dcgan.export import WEIGHTS_FILE, export_generator
 from imagegen_pipeline.ml.dcgan.models import Generator, init_dcgan_
 from imagegen_pipeline.ml.dcgan.monitor import ZSensitivity
 from imagegen_pipeline.ml.dcgan.sample import render
-from imagegen_pipeline.ml.dcgan.train import (CHECKPOINT_FILE, TrainData, TrainingDiverged, TrainResult, _Batches,
-                                              _check_inputs, _fixed_inputs, _restore_rng, _resume_state, _rng_state,
-                                              _sync)
+from imagegen_pipeline.ml.dcgan.train import (CHECKPOINT_FILE, MetricLog, TrainData, TrainingDiverged, TrainResult,
+                                              _Batches, _check_inputs, _fixed_inputs, _restore_rng, _resume_state,
+                                              _rng_state, _sync)
 from imagegen_pipeline.ml.dcgan import ddp
 from imagegen_pipeline.ml.grids import image_grid
 from imagegen_pipeline.ml.runtime import Runtime, resolve_runtime, seed_everything
@@ -101,7 +101,8 @@ def train_vae(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike, 
     batches = _Batches(cfg, data, runtime, data_gen)
     fixed_z, fixed_cond, grid_cols = _fixed_inputs(cfg, data)
     z_sensitivity = ZSensitivity(cfg, data.images, data.labels, data.text)
-    sums, count, start_step, grid, pending, sampled_at = torch.zeros(3, device=runtime.device), 0, step, None, {}, None
+    sums, count, start_step, grid, sampled_at = torch.zeros(3, device=runtime.device), 0, step, None, None
+    metric_log = MetricLog(history, step, cfg.batch_size, on_step)
 
     def checkpoint() -> None:
         save_checkpoint(out_dir / CHECKPOINT_FILE, {
@@ -114,11 +115,11 @@ def train_vae(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike, 
         picture.save(out_dir / "samples" / f"step_{step:07d}.png")
         if on_sample:
             on_sample(step, np.asarray(picture))
-        pending["z_sensitivity"] = z_sensitivity(dec, runtime)
+        metric_log.pending["z_sensitivity"] = z_sensitivity(dec, runtime)
         dec.train()
         return np.asarray(picture)
 
-    t0, t_first, t_window, window_start = time.perf_counter(), None, time.perf_counter(), step
+    t0, t_first = time.perf_counter(), None
     enc.train(), dec.train()
     while step < cfg.steps:
         batch = batches.next()
@@ -142,14 +143,8 @@ def train_vae(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike, 
             values = (sums / count).tolist()
             if cfg.nan_guard and not all(np.isfinite(values)):
                 raise TrainingDiverged(f"VAE loss is not finite at step {step}: {values}")
-            now = time.perf_counter()
-            metrics = {**dict(zip(METRIC_NAMES, values)), **pending,
-                       "images_per_second": (step - window_start) * cfg.batch_size / max(now - t_window, 1e-9)}
-            t_window, window_start, sums, count = now, step, torch.zeros_like(sums), 0
-            pending.clear()
-            history.append({"step": step, **metrics})
-            if on_step:
-                on_step(step, metrics)
+            metric_log.add(step, dict(zip(METRIC_NAMES, values)))
+            sums, count = torch.zeros_like(sums), 0
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             checkpoint()
     _sync(runtime)
@@ -158,10 +153,7 @@ def train_vae(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike, 
     checkpoint()
     if sampled_at != step:
         grid = sample()
-    if pending and history and history[-1]["step"] == step:  # the final grid's figure joins the last metrics
-        history[-1].update(pending)
-    elif pending:
-        history.append({"step": step, **pending})
+    metric_log.close(step)
     export_generator(dec.eval(), cfg, out_dir, step=step)
     ips = trained * cfg.batch_size / elapsed if trained > 0 and elapsed > 0 else 0.0
     return TrainResult(out_dir / CHECKPOINT_FILE, out_dir / WEIGHTS_FILE, step, history, ips, grid, start_step)
