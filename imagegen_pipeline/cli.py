@@ -218,6 +218,22 @@ def cmd_ui(args: argparse.Namespace, paths: DataPaths) -> int:
     return serve(paths, host=args.host, port=args.port, mlflow_port=args.mlflow_port)
 
 
+def cmd_team(args: argparse.Namespace, paths: DataPaths) -> int:
+    from imagegen_pipeline import team
+
+    root = Path(args.root) if args.root else None
+    if args.action == "down":
+        team.down(paths, root=root)
+        return 0
+    try:
+        team.up(paths, root=root, host=args.host, pg_port=args.pg_port, mlflow_port=args.mlflow_port,
+                dagster_port=args.dagster_port, gpus=args.gpus)
+    except team.TeamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     """Best-of-K images for a prompt (or a class label) from the registered generator, re-ranked by how well
     their nearest training images' captions match the prompt."""
@@ -409,6 +425,16 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=3000, help="Dagster UI port")
     ui.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port")
     ui.set_defaults(func=cmd_ui)
+    tm = sub.add_parser("team", help="the team profile on this machine: PostgreSQL, mlflow server, dagster-webserver "
+                                     "and dagster-daemon on 127.0.0.1 (README: Scaling out)")
+    tm.add_argument("action", choices=("up", "down"))
+    tm.add_argument("--root", help="where the profile keeps its databases, logs and team.env (default <home>/.team)")
+    tm.add_argument("--host", default="127.0.0.1", help="address the Dagster and MLflow servers bind to")
+    tm.add_argument("--dagster-port", type=int, default=3001)
+    tm.add_argument("--mlflow-port", type=int, default=5002)
+    tm.add_argument("--pg-port", type=int, default=0, help="PostgreSQL port on 127.0.0.1 (default: a free one, kept)")
+    tm.add_argument("--gpus", type=int, default=1, help="training runs the gpu pool admits at once (one per GPU)")
+    tm.set_defaults(func=cmd_team)
     srv = sub.add_parser("serve", help="serve the registered generator over HTTP (`mlflow models serve`, "
                                        "POST /invocations)")
     srv.add_argument("dataset")

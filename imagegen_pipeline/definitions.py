@@ -1,5 +1,7 @@
 """The one `Definitions` of the code location: assets, checks, jobs, sensors and resources, by hand."""
 
+import os
+
 import dagster as dg
 
 from imagegen_pipeline.defs.automation import retrain_when_data_changes
@@ -14,7 +16,7 @@ from imagegen_pipeline.defs.ingestion import image_shards, raw_images
 from imagegen_pipeline.defs.jobs import (captions_job, evaluate_job, features_job, ingest_job, pipeline_job, retrain_job,
                                         text_job, train_job)
 from imagegen_pipeline.defs.prompts import prompt_assets
-from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
+from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker, TrainingLauncher
 from imagegen_pipeline.defs.dead_runs import dead_run_sensor
 from imagegen_pipeline.defs.sensors import landing_sensor
 
@@ -24,5 +26,9 @@ defs = dg.Definitions(
     asset_checks=[*ingestion_checks, *feature_checks],
     jobs=[ingest_job, features_job, captions_job, train_job, evaluate_job, retrain_job, pipeline_job, text_job],
     sensors=[landing_sensor, dead_run_sensor, retrain_when_data_changes],
-    resources={"storage": ImagegenStorage(), "mlflow_tracker": MlflowTracker()},
+    # configuration, not code paths: $IMAGEGEN_HOME / $IMAGEGEN_TRACKING_URI / $IMAGEGEN_TRAINING (README: Scaling out)
+    resources={"storage": ImagegenStorage(), "mlflow_tracker": MlflowTracker(),
+               "training": TrainingLauncher(mode=os.environ.get("IMAGEGEN_TRAINING", "in_process"),
+                                            nproc_per_node=int(os.environ.get("IMAGEGEN_TRAINING_PROCS", "1")),
+                                            image=os.environ.get("IMAGEGEN_TRAINING_IMAGE", ""))},
 )

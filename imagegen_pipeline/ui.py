@@ -21,7 +21,7 @@ from imagegen_pipeline.net import LOOPBACK, url_for, warn_if_exposed
 from imagegen_pipeline.paths import REPO_ROOT, DataPaths
 
 
-def _venv_bin(name: str) -> str:
+def venv_bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
@@ -39,7 +39,7 @@ def _children_get_default_sigint():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _popen(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path | None) -> subprocess.Popen:
+def start_group(argv: list[str], *, env: dict[str, str], cwd: Path, log: Path | None) -> subprocess.Popen:
     """Start `argv` as the leader of a new process group; output to `log` (appended) or to our terminal."""
     with _children_get_default_sigint(), contextlib.ExitStack() as files:
         out = files.enter_context(open(log, "ab")) if log else None  # the child keeps its own copy
@@ -59,8 +59,8 @@ def start_dagster(paths: DataPaths, *, host: str = LOOPBACK, port: int = 3000, m
     env = {**os.environ, "IMAGEGEN_HOME": str(paths.home), "DAGSTER_HOME": str(dagster_home)}
     if mlflow_url:
         env["IMAGEGEN_MLFLOW_UI"] = mlflow_url
-    argv = [_venv_bin("dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", host, "-p", str(port)]
-    return _popen(argv, env=env, cwd=REPO_ROOT, log=log)
+    argv = [venv_bin("dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-h", host, "-p", str(port)]
+    return start_group(argv, env=env, cwd=REPO_ROOT, log=log)
 
 
 def start_mlflow(paths: DataPaths, *, host: str = LOOPBACK, port: int = 5000,
@@ -74,10 +74,10 @@ def start_mlflow(paths: DataPaths, *, host: str = LOOPBACK, port: int = 5000,
     artifacts.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION",
                                                                               "false")}
-    argv = [_venv_bin("mlflow"), "server", "--backend-store-uri", default_tracking_uri(paths),
+    argv = [venv_bin("mlflow"), "server", "--backend-store-uri", default_tracking_uri(paths),
             "--artifacts-destination", artifacts.resolve().as_uri(), "--host", host, "--port", str(port),
             "--workers", "1"]
-    return _popen(argv, env=env, cwd=paths.home, log=log)
+    return start_group(argv, env=env, cwd=paths.home, log=log)
 
 
 def wait_http(url: str, *, timeout: float, proc: subprocess.Popen | None = None) -> None:

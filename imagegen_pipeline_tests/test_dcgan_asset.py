@@ -41,7 +41,7 @@ def mnist_shards(paths, instance, mlflow_uri):
 def train(paths, instance, **config) -> dg.ExecuteInProcessResult:
     result = dg.materialize([dcgan_checkpoint], partition_key="mnist", instance=instance, raise_on_error=False,
                             resources={"storage": ImagegenStorage(home=str(paths.home)),
-                                       "mlflow_tracker": MlflowTracker()},
+                                       "mlflow_tracker": MlflowTracker(), "training": TrainingLauncher()},
                             run_config={"ops": {"dcgan_checkpoint": {"config": {**TINY_GAN, **config}}}})
     return result
 
@@ -134,7 +134,7 @@ def test_init_from_a_model_whose_checkpoint_the_store_lost_names_it_and_the_fix(
     assert run_ingest(instance, "digits").success
     result = dg.materialize([dcgan_checkpoint], partition_key="digits", instance=instance, raise_on_error=False,
                             resources={"storage": ImagegenStorage(home=str(paths.home)),
-                                       "mlflow_tracker": MlflowTracker()},
+                                       "mlflow_tracker": MlflowTracker(), "training": TrainingLauncher()},
                             run_config={"ops": {"dcgan_checkpoint": {"config": {**TINY_GAN, "init_from": "mnist"}}}})
     assert not result.success
     error = str(result.failure_data_for_node("dcgan_checkpoint").error)
@@ -155,7 +155,7 @@ def test_init_from_starts_from_the_source_champion_checkpoint_not_the_newest_loc
     client.set_registered_model_alias("imagegen-generator-mnist", "champion", "1")
     import_dataset("mnist", paths, name="digits", limit=120)
     assert run_ingest(instance, "digits").success
-    resources = {"storage": ImagegenStorage(home=str(paths.home)), "mlflow_tracker": MlflowTracker()}
+    resources = {"storage": ImagegenStorage(home=str(paths.home)), "mlflow_tracker": MlflowTracker(), "training": TrainingLauncher()}
     config = {**TINY_GAN, "steps": 0, "init_from": "mnist"}
     result = dg.materialize([dcgan_checkpoint], partition_key="digits", instance=instance, resources=resources,
                             run_config={"ops": {"dcgan_checkpoint": {"config": config}}})

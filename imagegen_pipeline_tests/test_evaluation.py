@@ -42,7 +42,7 @@ def run(paths, instance, assets, **ops) -> dg.ExecuteInProcessResult:
     config.update(ops)
     result = dg.materialize(assets, partition_key="mnist", instance=instance, raise_on_error=False,
                             resources={"storage": ImagegenStorage(home=str(paths.home)),
-                                       "mlflow_tracker": MlflowTracker()},
+                                       "mlflow_tracker": MlflowTracker(), "training": TrainingLauncher()},
                             run_config={"ops": {k: {"config": v} for k, v in config.items()
                                                 if k in {key.to_user_string() for a in assets for key in a.keys}}})
     assert result.success, [e.message for e in result.all_events if e.is_failure]
@@ -202,7 +202,7 @@ def test_the_champion_asset_materialized_on_its_own_decides_on_the_last_evaluati
     paths = trained
     alone = dg.materialize([generator_champion], partition_key="mnist", instance=instance, raise_on_error=False,
                            resources={"storage": ImagegenStorage(home=str(paths.home)),
-                                      "mlflow_tracker": MlflowTracker()})
+                                      "mlflow_tracker": MlflowTracker(), "training": TrainingLauncher()})
     assert not alone.success
     assert any("no evaluation to promote from" in str(e.event_specific_data.error) for e in alone.all_events
                if e.is_step_failure)
@@ -222,6 +222,11 @@ def test_a_vae_is_registered_beside_the_dcgan_and_competes_under_the_same_gate(t
     paths = trained
     chain = [dcgan_checkpoint, evaluation_report, generator_champion]
     run(paths, instance, [feature_extractor, image_embeddings, *chain])
+    # what bench/ablations.py leaves beside the reports (and a half-written file, which must not break them)
+    rows = [{"variant": "feature_head on", "version": "7", "fid": 273.6, "recall": 0.0, "train_seconds": 389.0},
+            {"variant": "feature_head off", "version": "8", "fid": 109.5, "recall": 0.109, "train_seconds": 45.0}]
+    (paths.reports("mnist") / "ablation-feature-head.json").write_text(json.dumps({"rows": rows}))
+    (paths.reports("mnist") / "ablation-broken.json").write_text('{"rows": [')
     second = run(paths, instance, chain, dcgan_checkpoint={**TINY_GAN, "family": "vae", "steps": 40})
     [mat] = second.asset_materializations_for_node("dcgan_checkpoint")
     assert mat.metadata["family"].value == "vae"
@@ -230,6 +235,15 @@ def test_a_vae_is_registered_beside_the_dcgan_and_competes_under_the_same_gate(t
     assert all(r["fid"] > 0 and r["train_seconds"] > 0 for r in report["families"])
     [eval_mat] = second.asset_materializations_for_node("evaluation_report")
     assert "| vae | 2 |" in eval_mat.metadata["families"].value and "| dcgan | 1 |" in eval_mat.metadata["summary"].value
+    # issue 16.5: the ablation tables measured on this dataset are part of the report, in every form
+    [ablation] = report["ablations"]
+    assert ablation["experiment"] == "feature-head" and ablation["rows"] == rows
+    assert ablation["columns"] == ["variant", "version", "fid", "recall", "train_seconds"]
+    assert "| feature_head on | 7 | 273.6 | 0 | 389 |" in eval_mat.metadata["ablations"].value
+    assert "| feature_head off | 8 | 109.5 | 0.109 | 45 |" in eval_mat.metadata["summary"].value
+    page = (paths.reports("mnist") / "eval-v2" / "report.html").read_text()
+    assert "<h2>Ablation: feature-head (bench/ablations.py)</h2>" in page and "<td>feature_head off</td>" in page
+    assert "<h2>Model families" in page and "<td>vae</td><td>2</td>" in page
     mlflow.set_tracking_uri(mlflow_uri)
     tags = mlflow.MlflowClient().get_model_version(GENERATOR, "2").tags
     assert tags["imagegen.family"] == "vae" and tags[PROTOCOL_TAG] == report["protocol"]["key"]

@@ -124,7 +124,7 @@ def test_conversion_checks_the_sha256_and_writes_safetensors_the_loader_accepts(
     torch.save({"lin0.model.1.weight": torch.zeros(1, 64, 1, 1)}, bad)
     with pytest.raises(lpips_weights.MissingLPIPSWeights, match="sha256"):
         lpips_weights.convert(source=bad, out=tmp_path / "x.safetensors")
-    with pytest.raises(lpips_weights.MissingLPIPSWeights, match=r"python -m imagegen_pipeline\.ml\.metrics\.lpips_w"):
+    with pytest.raises(lpips_weights.MissingLPIPSWeights, match=r"python -m imagegen_pipeline\.lpips_weights"):
         LPIPS.from_file(tmp_path / "nowhere.safetensors")
 
 

@@ -2,6 +2,7 @@
 MLflow, its EMA generator registered as imagegen-generator-<dataset> (alias `candidate`; evaluation moves
 `champion`). The work is `stages.dcgan.train_generator`; the defaults are `DCGANConfig`'s."""
 
+from dataclasses import asdict
 
 import dagster as dg
 from pydantic import Field
@@ -11,7 +12,7 @@ from imagegen_pipeline.defs.automation import RETRAIN_WHEN_DATA_CHANGES
 from imagegen_pipeline.defs.common import dataset_of
 from imagegen_pipeline.defs.metadata import materialized, stage_failures
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
-from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
+from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker, TrainingLauncher
 from imagegen_pipeline.ml.dcgan import DCGANConfig
 from imagegen_pipeline.stages.dcgan import GeneratorJob, train_generator
 
@@ -72,8 +73,12 @@ class DcganTrainConfig(dg.Config):
           description="Conditional DCGAN (G + D, EMA generator) trained on the shards; checkpoints every N steps "
                       "and resumes after a kill. The EMA generator is registered as imagegen-generator-<dataset>.")
 def dcgan_checkpoint(context: dg.AssetExecutionContext, config: DcganTrainConfig, storage: ImagegenStorage,
-                     mlflow_tracker: MlflowTracker) -> dg.MaterializeResult:
+                     mlflow_tracker: MlflowTracker, training: TrainingLauncher) -> dg.MaterializeResult:
     with stage_failures():
+        if training.external:  # torchrun processes through Dagster Pipes: imagegen_pipeline.external
+            return training.launch(context, extras={
+                "home": str(storage.paths.home), "tracking_uri": mlflow_tracker.tracking_uri, "run_tag": context.run_id,
+                "ui_url": mlflow_tracker.ui_url, "dataset": dataset_of(context), "job": asdict(config.to_job())})
         return materialized(train_generator(
             storage.paths, dataset_of(context), config.to_job(), tracker=mlflow_tracker.open(storage.paths),
             run_tag=context.run_id, log=context.log.info, warn=context.log.warning))

@@ -1,28 +1,23 @@
 """Stage outputs as Dagster metadata: inline PNGs, links, paths and Markdown a person reads at a glance."""
 
 
-import base64
 import contextlib
 
 import dagster as dg
 
-from imagegen_pipeline.stages.outputs import FilePath, Link, Markdown, Png, StageFailed
+from imagegen_pipeline.stages.outputs import Png, StageFailed, typed
 
 
 def png_markdown(png: bytes, alt: str = "preview") -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+    return dg.MetadataValue.md(Png(png, alt).markdown)
+
+
+KINDS = {"md": dg.MetadataValue.md, "url": dg.MetadataValue.url, "path": dg.MetadataValue.path}
 
 
 def _value(v):
-    if isinstance(v, Png):
-        return png_markdown(v.data, v.caption)
-    if isinstance(v, Link):
-        return dg.MetadataValue.url(v.url)
-    if isinstance(v, FilePath):
-        return dg.MetadataValue.path(v.path)
-    if isinstance(v, Markdown):
-        return dg.MetadataValue.md(v.text)
-    return v
+    kind, raw = typed(v)
+    return KINDS[kind](raw) if kind else raw
 
 
 def materialized(metadata: dict, *, data_version: str | None = None) -> dg.MaterializeResult:

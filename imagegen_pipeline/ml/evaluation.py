@@ -298,9 +298,14 @@ def report_markdown(title: str, results: dict, skipped: dict, *, promotion: str 
 
 
 def report_html(title: str, results: dict, skipped: dict, *, images: dict[str, str], history_png: str | None,
-                meta: dict) -> str:
-    """One page: headline table, all results, plots and sample images (as relative links or data URIs)."""
+                meta: dict, tables: dict[str, tuple] | None = None) -> str:
+    """One page: headline table, all results, plots and sample images (as relative links or data URIs), and the
+    comparison `tables` ({caption: (columns, rows of cells)}: model families, ablations)."""
     esc = html.escape
+    extra = "".join(
+        f"<h2>{esc(caption)}</h2><table><tr>{''.join(f'<th>{esc(str(c))}</th>' for c in cols)}</tr>"
+        + "".join("<tr>" + "".join(f"<td>{esc(str(v))}</td>" for v in row) + "</tr>" for row in rows) + "</table>"
+        for caption, (cols, rows) in (tables or {}).items())
     rows = "".join(f"<tr><td>{esc(k)}</td><td>{v:.4g}</td></tr>" for k, v in headline(results).items())
     other = "".join(f"<tr><td>{esc(str(k))}</td><td><code>{esc(str(v))[:400]}</code></td></tr>"
                     for k, v in results.items() if k not in HEADLINE)
@@ -309,7 +314,7 @@ def report_html(title: str, results: dict, skipped: dict, *, images: dict[str, s
                    for name, src in images.items())
     hist = f"<h2>History</h2><img src='{esc(history_png)}' alt='metric history'>" if history_png else ""
     return page(title, f"<h1>{esc(title)}</h1>{key_value_table(meta)}<h2>Headline</h2><table>{rows}</table>"
-                f"<h2>Samples</h2>{pics}{hist}<h2>All results</h2><table>{other}</table>"
+                f"<h2>Samples</h2>{pics}{extra}{hist}<h2>All results</h2><table>{other}</table>"
                 f"<h2>Skipped</h2><ul>{skips or '<li>none</li>'}</ul>")
 
 

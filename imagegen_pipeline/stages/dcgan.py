@@ -21,10 +21,10 @@ from PIL import Image
 from imagegen_pipeline.atomic import atomic_path, write_json_atomic
 from imagegen_pipeline.ml import dcgan as core
 from imagegen_pipeline.ml.checkpoint import CorruptCheckpoint, load_checkpoint
+from imagegen_pipeline.ml.dcgan import ddp
 from imagegen_pipeline.ml.dcgan.train import CHECKPOINT_FILE
 from imagegen_pipeline.ml.dcgan.vae import train_vae
 from imagegen_pipeline.ml.grids import png_bytes
-from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.paths import DataPaths, validate_dataset_name
 from imagegen_pipeline.stages.artifacts import (ENCODER_NAME, EXTRACTOR_FILE, EXTRACTOR_SUMMARY, EXTRACTOR_VERSION_TAG,
                                                 FAMILY_TAG, GENERATOR_FILE, GENERATOR_SUMMARY)
@@ -66,12 +66,19 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         cfg = cfg.replace(extra={**cfg.extra, "init_from": init_version})
     data = _train_data(reader, conditioning, captions, warn)
     feature_net = _feature_net(paths, dataset) if cfg.feature_head else None
-    runtime = resolve_runtime(job.device, cpu_bf16=job.cpu_bf16)
+    # in the run worker a world of one; under torchrun (imagegen_pipeline.external) this joins its process group
+    rank, runtime = ddp.init_distributed(job.device, cpu_bf16=job.cpu_bf16)
+    if rank.enabled and cfg.family == "vae":
+        raise StageFailed(f"{dataset}: the vae family trains in one process; launch it with nproc_per_node=1")
     stamp = shards_stamp(reader)
     out_dir = run_dir(paths, dataset, cfg, stamp)
-    if (out_dir / DONE_FILE).exists():  # finished and registered before: this materialization is a new run
+    if rank.is_main and (out_dir / DONE_FILE).exists():  # finished and registered before: a new run
         shutil.rmtree(out_dir)
+    ddp.barrier(rank)
     resuming = (out_dir / CHECKPOINT_FILE).exists()
+    if not rank.is_main:  # another torchrun rank: trains in step with rank 0, which alone writes, tracks, registers
+        _train(cfg, data, out_dir, runtime, feature_net, init_state, None, log, dataset)
+        return {}
     extractor_version = _extractor_version(paths, dataset)
     log(f"{dataset}: {len(data.images)} images {reader.shape}, conditioning={conditioning}, "
         f"{'resuming' if resuming else 'starting'} in {out_dir} on {runtime.describe()}")
@@ -84,7 +91,8 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         run_id_file.write_text(run.id)
         if not resuming:
             run.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "extra"}, **runtime.describe(),
-                            "train_images": len(data.images), "init_from": init_version or "none"})
+                            "train_images": len(data.images), "init_from": init_version or "none",
+                            "processes": rank.world_size})
             run.log_shards(reader.dir, stamp, dataset)
         t0 = time.perf_counter()
         result = _train(cfg, data, out_dir, runtime, feature_net, init_state, run, log, dataset)
@@ -104,6 +112,8 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         "family": cfg.family,
         "images_per_second": result.images_per_second, "seconds": round(seconds, 1), "shards": stamp,
         "extractor_version": extractor_version, "config": cfg.to_dict(), "runtime": runtime.describe()})
+    if not result.ranks_agree:
+        warn(f"{dataset}: the {rank.world_size} training processes ended with different weights; rank 0's are kept")
     z_sens = [r["z_sensitivity"] for r in result.metrics if "z_sensitivity" in r]  # last = the exported G's
     curves = curves_png({k: [(r["step"], r[k]) for r in result.metrics if k in r]
                          for k in ("loss_d", "loss_g", "d_real", "d_fake", "recon", "kl", "z_sensitivity")},
@@ -114,6 +124,8 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         "images_per_second": round(result.images_per_second, 1),
         "train_seconds": round(seconds, 1),
         "device": runtime.describe()["device_name"],
+        "processes": rank.world_size,  # > 1 under torchrun
+        "ranks_agree": result.ranks_agree,  # every process ended with the same G and D (a checksum, all-reduced)
         "precision": runtime.describe()["amp_dtype"],
         "conditioning": conditioning,
         "family": cfg.family,
@@ -176,18 +188,22 @@ def _feature_net(paths: DataPaths, dataset: str):
 
 
 def _train(cfg, data, out_dir: Path, runtime, feature_net, init_state, run, log, dataset: str):
-    """The core training loop, its metrics and sample grids streamed into the MLflow run."""
+    """The core training loop, its metrics and sample grids streamed into the MLflow run (None: not tracked)."""
 
     def on_step(step: int, metrics: dict) -> None:
-        run.log_metrics(metrics, step=step)
+        if run is not None:
+            run.log_metrics(metrics, step=step)
         if step % (cfg.log_every * 8) == 0 or step == cfg.steps:
             log(f"step {step}/{cfg.steps}: " + ", ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
+
+    def on_sample(step: int, grid) -> None:
+        if run is not None:
+            run.log_image(grid, key="samples", step=step)
 
     train = train_vae if cfg.family == "vae" else core.train_dcgan
     try:
         return train(cfg, data, out_dir=out_dir, runtime=runtime, feature_net=feature_net, init_from=init_state,
-                     on_step=on_step, log=log,
-                     on_sample=lambda step, grid: run.log_image(grid, key="samples", step=step))
+                     on_step=on_step, log=log, on_sample=on_sample)
     except core.TrainingDiverged as exc:
         raise StageFailed(f"{dataset}: {exc} (the last good checkpoint is kept in {out_dir})") from exc
     except CorruptCheckpoint as exc:

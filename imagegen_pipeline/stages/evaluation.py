@@ -93,11 +93,11 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
         result.results.update(human_fooling_rate=human.get("fooling_rate"),
                               human_prompt_match_rate=human.get("prompt_match_rate"), human_answers=human["answers"])
     failures = gate_failures(result.results, job.gate)
-    families = family_table(tracker, name, result.protocol["key"], current={"version": version, **{
-        k: v for k, v in core.headline(result.results).items()}})
-    report = _write_report(paths, dataset, job, summary, result, failures, human, judge_version, rescored, families,
-                           resolution=gcfg.resolution, device=runtime.describe()["device_name"], run_tag=run_tag)
-    head = report["head"]
+    head = core.headline(result.results)
+    families = family_table(tracker, name, result.protocol["key"], current={"version": version, **head})
+    report = _write_report(paths, dataset, job, summary, result, head, failures, human, judge_version, rescored,
+                           families, resolution=gcfg.resolution, device=runtime.describe()["device_name"],
+                           run_tag=run_tag)
     with tracker.run(dataset, run_name="", resume_id=summary["mlflow_run_id"]) as run:
         run.log_metrics({f"eval_{k}": v for k, v in head.items()})
         run.set_tags({f"eval.protocol.{k}": v for k, v in result.protocol.items()})
@@ -116,6 +116,7 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
         **{k: round(v, 5) for k, v in head.items()},
         "protocol": result.protocol["key"],
         "families": Markdown(families_markdown(families)),
+        **({"ablations": Markdown(report["ablations"])} if report["ablations"] else {}),
         "champion_rescored": _rescored_note(rescored),
         "quality_gate": "passed" if not failures else "rejected: " + "; ".join(failures),
         "generator": title,
@@ -129,12 +130,12 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
     }
 
 
-def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: dict, result, failures: list[str],
-                  human: dict, judge_version, rescored, families: list[dict], *, resolution: int, device: str,
-                  run_tag: str) -> dict:
+def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: dict, result, head: dict,
+                  failures: list[str], human: dict, judge_version, rescored, families: list[dict], *,
+                  resolution: int, device: str, run_tag: str) -> dict:
     """report.json/.md/.html, the sample grid and the by-version history under reports/<dataset>/eval-v<N>/."""
     name, version = summary["registered_model"], str(summary["version"])
-    head = core.headline(result.results)
+    ablations = read_ablations(paths, dataset)
     gate = {"passed": not failures, "failures": failures, "thresholds": job.gate.to_dict()}
     out_dir = paths.reports(dataset) / f"eval-v{version}"
     grid = png_bytes(image_grid(result.samples[:64], nrow=8, tile=max(32, resolution)))
@@ -143,7 +144,8 @@ def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: d
               "headline": head, "protocol": result.protocol, "results": result.results, "quality_gate": gate,
               "human_review": human, "skipped": result.skipped, "seconds": result.seconds,
               "eval_config": core.eval_config_dict(job.eval_cfg), "generator_steps": summary.get("steps"),
-              "shards": summary.get("shards"), "extractor_version": judge_version, "families": families}
+              "shards": summary.get("shards"), "extractor_version": judge_version, "families": families,
+              "ablations": ablations}
     if rescored:
         record["champion_rescored"] = rescored
     write_json_atomic(out_dir / "report.json", record)
@@ -156,18 +158,23 @@ def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: d
                           title=f"{dataset}: metrics by generator version", xlabel="registered version")
     write_bytes_atomic(out_dir / "history.png", hist_png)
     title = f"{name} v{version}"
+    tables = {"Model families (best version of each under this protocol)": family_rows(families),
+              **{f"Ablation: {a['experiment']} ({ABLATION_SCRIPT})": (a["columns"], a["cells"]) for a in ablations}}
     markdown = core.report_markdown(title, result.results, result.skipped, gate_failures=failures,
-                                    protocol=result.protocol) + "\n\n" + families_markdown(families)
+                                    protocol=result.protocol) + "".join(
+        f"\n\n**{caption}**\n\n" + markdown_table(*table) for caption, table in tables.items())
     write_bytes_atomic(out_dir / "report.md", markdown.encode())
     write_bytes_atomic(out_dir / "report.html", core.report_html(
-        title, result.results, result.skipped, images={"fixed-seed samples": "samples.png"},
+        title, result.results, result.skipped, images={"fixed-seed samples": "samples.png"}, tables=tables,
         history_png="history.png", meta={"dataset": dataset, "generator steps": summary.get("steps"),
                                          "samples": job.eval_cfg.num_samples,
                                          "real images per split": job.eval_cfg.num_real, "device": device}).encode())
     judged = {"version": version, "registered_model": name, "report": str(out_dir / "report.json")}
     write_json_atomic(paths.reports(dataset) / LATEST_FILE, judged)  # for people and tools
     write_json_atomic(judged_file(paths, dataset, run_tag), judged)  # for this run's promotion decision
-    return {"head": head, "dir": out_dir, "markdown": markdown, "samples_png": grid, "history_png": hist_png}
+    return {"dir": out_dir, "markdown": markdown, "samples_png": grid, "history_png": hist_png,
+            "ablations": "\n\n".join(f"**{c}**\n\n" + markdown_table(*t) for c, t in tables.items()
+                                       if c.startswith("Ablation"))}
 
 
 FAMILY_COLUMNS = ("fid", "kid", "precision", "recall", "ms_ssim_ratio", "conditional_accuracy")
@@ -193,12 +200,40 @@ def family_table(tracker: Tracker, name: str, protocol_key: str, current: dict) 
     return sorted(best.values(), key=lambda r: r["fid"])
 
 
-def families_markdown(rows: list[dict]) -> str:
-    """The family table for people: best FID first, the champion-to-be on top when it passes the gate."""
+def _cell(v) -> str:
+    return "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def family_rows(rows: list[dict]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The family table for people (columns, cells): best FID first."""
     cols = ("family", "version", *FAMILY_COLUMNS, "train_seconds")
-    fmt = (lambda v: "" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
-    return "**Model families** (best version of each under this protocol)\n\n" + markdown_table(
-        cols, [[fmt(r.get(c)) for c in cols] for r in rows])
+    return cols, [[_cell(r.get(c)) for c in cols] for r in rows]
+
+
+def families_markdown(rows: list[dict]) -> str:
+    return "**Model families** (best version of each under this protocol)\n\n" + markdown_table(*family_rows(rows))
+
+
+ABLATION_SCRIPT = "bench/ablations.py"
+
+
+def read_ablations(paths: DataPaths, dataset: str) -> list[dict]:
+    """The ablation tables measured on this dataset (`bench/ablations.py` writes reports/<dataset>/ablation-*.json):
+    what a design choice (feature head, transfer, FreezeD) bought here, shown beside the scores it explains."""
+    found = []
+    for f in sorted(paths.reports(dataset).glob("ablation-*.json")):
+        try:
+            rows = json.loads(f.read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a half-written or foreign file: the report is not the place to fail on it
+        cols = [c for c in ABLATION_COLUMNS if any(r.get(c) is not None for r in rows)]
+        found.append({"experiment": f.stem.removeprefix("ablation-"), "rows": rows, "columns": cols,
+                      "cells": [[_cell(r.get(c)) for c in cols] for r in rows]})
+    return found
+
+
+ABLATION_COLUMNS = ("variant", "version", "fid", "fid_std", "kid", "precision", "recall", "conditional_accuracy",
+                    "cas_accuracy", "ms_ssim_ratio", "train_seconds", "protocol")
 
 
 def judged_file(paths: DataPaths, dataset: str, run_tag: str) -> Path:

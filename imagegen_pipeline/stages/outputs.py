@@ -3,6 +3,7 @@ turns into the matching Dagster metadata (an inline picture, a link, a file path
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -16,6 +17,11 @@ class StageFailed(RuntimeError):
 class Png:
     data: bytes
     caption: str = "preview"
+
+    @property
+    def markdown(self) -> str:
+        """An inline picture in Markdown (Dagster's UI shows it in the materialization's metadata)."""
+        return f"![{self.caption}](data:image/png;base64,{base64.b64encode(self.data).decode()})"
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,20 @@ class FilePath:
 @dataclass(frozen=True)
 class Markdown:
     text: str
+
+
+def typed(value) -> tuple[str, object]:
+    """A metadata value as (kind, raw value): kind is 'md', 'url' or 'path' for the wrappers and '' for a plain
+    number or string. In-process assets and the Dagster Pipes side of a training process both read this."""
+    if isinstance(value, Png):
+        return "md", value.markdown
+    if isinstance(value, Markdown):
+        return "md", value.text
+    if isinstance(value, Link):
+        return "url", value.url
+    if isinstance(value, FilePath):
+        return "path", value.path
+    return "", value
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -78,3 +78,9 @@ def model_url(ui_url: str, name: str, version: str | int) -> str:
 
 def env_ui_url() -> str:
     return os.environ.get("IMAGEGEN_MLFLOW_UI", DEFAULT_UI_URL)
+
+
+def env_tracking_uri() -> str:
+    """A team's tracking server (e.g. http://127.0.0.1:5001 from `imagegen team up`), or "" for the embedded store.
+    Our own variable, not MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri also sets for the whole process."""
+    return os.environ.get("IMAGEGEN_TRACKING_URI", "")

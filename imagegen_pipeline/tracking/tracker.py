@@ -30,7 +30,9 @@ class Tracker:
 
     @classmethod
     def for_paths(cls, paths: DataPaths, *, uri: str = "", ui: str = "") -> Tracker:
-        """The project's store: `uri` when given (a team server), else sqlite under <home>/mlruns."""
+        """The project's store: `uri` when given, else $IMAGEGEN_TRACKING_URI (a team's `mlflow server`), else
+        sqlite under <home>/mlruns."""
+        uri = uri or store.env_tracking_uri()
         return cls(uri or store.default_tracking_uri(paths), None if uri else store.artifact_root(paths),
                    ui or store.env_ui_url(), paths.home)
 

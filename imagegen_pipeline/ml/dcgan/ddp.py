@@ -78,6 +78,12 @@ def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def barrier(info: DistInfo) -> None:
+    """Wait until every rank gets here (e.g. until rank 0 has cleared a folder the others are about to read)."""
+    if info.enabled:
+        dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -34,7 +34,7 @@ SOURCE_SHA256 = "b356b382f96010f77d085ee8343ecd9fd322d0a56e8de2b2d0549fafcad8b9e
 VARIANT = "ST-LPIPS alex v0.0.2"  # names the metric in reports: figures of other LPIPS weights do not compare
 WEIGHTS_FILE = f"stlpips-alex-vST0.0-{SOURCE_SHA256[:8]}.safetensors"
 ENV_VAR = "IMAGEGEN_LPIPS_WEIGHTS"
-CONVERT_COMMAND = ".venv/bin/python -m imagegen_pipeline.ml.metrics.lpips_weights"
+CONVERT_COMMAND = ".venv/bin/python -m imagegen_pipeline.lpips_weights"
 
 # source key -> our key (imagegen_pipeline.ml.metrics.lpips.LPIPS's state_dict); the .pth holds exactly these
 KEY_MAP = {
@@ -134,7 +134,7 @@ def load_converted(path: str | os.PathLike | None = None) -> dict[str, torch.Ten
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m imagegen_pipeline.ml.metrics.lpips_weights", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m imagegen_pipeline.lpips_weights", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", help=f"the .pth (default: from the installed {SOURCE_PIP})")
     p.add_argument("--out", help=f"the safetensors to write (default: ${ENV_VAR}, else torch hub's checkpoints)")
@@ -147,6 +147,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{VARIANT} weights: {path}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
