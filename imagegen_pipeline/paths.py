@@ -80,6 +80,12 @@ class DataPaths:
     def shards(self, dataset: str) -> Path:
         return self._per_dataset("shards", dataset)
 
+    def shards_location(self, dataset: str) -> Path | str:
+        """Where the stages read a dataset's shards: $IMAGEGEN_SHARDS_URI/<dataset> (e.g. s3://bucket/shards/mnist,
+        which image_shards mirrors each generation to) when set, else the local shard folder."""
+        remote = os.environ.get("IMAGEGEN_SHARDS_URI", "").strip().rstrip("/")
+        return f"{remote}/{validate_dataset_name(dataset)}" if remote else self.shards(dataset)
+
     def description(self, dataset: str) -> Path:
         return self.shards(dataset) / DESCRIPTION_FILE
 

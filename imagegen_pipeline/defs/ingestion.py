@@ -113,8 +113,9 @@ def image_shards(context: dg.AssetExecutionContext, config: ImageShardsConfig,
                       val_fraction=config.val_fraction,
                       use_source_split=config.use_source_split, workers=config.workers)
     t0 = time.perf_counter()
+    remote = paths.shards_location(dataset)  # $IMAGEGEN_SHARDS_URI: each generation is mirrored there too
     desc = write_shards(landing, accepted, paths.shards(dataset), cfg, pixels=store_path(paths.manifest(dataset)),
-                        log=context.log.info)
+                        log=context.log.info, mirror=remote if isinstance(remote, str) else None)
     seconds = time.perf_counter() - t0
     reader = ShardReader(paths.shards(dataset))
     first = next(reader.iter_batches("train" if desc["splits"]["train"]["rows"] else "val"))

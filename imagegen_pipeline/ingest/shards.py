@@ -17,8 +17,10 @@ from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from imagegen_pipeline import uri
 from imagegen_pipeline.atomic import atomic_path, write_json_atomic
 from imagegen_pipeline.ingest import pixel_store
 from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_workers
@@ -142,7 +144,7 @@ LOCK_FILE = ".write.lock"
 
 def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: ShardConfig, *,
                  pixels: Path | None = None, log: Callable[[str], None] = lambda _: None,
-                 lock_timeout: float = 3600.0) -> dict:
+                 lock_timeout: float = 3600.0, mirror: str | None = None) -> dict:
     """Shard the `accepted` manifest rows; return the description written. Their pixels come from the
     validation pass's store (`pixels`, see pixel_store.py) when it covers them; otherwise each file is decoded
     again, and re-hashed first, so an edit made since validation is refused.
@@ -153,7 +155,34 @@ def write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: Shar
     if accepted.empty:
         raise NoAcceptedImages(f"no accepted images in {landing}: every file was quarantined or a duplicate")
     with exclusive_lock(out_dir / LOCK_FILE, timeout=lock_timeout, what=f"the shard folder {out_dir}"):
-        return _write_shards(landing, accepted, out_dir, cfg, pixels, log=log)
+        description = _write_shards(landing, accepted, out_dir, cfg, pixels, log=log)
+        if mirror:
+            mirror_shards(out_dir, description, mirror, log=log)
+        return description
+
+
+def mirror_shards(out_dir: Path, description: dict, dest: str, *, log: Callable[[str], None] = lambda _: None) -> None:
+    """Copy a shard generation to `dest` (a URI, e.g. s3://bucket/shards/mnist) through pyarrow.fs: the Parquet files
+    first, description.json last, so a reader there never sees a description whose files are not all there yet.
+    Files the previous remote generation described stay (its readers keep theirs); older ones are removed."""
+    fs, root = uri.resolve(dest)
+    fs.create_dir(root, recursive=True)
+    previous = set()
+    try:
+        previous = {f for s in json.loads(uri.read_bytes(uri.join(dest, DESCRIPTION_FILE)))["splits"].values()
+                    for f in s["files"]}
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        pass
+    new = [f for s in description["splits"].values() for f in s["files"]]
+    for name in new:
+        uri.write_bytes(uri.join(dest, name), (out_dir / name).read_bytes())
+    uri.write_bytes(uri.join(dest, DESCRIPTION_FILE), (out_dir / DESCRIPTION_FILE).read_bytes())
+    keep = set(new) | previous
+    for info in fs.get_file_info(pafs.FileSelector(root)):
+        name = info.path.rsplit("/", 1)[-1]
+        if name.endswith(".parquet") and name not in keep:
+            fs.delete_file(info.path)
+    log(f"mirrored {len(new)} shard files to {dest}")
 
 
 def _write_shards(landing: Path, accepted: pd.DataFrame, out_dir: Path, cfg: ShardConfig, pixels: Path | None, *,

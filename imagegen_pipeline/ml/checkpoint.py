@@ -7,6 +7,7 @@ training loop (MLflow artifacts, the registry) are safetensors: tensors only, no
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from imagegen_pipeline import uri
 from imagegen_pipeline.atomic import atomic_path
 
 CHECKPOINT_VERSION = 1
@@ -30,9 +32,15 @@ def previous_path(path: str | os.PathLike) -> Path:
     return path.with_name(f"{path.stem}.prev{path.suffix}")
 
 
-def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path | str:
     """Write `state` (plus a format version) to `path` atomically: a kill leaves the old file or the new one.
-    The file it replaces stays as `previous_path(path)`, a fallback when the current one is damaged later."""
+    The file it replaces stays as `previous_path(path)`, a fallback when the current one is damaged later.
+    `path` may be a URI (s3://...): one PUT of the whole file, through pyarrow.fs."""
+    if uri.is_uri(path):
+        buf = io.BytesIO()
+        torch.save({"format_version": CHECKPOINT_VERSION, **state}, buf)
+        uri.write_bytes(path, buf.getvalue())
+        return str(path)
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save({"format_version": CHECKPOINT_VERSION, **state}, tmp)
@@ -49,10 +57,10 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`; tensors, numbers, strings and dicts only. A damaged
-    file raises CorruptCheckpoint naming it."""
-    path = Path(path)
+    file raises CorruptCheckpoint naming it. `path` may be a URI, read through pyarrow.fs."""
+    source = io.BytesIO(uri.read_bytes(path)) if uri.is_uri(path) else Path(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - zip, pickle and torch errors all mean "cannot use this file"

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from imagegen_pipeline import uri
 from imagegen_pipeline.paths import DESCRIPTION_FILE
 
 
@@ -40,21 +41,24 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 class ShardReader:
-    """One dataset's shards, as described by its `description.json`."""
+    """One dataset's shards, as described by its `description.json`: a folder, or a URI (s3://bucket/shards/mnist)
+    read through pyarrow.fs."""
 
     def __init__(self, shard_dir: str | Path):
-        self.dir = Path(shard_dir)
-        f = self.dir / DESCRIPTION_FILE
-        if not f.is_file():
-            raise FileNotFoundError(f"no {DESCRIPTION_FILE} in {self.dir}: materialize image_shards first")
-        self.description = json.loads(f.read_text())
+        self.dir = shard_dir if uri.is_uri(shard_dir) else Path(shard_dir)
+        try:
+            self.description_bytes = uri.read_bytes(uri.join(self.dir, DESCRIPTION_FILE))
+        except (FileNotFoundError, NotADirectoryError):
+            raise FileNotFoundError(f"no {DESCRIPTION_FILE} in {self.dir}: materialize image_shards first") from None
+        self.description = json.loads(self.description_bytes)
         self.shape = tuple(self.description["shape"])  # (C, H, W)
         self.class_names: list[str] = self.description["class_names"]
 
-    def files(self, split: str) -> list[Path]:
+    def files(self, split: str) -> list:
+        """The split's shard files: Paths, or URIs for shards behind one."""
         if split not in self.description["splits"]:
             raise KeyError(f"unknown split {split!r}; have {sorted(self.description['splits'])}")
-        return [self.dir / name for name in self.description["splits"][split]["files"]]
+        return [uri.join(self.dir, name) for name in self.description["splits"][split]["files"]]
 
     def num_rows(self, split: str) -> int:
         return int(self.description["splits"][split]["rows"])
@@ -70,7 +74,7 @@ class ShardReader:
         """Stream row groups: {'images': uint8 (N, C, H, W), 'label_idx': int64 (N,), ...}."""
         for f in self.files(split):
             with _reading(f):
-                pf = pq.ParquetFile(f)
+                pf = pq.ParquetFile(uri.open_input_file(f))
                 groups = [pf.read_row_group(i, columns=["pixels", *columns]) for i in range(pf.num_row_groups)]
             for t in groups:
                 out = {"images": self._to_tensor(t.column("pixels"))}
@@ -96,5 +100,5 @@ class ShardReader:
         values = []
         for f in self.files(split):
             with _reading(f):
-                values += pq.read_table(f, columns=[column]).column(column).to_pylist()
+                values += pq.read_table(uri.open_input_file(f), columns=[column]).column(column).to_pylist()
         return values

@@ -7,13 +7,13 @@ import io
 import json
 
 from imagegen_pipeline.ml.shard_reader import ShardReader
-from imagegen_pipeline.paths import DESCRIPTION_FILE, DataPaths
+from imagegen_pipeline.paths import DataPaths
 from imagegen_pipeline.stages.outputs import StageFailed
 
 
 def open_shards(paths: DataPaths, dataset: str) -> ShardReader:
     try:
-        return ShardReader(paths.shards(dataset))
+        return ShardReader(paths.shards_location(dataset))  # a URI when $IMAGEGEN_SHARDS_URI is set
     except FileNotFoundError as exc:
         raise StageFailed(f"{dataset}: {exc}") from exc
 
@@ -22,7 +22,7 @@ def shards_stamp(reader: ShardReader) -> str:
     """The shards' content key: equal after re-ingesting the same files, so a killed pipeline run resumes its
     checkpoint and the schedule skips unchanged data. Shards written before the key existed fall back to the
     hash of description.json."""
-    raw = (reader.dir / DESCRIPTION_FILE).read_bytes()
+    raw = reader.description_bytes
     return json.loads(raw).get("content_key") or hashlib.sha256(raw).hexdigest()[:16]
 
 

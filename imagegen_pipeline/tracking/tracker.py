@@ -156,8 +156,8 @@ class TrackedRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-    def log_shards(self, shards_dir: Path, stamp: str, dataset: str, context: str = "training") -> None:
-        """The shard folder as the run's input dataset (MLflow lineage: which data, by content key)."""
+    def log_shards(self, shards_dir: Path | str, stamp: str, dataset: str, context: str = "training") -> None:
+        """The shard folder (or its URI) as the run's input dataset (MLflow lineage: which data, by content key)."""
         import warnings
 
         from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -165,7 +165,7 @@ class TrackedRun:
 
         with warnings.catch_warnings():  # two local-path source types match; MLflow picks the local artifact one
             warnings.simplefilter("ignore", UserWarning)
-            source = resolve_dataset_source(str(Path(shards_dir).resolve()))
+            source = resolve_dataset_source(shards_dir if "://" in str(shards_dir) else str(Path(shards_dir).resolve()))
         mlflow.log_input(MetaDataset(source, name=f"{dataset}-shards", digest=stamp[:36]), context=context)
 
     def register_code_model(self, *, code_file: Path, artifacts: dict[str, str], name: str,

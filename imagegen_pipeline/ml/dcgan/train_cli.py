@@ -31,7 +31,7 @@ FLAGS = {"steps": int, "batch_size": int, "conditioning": str, "z_dim": int, "ng
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", required=True, type=Path, help="shard directory (with description.json)")
+    p.add_argument("--shards", required=True, help="shard directory (with description.json), or its URI (s3://...)")
     p.add_argument("--out", required=True, type=Path, help="run directory: latest.pt, samples/, generator.*")
     p.add_argument("--split", default="train")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only (0 = all)")
