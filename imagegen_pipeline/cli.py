@@ -244,12 +244,12 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     from imagegen_pipeline.ml.prompt_score import PromptScorer, keep_best
     from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE
     from imagegen_pipeline.tracking.registry import ModelNotFound, load_registered, registered_name
-    from imagegen_pipeline.tracking.store import default_tracking_uri, use_store
+    from imagegen_pipeline.tracking.store import tracking_uri, use_store
 
     dataset = validate_dataset_name(args.dataset)
     if args.n < 1 or args.candidates < 1:
         raise ValueError("--n and --candidates must be at least 1")
-    use_store(default_tracking_uri(paths))
+    use_store(tracking_uri(paths))
     try:
         loaded = load_registered(registered_name("generator", dataset), args.model_uri)
     except ModelNotFound as exc:
@@ -307,12 +307,12 @@ def cmd_serve(args: argparse.Namespace, paths: DataPaths) -> int:
 
     exec, not a child: Ctrl-C and SIGTERM reach MLflow directly, and nothing is left behind when it stops."""
     from imagegen_pipeline.tracking.registry import ModelNotFound, registered_name, version_for_alias
-    from imagegen_pipeline.tracking.store import default_tracking_uri
+    from imagegen_pipeline.tracking.store import tracking_uri as store_uri
     from imagegen_pipeline.net import url_for, warn_if_exposed
 
     warn_if_exposed(args.host, "the model server")
     dataset = validate_dataset_name(args.dataset)
-    name, tracking_uri = registered_name("generator", dataset), default_tracking_uri(paths)
+    name, tracking_uri = registered_name("generator", dataset), store_uri(paths)
     try:
         version = version_for_alias(tracking_uri, name, args.alias)
     except ModelNotFound as exc:

@@ -10,7 +10,6 @@ never saw means the model can draw it).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from imagegen_pipeline.paths import DataPaths, validate_dataset_name
@@ -36,33 +35,21 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def load_generator_for(paths: DataPaths, dataset: str, model_uri: str | None = None):
     """(generator, cfg, description): `model_uri` (an MLflow URI, or a local generator.safetensors / its export
-    folder), else the registered generator (read through `load_registered`), else the exported
-    data/models/<dataset>/generator.safetensors."""
+    folder), else what `find_generator` finds (the registered generator, else the exported file)."""
     from imagegen_pipeline.ml.dcgan import load_generator
     from imagegen_pipeline.ml.dcgan.export import WEIGHTS_FILE
-    from imagegen_pipeline.tracking.registry import ModelNotFound, load_registered, registered_name
-    from imagegen_pipeline.tracking.store import default_tracking_uri, use_store
+    from imagegen_pipeline.tracking.registry import find_generator
 
     local = Path(model_uri) if model_uri else None
     if local is not None and (local.is_file() or (local / WEIGHTS_FILE).is_file()):
         generator, cfg = load_generator(local)
         return generator, cfg, str(local)
-    use_store(default_tracking_uri(paths))
-    try:
-        loaded = load_registered(registered_name("generator", dataset), model_uri)
-        inner = loaded.model.unwrap_python_model()  # serving.generator_model.GeneratorModel after load_context
-        return inner.generator, inner.cfg, loaded.description
-    except ModelNotFound as exc:
-        errors = str(exc)
-    weights = paths.models(dataset) / WEIGHTS_FILE
-    if model_uri is None and weights.is_file():
-        print(f"note: no registered generator ({errors}); using {weights}", file=sys.stderr)
-        generator, cfg = load_generator(weights)
-        return generator, cfg, str(weights)
-    if model_uri is not None:
-        raise FileNotFoundError(f"cannot load a generator from {model_uri}: {errors}")
-    raise FileNotFoundError(f"no generator for {dataset}: {errors}; and no {weights} "
-                            f"(train one with `imagegen train {dataset}`)")
+    found = find_generator(paths, dataset, model_uri, exported=paths.models(dataset) / WEIGHTS_FILE)
+    if isinstance(found, Path):
+        generator, cfg = load_generator(found)
+        return generator, cfg, str(found)
+    inner = found.model.unwrap_python_model()  # serving.generator_model.GeneratorModel after load_context
+    return inner.generator, inner.cfg, found.description
 
 
 def cmd_project(args: argparse.Namespace, paths: DataPaths | None = None) -> int:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
-from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
+from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker, TrainingLauncher
 from imagegen_pipeline.ml.checkpoint import load_checkpoint
 from imagegen_pipeline_tests.conftest import run_ingest
 
@@ -95,20 +95,26 @@ def test_trained_generator_is_registered_and_generates_by_label_and_seed(mnist_s
     assert again.success and metadata(again)["registered_model"] == "imagegen-generator-mnist v2 (@candidate)"
 
 
-def test_kill_minus_nine_then_rematerialize_resumes_to_the_same_final_step(mnist_shards, tmp_path):
-    """SIGKILL during training loses at most the steps since the last checkpoint; the rerun finishes the job."""
-    paths = mnist_shards
+def train_until_first_checkpoint(paths, tmp_path, steps: int, **env) -> tuple[subprocess.Popen, list[str], dict]:
+    """`imagegen train mnist` in a child process, returned once its first checkpoint (every 10 steps) is on disk;
+    with the command and environment to run it again."""
     cfg = tmp_path / "run.json"
-    cfg.write_text(json.dumps({"ops": {"dcgan_checkpoint": {"config": {**TINY_GAN, "steps": 200,
-                                                                       "checkpoint_every": 10, "sample_every": 100,
-                                                                       "log_every": 10}}}}))
-    env = {**os.environ, "IMAGEGEN_HOME": str(paths.home), "DAGSTER_HOME": str(paths.home / ".dagster")}
+    cfg.write_text(json.dumps({"ops": {"dcgan_checkpoint": {"config": {
+        **TINY_GAN, "steps": steps, "checkpoint_every": 10, "sample_every": steps // 2, "log_every": 10}}}}))
+    env = {**os.environ, "IMAGEGEN_HOME": str(paths.home), "DAGSTER_HOME": str(paths.home / ".dagster"), **env}
     cmd = [sys.executable, "-m", "imagegen_pipeline.cli", "train", "mnist", "--config", str(cfg)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     while time.time() < deadline and not list(paths.checkpoints("mnist").glob("dcgan-*/latest.pt")):
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         time.sleep(0.2)
+    return proc, cmd, env
+
+
+def test_kill_minus_nine_then_rematerialize_resumes_to_the_same_final_step(mnist_shards, tmp_path):
+    """SIGKILL during training loses at most the steps since the last checkpoint; the rerun finishes the job."""
+    paths = mnist_shards
+    proc, cmd, env = train_until_first_checkpoint(paths, tmp_path, 200)
     time.sleep(1.0)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -14,7 +14,7 @@ from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.defs.evaluation import evaluation_report, generator_champion
 from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
-from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
+from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker, TrainingLauncher
 from imagegen_pipeline.ml.metrics.inception import DETECTOR_ID
 from imagegen_pipeline.tracking.registry import METRIC_TAG, PROTOCOL_TAG
 from imagegen_pipeline.tracking.tracker import logged_model_id

@@ -13,7 +13,7 @@ from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
 from imagegen_pipeline.stages.artifacts import EXTRACTOR_SUMMARY as SUMMARY_FILE
 from imagegen_pipeline.defs.feature_checks import feature_checks
-from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
+from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker, TrainingLauncher
 from imagegen_pipeline.ml import quality_checks
 from imagegen_pipeline.ml.embeddings_store import embedding_matrix, read_embeddings, write_embeddings
 from imagegen_pipeline.ml.shard_reader import ShardReader
@@ -26,7 +26,8 @@ TINY_EXTRACTOR = {"input_size": 32, "batch_size": 32, "head_epochs": 1, "finetun
 
 def resources(paths) -> dict:
     """Storage and MLflow both under the test's data root (the `mlflow_uri` fixture seeds the store)."""
-    return {"storage": ImagegenStorage(home=str(paths.home)), "mlflow_tracker": MlflowTracker()}
+    return {"storage": ImagegenStorage(home=str(paths.home)), "mlflow_tracker": MlflowTracker(),
+            "training": TrainingLauncher()}
 
 
 def materialize_features(paths, instance, extractor_config: dict | None = None) -> dg.ExecuteInProcessResult:

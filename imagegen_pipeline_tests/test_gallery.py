@@ -16,7 +16,7 @@ from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
 from imagegen_pipeline.defs.gallery import gallery_assets, sample_gallery
 from imagegen_pipeline.stages.gallery import LATEST_FILE
-from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
+from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker, TrainingLauncher
 from imagegen_pipeline.ml.dcgan import DCGANConfig, Generator
 from imagegen_pipeline.ml.extractor import build_extractor, embed_images
 from imagegen_pipeline.ml.gallery import build_gallery, slugify
@@ -111,7 +111,8 @@ def test_sample_gallery_asset_writes_a_versioned_gallery_and_a_latest_pointer(pa
     latest.json pointing at it, and metadata with the preview, counts and neighbour distance."""
     import_dataset("mnist", paths, limit=200)
     assert run_ingest(instance, "mnist").success
-    resources = {"storage": ImagegenStorage(home=str(paths.home)), "mlflow_tracker": MlflowTracker()}
+    resources = {"storage": ImagegenStorage(home=str(paths.home)), "mlflow_tracker": MlflowTracker(),
+                 "training": TrainingLauncher()}
     gallery_config = {"config": {"device": "cpu", **SMALL}}
     result = dg.materialize(
         [feature_extractor, image_embeddings, dcgan_checkpoint, *gallery_assets], partition_key="mnist",

@@ -20,7 +20,7 @@ from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.defs.captions import caption_embeddings
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE
-from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
+from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker, TrainingLauncher
 from imagegen_pipeline.ml import text_encoder
 from imagegen_pipeline.ml.embeddings_store import write_embeddings
 from imagegen_pipeline.ml.prompt_score import (CaptionBank, best_of, encode_unique, r_precision, read_captions,
@@ -44,7 +44,8 @@ def encoder() -> text_encoder.TextEncoder:
 
 
 def resources(paths: DataPaths) -> dict:
-    return {"storage": ImagegenStorage(home=str(paths.home)), "mlflow_tracker": MlflowTracker()}
+    return {"storage": ImagegenStorage(home=str(paths.home)), "mlflow_tracker": MlflowTracker(),
+            "training": TrainingLauncher()}
 
 
 def materialize(assets, paths: DataPaths, instance, config: dict | None = None) -> dg.ExecuteInProcessResult:

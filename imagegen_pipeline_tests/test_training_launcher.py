@@ -4,12 +4,9 @@ handled like a kill in-process (the next materialization resumes)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import dagster as dg
 import mlflow
@@ -22,7 +19,9 @@ from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.defs.resources import TRAINING_MODULE, ImagegenStorage, MlflowTracker, TrainingLauncher
 from imagegen_pipeline.ml.checkpoint import load_checkpoint
 from imagegen_pipeline.ml.dcgan import ddp
-from imagegen_pipeline_tests.test_dcgan_asset import TINY_GAN, mnist_shards  # noqa: F401 (fixture)
+from imagegen_pipeline.net import free_port
+from imagegen_pipeline_tests.test_dcgan_asset import (TINY_GAN, mnist_shards,  # noqa: F401 (fixture)
+                                                        train_until_first_checkpoint)
 
 TORCHRUN = TrainingLauncher(mode="torchrun", nproc_per_node=2)
 
@@ -46,7 +45,7 @@ def test_torchrun_through_pipes_reports_the_same_materialization_and_mlflow_run(
     logs = [e.message for e in result.all_events if e.event_type_value == "ENGINE_EVENT"] + [
         r.user_message for r in instance.all_logs(result.run_id)]
     assert any("resuming" in m or "starting" in m for m in logs)  # the stage's log lines came through Pipes
-    client = mlflow.MlflowClient(tracking_uri=mlflow_uri)
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)  # not an earlier test's
     mv = client.get_model_version_by_alias("imagegen-generator-mnist", "candidate")
     run = client.get_run(mv.run_id)
     assert run.data.params["processes"] == "2"
@@ -56,17 +55,8 @@ def test_torchrun_through_pipes_reports_the_same_materialization_and_mlflow_run(
 
 def test_killing_the_training_processes_then_rematerializing_resumes(mnist_shards, tmp_path):  # noqa: F811
     paths = mnist_shards
-    cfg = tmp_path / "run.json"
-    cfg.write_text(json.dumps({"ops": {"dcgan_checkpoint": {"config": {
-        **TINY_GAN, "steps": 300, "checkpoint_every": 10, "sample_every": 150, "log_every": 10}}}}))
-    env = {**os.environ, "IMAGEGEN_HOME": str(paths.home), "DAGSTER_HOME": str(paths.home / ".dagster"),
-           "IMAGEGEN_TRAINING": "torchrun", "IMAGEGEN_TRAINING_PROCS": "2", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "imagegen_pipeline.cli", "train", "mnist", "--config", str(cfg)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(paths.checkpoints("mnist").glob("dcgan-*/latest.pt")):
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-        time.sleep(0.2)
+    proc, cmd, env = train_until_first_checkpoint(paths, tmp_path, 300, IMAGEGEN_TRAINING="torchrun",
+                                                  IMAGEGEN_TRAINING_PROCS="2", OMP_NUM_THREADS="1")
     workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
                if TRAINING_MODULE in p.cmdline() and "torch.distributed.run" not in p.cmdline()]
     assert len(workers) == 2  # torchrun's two ranks, out of the run worker
@@ -97,7 +87,7 @@ def _agreement(rank: int, port: int, drift: float, out) -> None:
 def test_params_agree_is_true_only_when_every_rank_holds_the_same_weights(drift, agree):
     """The check behind `ranks_agree` is not vacuous: one rank's 1e-4 drift in one bias makes it false."""
     ctx = mp.get_context("spawn")
-    out, port = ctx.Queue(), 29400 + int(drift > 0) + os.getpid() % 500
+    out, port = ctx.Queue(), free_port()
     procs = [ctx.Process(target=_agreement, args=(r, port, drift, out)) for r in range(2)]
     for p in procs:
         p.start()

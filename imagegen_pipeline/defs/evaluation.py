@@ -3,7 +3,6 @@ precision/recall and the extractor's scores, log it to the generator's MLflow ru
 `champion` only when the new model is better. The work is in `stages.evaluation`; the defaults are `EvalConfig`'s
 and `QualityGate`'s."""
 
-import dataclasses
 
 import dagster as dg
 from pydantic import Field
@@ -20,12 +19,11 @@ from imagegen_pipeline.ml.quality_gate import QualityGate
 from imagegen_pipeline.stages.evaluation import EvaluationJob, evaluate_latest, promote_judged
 
 GROUP = "evaluation"
-CORE = EvalConfig()  # the defaults: one source, checked by test_config_defaults
-JOB_DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvaluationJob)}
+CORE, JOB = EvalConfig(), EvaluationJob()  # the defaults: one source, checked by test_config_defaults
 
 
 class EvaluationConfig(dg.Config):
-    device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
+    device: str = Field(default=JOB.device, description="'auto', 'cpu' or 'cuda'.")
     protocol: str = Field(default=CORE.protocol, description="'quick' (1,000 samples vs 1,000 val images) or "
                                                              "'paper' (10,000 vs 10,000: MNIST's official test "
                                                              "images). Recorded with every figure; FID falls as N "
@@ -35,7 +33,7 @@ class EvaluationConfig(dg.Config):
                                                            "floor); unset = the protocol's.")
     per_class_min: int = Field(default=CORE.per_class_min, description="Per-class FID only for classes with this "
                                                                        "many images.")
-    detector_batch_size: int = Field(default=JOB_DEFAULTS["detector_batch_size"],
+    detector_batch_size: int = Field(default=JOB.detector_batch_size,
                                      description="Images per Inception forward pass.")
     seed: int = Field(default=CORE.seed, description="Noise seeds and real subsets.")
     extra_metrics: list[str] = Field(default=[], description="Opt-in metrics computed besides the default set, "

@@ -9,7 +9,6 @@ import hashlib
 import io
 import random
 import secrets
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from PIL import Image
 
 from imagegen_pipeline.ml.dcgan.export import WEIGHTS_FILE as GENERATOR_FILE  # in data/models/<dataset>/
 from imagegen_pipeline.ml.shard_reader import ShardReader
-from imagegen_pipeline.paths import DataPaths, validate_dataset_name
+from imagegen_pipeline.paths import DataPaths
 
 
 @dataclass(frozen=True)
@@ -46,22 +45,12 @@ class ReviewItem:
 
 def open_generator(paths: DataPaths, dataset: str, *, model_uri: str | None = None) -> GeneratorSource:
     """`model_uri`, else the registry's @champion, else @candidate, else the exported generator.safetensors."""
-    from imagegen_pipeline.tracking.registry import ModelNotFound, load_registered, registered_name
-    from imagegen_pipeline.tracking.store import default_tracking_uri, use_store
+    from imagegen_pipeline.tracking.registry import find_generator
 
-    use_store(default_tracking_uri(paths))
-    name = registered_name("generator", validate_dataset_name(dataset))
-    try:
-        loaded = load_registered(name, model_uri)
-        return _pyfunc_source(loaded.model, loaded.name, loaded.version, loaded.description)
-    except ModelNotFound as exc:
-        errors = str(exc)
-    weights = paths.models(dataset) / GENERATOR_FILE
-    if model_uri is None and weights.is_file():
-        print(f"note: no registered generator ({errors}); using {weights}", file=sys.stderr)
-        return _file_source(weights)
-    raise FileNotFoundError(f"no generator for {dataset}: {errors}; and no {weights} "
-                            f"(train one with `imagegen train {dataset}`)")
+    found = find_generator(paths, dataset, model_uri, exported=paths.models(dataset) / GENERATOR_FILE)
+    if isinstance(found, Path):
+        return _file_source(found)
+    return _pyfunc_source(found.model, found.name, found.version, found.description)
 
 
 def _pyfunc_source(model, name: str, version: str, description: str) -> GeneratorSource:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,8 +40,8 @@ HISTORY_FILE = "history.jsonl"
 class EvaluationJob:
     """One evaluation request: the core's settings, the gate, and how to run the detector."""
 
-    eval_cfg: core.EvalConfig
-    gate: QualityGate
+    eval_cfg: core.EvalConfig = field(default_factory=core.EvalConfig)
+    gate: QualityGate = field(default_factory=QualityGate)
     device: str = "auto"
     detector_batch_size: int = 64  # images per Inception forward pass
 

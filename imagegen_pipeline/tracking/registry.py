@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.entities.model_registry import ModelVersion
 
-from imagegen_pipeline.paths import validate_dataset_name
+from imagegen_pipeline.paths import DataPaths, validate_dataset_name
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 CHAMPION = "champion"
@@ -113,6 +113,28 @@ def load_registered(name: str, model_uri: str | None = None,
         except (MlflowException, OSError) as exc:
             skipped.append((uri, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
     raise ModelNotFound("; ".join(f"{uri}: {why}" for uri, why in skipped))
+
+
+def find_generator(paths: DataPaths, dataset: str, model_uri: str | None, *, exported: Path) -> LoadedModel | Path:
+    """What `imagegen generate/project/review` draw from: `model_uri`, else the registry's @champion, else
+    @candidate (in the project's store: the team's server when configured), else, when nothing was asked for by
+    name, the `exported` generator file (said on stderr). FileNotFoundError says what was tried."""
+    import sys
+
+    from imagegen_pipeline.tracking.store import tracking_uri, use_store
+
+    use_store(tracking_uri(paths))
+    try:
+        return load_registered(registered_name("generator", validate_dataset_name(dataset)), model_uri)
+    except ModelNotFound as exc:
+        errors = str(exc)
+    if model_uri is None and exported.is_file():
+        print(f"note: no registered generator ({errors}); using {exported}", file=sys.stderr)
+        return exported
+    if model_uri is not None:
+        raise FileNotFoundError(f"cannot load a generator from {model_uri}: {errors}")
+    raise FileNotFoundError(f"no generator for {dataset}: {errors}; and no {exported} "
+                            f"(train one with `imagegen train {dataset}`)")
 
 
 def version_for_alias(tracking_uri: str, name: str, alias: str) -> str:

@@ -80,6 +80,11 @@ def env_ui_url() -> str:
     return os.environ.get("IMAGEGEN_MLFLOW_UI", DEFAULT_UI_URL)
 
 
+def tracking_uri(paths: DataPaths) -> str:
+    """The store the CLI and servers read: the team's server when $IMAGEGEN_TRACKING_URI says so, else sqlite."""
+    return env_tracking_uri() or default_tracking_uri(paths)
+
+
 def env_tracking_uri() -> str:
     """A team's tracking server (e.g. http://127.0.0.1:5001 from `imagegen team up`), or "" for the embedded store.
     Our own variable, not MLFLOW_TRACKING_URI, which mlflow.set_tracking_uri also sets for the whole process."""

@@ -33,7 +33,7 @@ class Tracker:
         """The project's store: `uri` when given, else $IMAGEGEN_TRACKING_URI (a team's `mlflow server`), else
         sqlite under <home>/mlruns."""
         uri = uri or store.env_tracking_uri()
-        return cls(uri or store.default_tracking_uri(paths), None if uri else store.artifact_root(paths),
+        return cls(uri or store.tracking_uri(paths), None if uri else store.artifact_root(paths),
                    ui or store.env_ui_url(), paths.home)
 
     @contextlib.contextmanager

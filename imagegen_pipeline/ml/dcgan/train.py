@@ -93,10 +93,10 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
     info = ddp.current()
     log = (log or (lambda _: None)) if info.is_main else (lambda _: None)
     out_dir = Path(out_dir)
-    _check_inputs(cfg, data, feature_net)
+    check_inputs(cfg, data, feature_net)
     data_gen = seed_everything(cfg.seed, rank=info.rank)
     G, D = Generator(cfg), Discriminator(cfg)
-    state = _resume_state(out_dir / CHECKPOINT_FILE, cfg, log)
+    state = resume_state(out_dir / CHECKPOINT_FILE, cfg, log)
     if state is None and init_from is not None:
         _init_from(G, D, init_from, log)
     if cfg.freeze_d_blocks:
@@ -117,7 +117,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
         opt_d.load_state_dict(state["opt_d"])
         if ema is not None:
             ema.load_state_dict(state["G_ema"])
-        data_gen = _restore_rng(state, cfg, info, runtime, data_gen)
+        data_gen = restore_rng(state, cfg, info, runtime, data_gen)
         log(f"resuming from {out_dir / CHECKPOINT_FILE} at step {step}/{cfg.steps}")
     if feature_net is not None:
         feature_net = feature_net.to(runtime.device).eval().requires_grad_(False)
@@ -127,8 +127,8 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
     elif cfg.compile:
         log("compile=True is ignored on CPU")
     D_plain = (torch.compile(D) if cfg.compile and runtime.is_cuda else D) if info.enabled else D_train
-    batches = _Batches(cfg, data, runtime, data_gen)
-    fixed_z, fixed_cond, grid_cols = _fixed_inputs(cfg, data)
+    batches = Batches(cfg, data, runtime, data_gen)
+    fixed_z, fixed_cond, grid_cols = fixed_inputs(cfg, data)
     z_sensitivity = ZSensitivity(cfg, data.images, data.labels, data.text) if info.is_main else None
     loop = _Loop(cfg, runtime, G_train, D_train, D_plain, d_params, opt_g, opt_d, feature_net, info)
 
@@ -143,7 +143,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
             save_checkpoint(out_dir / CHECKPOINT_FILE, {
                 "G": ddp.unwrap(G).state_dict(), "G_ema": ema.state_dict(), "D": ddp.unwrap(D).state_dict(),
                 "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "step": step, "config": cfg.to_dict(),
-                "rng": _rng_state(runtime, batches.gen), "metrics": history, "world_size": info.world_size})
+                "rng": rng_state(runtime, batches.gen), "metrics": history, "world_size": info.world_size})
 
     def sample() -> np.ndarray | None:
         loop.raise_if_diverged()
@@ -178,7 +178,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
         if ema is not None:
             ema.update(ddp.unwrap(G), step)
         if t_first is None:
-            _sync(runtime)
+            sync_device(runtime)
             t_first = time.perf_counter()
         if step % cfg.sample_every == 0:
             grid, sampled_at = sample(), step
@@ -186,7 +186,7 @@ def train_dcgan(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike
             metric_log.add(step, loop.collect())  # collect() syncs the device, raises TrainingDiverged
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             checkpoint()
-    _sync(runtime)
+    sync_device(runtime)
     elapsed = time.perf_counter() - (t_first or time.perf_counter())
     trained = step - start_step - 1
     ips = trained * per_step / elapsed if trained > 0 and elapsed > 0 else 0.0
@@ -330,7 +330,7 @@ class _Loop:
         return {**dict(zip(METRIC_NAMES, means, strict=True)), "grad_norm_g": g, "grad_norm_d": d}
 
 
-class _Batches:
+class Batches:
     """Random-index batches from the uint8 tensor, mapped to [-1, 1] on the device."""
 
     def __init__(self, cfg: DCGANConfig, data: TrainData, runtime: Runtime, gen: torch.Generator):
@@ -375,7 +375,7 @@ class _Batches:
         return draw
 
 
-def _check_inputs(cfg: DCGANConfig, data: TrainData, feature_net: nn.Module | None) -> None:
+def check_inputs(cfg: DCGANConfig, data: TrainData, feature_net: nn.Module | None) -> None:
     want = (cfg.channels, cfg.resolution, cfg.resolution)
     if tuple(data.images.shape[1:]) != want:
         raise ValueError(f"config wants images {want}, data has {tuple(data.images.shape[1:])}")
@@ -388,7 +388,7 @@ def _check_inputs(cfg: DCGANConfig, data: TrainData, feature_net: nn.Module | No
         raise ValueError("pass feature_net exactly when cfg.feature_head is on")
 
 
-def _resume_state(path: Path, cfg: DCGANConfig, log: Callable[[str], None]) -> dict | None:
+def resume_state(path: Path, cfg: DCGANConfig, log: Callable[[str], None]) -> dict | None:
     """The checkpoint to continue from, or None; a checkpoint of a different experiment is an error. A damaged
     checkpoint falls back to the generation before it; with none, the run stops instead of restarting at 0."""
     prev = previous_path(path)
@@ -426,14 +426,14 @@ def _init_from(G: nn.Module, D: nn.Module, ckpt: dict, log: Callable[[str], None
         log(f"init_from: {name} starts from {len(match)}/{len(own)} tensors" + (f"; fresh: {fresh}" if fresh else ""))
 
 
-def _rng_state(runtime: Runtime, gen: torch.Generator) -> dict:
+def rng_state(runtime: Runtime, gen: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "data": gen.get_state()}
     if runtime.is_cuda:
         state["cuda"] = torch.cuda.get_rng_state(runtime.device)
     return state
 
 
-def _restore_rng(state: dict, cfg: DCGANConfig, info: ddp.DistInfo, runtime: Runtime,
+def restore_rng(state: dict, cfg: DCGANConfig, info: ddp.DistInfo, runtime: Runtime,
                  gen: torch.Generator) -> torch.Generator:
     """Continue the exact random stream when one process wrote and one resumes; otherwise (only rank 0's state
     is saved) reseed every rank from (seed, step) so ranks still draw different batches."""
@@ -447,7 +447,7 @@ def _restore_rng(state: dict, cfg: DCGANConfig, info: ddp.DistInfo, runtime: Run
     return seed_everything(cfg.seed * 1_000_003 + int(state["step"]), rank=info.rank)
 
 
-def _fixed_inputs(cfg: DCGANConfig, data: TrainData) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+def fixed_inputs(cfg: DCGANConfig, data: TrainData) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """Fixed noise (and conditions cycling over classes / the first captions): one column per condition."""
     n, cols, cond = cfg.num_samples, max(1, int(np.ceil(np.sqrt(cfg.num_samples)))), None
     if cfg.conditioning == "class" and cfg.num_classes <= 16:
@@ -482,6 +482,6 @@ def _grad_norm(params) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
 
-def _sync(runtime: Runtime) -> None:
+def sync_device(runtime: Runtime) -> None:
     if runtime.is_cuda:
         torch.cuda.synchronize(runtime.device)

@@ -29,8 +29,8 @@ from imagegen_pipeline.ml.dcgan.models import Generator, init_dcgan_
 from imagegen_pipeline.ml.dcgan.monitor import ZSensitivity
 from imagegen_pipeline.ml.dcgan.sample import render
 from imagegen_pipeline.ml.dcgan.train import (CHECKPOINT_FILE, MetricLog, TrainData, TrainingDiverged, TrainResult,
-                                              _Batches, _check_inputs, _fixed_inputs, _restore_rng, _resume_state,
-                                              _rng_state, _sync)
+                                              Batches, check_inputs, fixed_inputs, restore_rng, resume_state,
+                                              rng_state, sync_device)
 from imagegen_pipeline.ml.dcgan import ddp
 from imagegen_pipeline.ml.grids import image_grid
 from imagegen_pipeline.ml.runtime import Runtime, resolve_runtime, seed_everything
@@ -84,10 +84,10 @@ def train_vae(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike, 
         raise ValueError("the VAE family has no feature head and no init_from")
     runtime, log = runtime or resolve_runtime(), log or (lambda _: None)
     out_dir = Path(out_dir)
-    _check_inputs(cfg, data, None)
+    check_inputs(cfg, data, None)
     data_gen = seed_everything(cfg.seed)
     enc, dec = Encoder(cfg), Generator(cfg)
-    state = _resume_state(out_dir / CHECKPOINT_FILE, cfg, log)
+    state = resume_state(out_dir / CHECKPOINT_FILE, cfg, log)
     enc, dec = runtime.to_device(enc), runtime.to_device(dec)
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=cfg.lr_g, betas=(0.9, 0.999))
     step, history = 0, []
@@ -96,10 +96,10 @@ def train_vae(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike, 
         enc.load_state_dict(state["E"])
         dec.load_state_dict(state["G"])
         opt.load_state_dict(state["opt"])
-        data_gen = _restore_rng(state, cfg, ddp.current(), runtime, data_gen)
+        data_gen = restore_rng(state, cfg, ddp.current(), runtime, data_gen)
         log(f"resuming from {out_dir / CHECKPOINT_FILE} at step {step}/{cfg.steps}")
-    batches = _Batches(cfg, data, runtime, data_gen)
-    fixed_z, fixed_cond, grid_cols = _fixed_inputs(cfg, data)
+    batches = Batches(cfg, data, runtime, data_gen)
+    fixed_z, fixed_cond, grid_cols = fixed_inputs(cfg, data)
     z_sensitivity = ZSensitivity(cfg, data.images, data.labels, data.text)
     sums, count, start_step, grid, sampled_at = torch.zeros(3, device=runtime.device), 0, step, None, None
     metric_log = MetricLog(history, step, cfg.batch_size, on_step)
@@ -107,7 +107,7 @@ def train_vae(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike, 
     def checkpoint() -> None:
         save_checkpoint(out_dir / CHECKPOINT_FILE, {
             "E": enc.state_dict(), "G": dec.state_dict(), "opt": opt.state_dict(), "step": step,
-            "config": cfg.to_dict(), "rng": _rng_state(runtime, batches.gen), "metrics": history, "world_size": 1})
+            "config": cfg.to_dict(), "rng": rng_state(runtime, batches.gen), "metrics": history, "world_size": 1})
 
     def sample() -> np.ndarray:
         picture = image_grid(render(dec, fixed_z, fixed_cond, runtime=runtime), nrow=grid_cols)
@@ -135,7 +135,7 @@ def train_vae(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike, 
         sums += torch.stack([loss.detach(), rec.detach(), kl.detach()])
         count += 1
         if t_first is None:
-            _sync(runtime)
+            sync_device(runtime)
             t_first = time.perf_counter()
         if step % cfg.sample_every == 0:
             grid, sampled_at = sample(), step
@@ -147,7 +147,7 @@ def train_vae(cfg: DCGANConfig, data: TrainData, *, out_dir: str | os.PathLike, 
             sums, count = torch.zeros_like(sums), 0
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
             checkpoint()
-    _sync(runtime)
+    sync_device(runtime)
     elapsed = time.perf_counter() - (t_first or t0)
     trained = step - start_step - 1
     checkpoint()
