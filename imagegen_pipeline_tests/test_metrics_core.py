@@ -91,6 +91,17 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_when_shifted():
     assert abs(same) < 0.02 and shifted > 10 * max(abs(same), 1e-3) and std >= 0
 
 
+def test_kid_from_whole_kernel_matrices_equals_the_per_subset_products(monkeypatch):
+    """The fast path (kernels computed once, subsets summed from them) gives the per-subset estimates."""
+    from imagegen_pipeline.ml.metrics import kid as kid_module
+
+    real, fake = gaussian(400, seed=9), gaussian(350, shift=0.3, seed=10)
+    fast = kid_from_features(real, fake, num_subsets=15, max_subset_size=200)
+    monkeypatch.setattr(kid_module, "WHOLE_KERNEL_MAX_PAIRS", 0)
+    slow = kid_from_features(real, fake, num_subsets=15, max_subset_size=200)
+    assert fast == pytest.approx(slow, rel=1e-10) and fast[1] > 0
+
+
 def test_precision_recall_is_one_for_identical_sets_and_drops_for_disjoint_ones():
     """Identical sets cover each other fully; far-apart sets have precision = recall = 0."""
     x = gaussian(300, seed=7)
