@@ -5,6 +5,7 @@ pool, and `down` leaves nothing running."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import tempfile
 import time
@@ -79,6 +80,7 @@ def team_up(tmp_path, monkeypatch):
         yield t
     finally:
         team.down(paths, root=t.root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_pipeline_runs_through_the_daemon_on_postgres_and_mlflow_server(team_up):
@@ -141,3 +143,4 @@ def test_down_leaves_nothing_running(tmp_path):
         assert t2.pg_port == t.pg_port
     finally:
         team.down(paths, root=t.root)
+        shutil.rmtree(root, ignore_errors=True)
