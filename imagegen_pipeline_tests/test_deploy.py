@@ -9,6 +9,7 @@ import copy
 import importlib.metadata
 import re
 
+import dagster as dg
 import kubernetes.client
 import pytest
 import yaml
@@ -129,6 +130,9 @@ def test_the_training_pod_spec_is_what_pipes_k8s_client_accepts_with_one_gpu_per
     assert pod.restart_policy == "Never" and pod.tolerations[0].key == "nvidia.com/gpu"
     assert TrainingLauncher(mode="k8s", nproc_per_node=4).command("python")[:4] == [
         "python", "-m", "torch.distributed.run", "--standalone"]
+    assert [TrainingLauncher(mode=m).external for m in ("in_process", "torchrun", "k8s")] == [False, True, True]
+    with pytest.raises(dg.Failure, match="use one of in_process, torchrun, k8s"):
+        TrainingLauncher(mode="slurm").external
     broken = yaml.safe_load(TRAINING_POD.read_text())
     broken["containers"][0]["resources"]["limit"] = broken["containers"][0]["resources"].pop("limits")
     with pytest.raises(Exception, match="Unexpected keys"):

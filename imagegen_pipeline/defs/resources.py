@@ -59,7 +59,7 @@ class TrainingLauncher(dg.ConfigurableResource):
     def external(self) -> bool:
         if self.mode not in TRAINING_MODES:
             raise dg.Failure(f"TrainingLauncher mode {self.mode!r}: use one of {', '.join(TRAINING_MODES)}")
-        return self.mode == "torchrun"
+        return self.mode != "in_process"
 
     def command(self, python: str = sys.executable) -> list[str]:
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.nproc_per_node}",
