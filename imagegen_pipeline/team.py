@@ -149,7 +149,7 @@ def down(paths: DataPaths, *, root: Path | None = None, timeout: float = 30, log
         if not pid_file.is_file():
             continue
         pgid = int(pid_file.read_text())
-        if _group_signal(pgid, signal.SIGTERM):
+        if _ours(pgid, name) and _group_signal(pgid, signal.SIGTERM):
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and _group_signal(pgid, 0):
                 time.sleep(0.2)
@@ -163,7 +163,22 @@ def down(paths: DataPaths, *, root: Path | None = None, timeout: float = 30, log
 
 def _alive(root: Path, name: str) -> bool:
     pid_file = root / "run" / f"{name}.pid"
-    return pid_file.is_file() and _group_signal(int(pid_file.read_text()), 0)
+    return pid_file.is_file() and _ours(int(pid_file.read_text()), name) and _group_signal(int(pid_file.read_text()), 0)
+
+
+def _ours(pgid: int, name: str) -> bool:
+    """Whether process group `pgid` still runs the server we started (a leader that died may have left its
+    children; after a reboot the number may belong to anything else)."""
+    import psutil
+
+    key = name.split("-")[0]  # mlflow, dagster
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(proc.info["pid"]) == pgid and any(key in part for part in proc.info["cmdline"] or ()):
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
 
 
 def _group_signal(pgid: int, sig: int) -> bool:
