@@ -11,7 +11,7 @@ from pathlib import Path
 import imagegen_pipeline
 
 PACKAGE = Path(imagegen_pipeline.__file__).parent
-CORE = ["ml", "ingest", "datasets", "paths.py", "atomic.py", "locks.py"]
+CORE = ["ml", "ingest", "datasets", "paths.py", "atomic.py", "locks.py", "uri.py"]
 ABOVE_CORE = ("dagster", "mlflow", "imagegen_pipeline.defs", "imagegen_pipeline.definitions", "imagegen_pipeline.cli",
               "imagegen_pipeline.ui", "imagegen_pipeline.tracking", "imagegen_pipeline.review",
               "imagegen_pipeline.serving")
@@ -89,8 +89,18 @@ def test_no_asset_module_imports_another():
 def test_the_servers_import_nothing_above_them():
     """ui.py starts Dagster without importing it; the review page and the CLI's helpers sit below the CLI."""
     above = ("dagster", "imagegen_pipeline.defs", "imagegen_pipeline.definitions", "imagegen_pipeline.cli")
-    files = [PACKAGE / "ui.py", PACKAGE / "net.py", PACKAGE / "dagster_home.py", *(PACKAGE / "review").glob("*.py")]
+    files = [PACKAGE / "ui.py", PACKAGE / "net.py", PACKAGE / "dagster_home.py", PACKAGE / "team.py",
+             *(PACKAGE / "review").glob("*.py")]
     wrong = {f"{f.relative_to(PACKAGE)} imports {m}" for f in files for m in imports(f)
              if any(m == top or m.startswith(top + ".") for top in above)
              or (f.parent.name == "review" and m.startswith("imagegen_pipeline.ui"))}
+    assert not wrong, sorted(wrong)
+
+
+def test_the_far_side_of_pipes_imports_dagster_pipes_only():
+    """external/ runs in torchrun's processes or a Kubernetes pod: the Pipes protocol, the stages, not Dagster."""
+    files = python_files("external")
+    assert len(files) >= 2 and any("dagster_pipes" in imports(f) for f in files)
+    wrong = offending(files, ("dagster", "imagegen_pipeline.defs", "imagegen_pipeline.definitions",
+                              "imagegen_pipeline.cli"))
     assert not wrong, sorted(wrong)
