@@ -139,6 +139,15 @@ def test_the_training_pod_spec_is_what_pipes_k8s_client_accepts_with_one_gpu_per
         k8s_model_from_dict(kubernetes.client.V1PodSpec, broken)
 
 
+def test_no_deploy_file_binds_every_interface():
+    """Servers bind loopback or the pod's own address ($(POD_IP)), never 0.0.0.0 (the project's promise)."""
+    assert [f.name for f in DEPLOY.rglob("*") if f.is_file() and "0.0.0.0" in f.read_text()] == []
+    mlflow_yaml = yaml.safe_load_all((DEPLOY / "k8s" / "mlflow.yaml").read_text())
+    [container] = next(d for d in mlflow_yaml if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["command"][container["command"].index("--host") + 1] == "$(POD_IP)"
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
+
+
 def test_the_dockerfile_copies_files_that_exist_and_serves_our_definitions():
     text = (DEPLOY / "Dockerfile").read_text()
     for line in (ln for ln in text.splitlines() if ln.startswith("COPY ")):
