@@ -160,9 +160,9 @@ def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: d
     title = f"{name} v{version}"
     tables = {"Model families (best version of each under this protocol)": family_rows(families),
               **{f"Ablation: {a['experiment']} ({ABLATION_SCRIPT})": (a["columns"], a["cells"]) for a in ablations}}
+    sections = {caption: f"**{caption}**\n\n" + markdown_table(*table) for caption, table in tables.items()}
     markdown = core.report_markdown(title, result.results, result.skipped, gate_failures=failures,
-                                    protocol=result.protocol) + "".join(
-        f"\n\n**{caption}**\n\n" + markdown_table(*table) for caption, table in tables.items())
+                                    protocol=result.protocol) + "".join("\n\n" + md for md in sections.values())
     write_bytes_atomic(out_dir / "report.md", markdown.encode())
     write_bytes_atomic(out_dir / "report.html", core.report_html(
         title, result.results, result.skipped, images={"fixed-seed samples": "samples.png"}, tables=tables,
@@ -173,8 +173,7 @@ def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: d
     write_json_atomic(paths.reports(dataset) / LATEST_FILE, judged)  # for people and tools
     write_json_atomic(judged_file(paths, dataset, run_tag), judged)  # for this run's promotion decision
     return {"dir": out_dir, "markdown": markdown, "samples_png": grid, "history_png": hist_png,
-            "ablations": "\n\n".join(f"**{c}**\n\n" + markdown_table(*t) for c, t in tables.items()
-                                       if c.startswith("Ablation"))}
+            "ablations": "\n\n".join(md for caption, md in sections.items() if caption.startswith("Ablation"))}
 
 
 FAMILY_COLUMNS = ("fid", "kid", "precision", "recall", "ms_ssim_ratio", "conditional_accuracy")
