@@ -242,6 +242,28 @@ def test_near_duplicates_finds_planted_pair_only():
     assert near_duplicates(np.delete(emb, 250, axis=0), ids[:250] + ids[251:], block=64) == []
 
 
+def _brute_force_pairs(emb: np.ndarray, threshold: float) -> set[tuple[int, int]]:
+    x = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    i, j = np.nonzero(np.triu(x @ x.T, k=1) >= threshold)
+    return {(int(a), int(b)) for a, b in zip(i, j)}
+
+
+@pytest.mark.parametrize("n, spread", [(400, 1.0), (60, 1e-3)])
+def test_near_duplicates_screen_is_exact(n, spread):
+    """The low-dimensional screen only skips work: with 4 screen dimensions for 96-d embeddings the pairs are
+    exactly brute force's, both when few pairs pass it (spread 1: planted copies among random vectors) and when
+    nearly all do (spread 1e-3: every vector close to one direction, so the tiles are computed in full)."""
+    rng = np.random.default_rng(3)
+    emb = (np.ones(96) + spread * rng.normal(size=(n, 96))).astype(np.float32)
+    for a, b in [(5, 55), (40, 41), (10, n - 1)]:
+        emb[b] = emb[a] + 0.02 * spread * rng.normal(size=96)
+    for threshold in (0.95, 0.999):
+        got = near_duplicates(emb, list(range(n)), threshold=threshold, block=16, screen_dim=4, max_pairs=n * n)
+        assert {(a, b) for a, b, _ in got} == _brute_force_pairs(emb, threshold)
+    if spread == 1.0:
+        assert len(near_duplicates(emb, list(range(n)), threshold=0.999, screen_dim=4)) == 3
+
+
 def test_pca_map_and_confusion_render_as_png():
     """pca_2d is deterministic (N, 2); the embedding map and confusion matrix render as PNG bytes."""
     rng = np.random.default_rng(1)

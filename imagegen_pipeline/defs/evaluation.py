@@ -33,8 +33,9 @@ class EvaluationConfig(dg.Config):
                                                            "floor); unset = the protocol's.")
     per_class_min: int = Field(default=CORE.per_class_min, description="Per-class FID only for classes with this "
                                                                        "many images.")
-    detector_batch_size: int = Field(default=JOB.detector_batch_size,
-                                     description="Images per Inception forward pass.")
+    detector_batch_size: int | None = Field(default=JOB.detector_batch_size,
+                                            description="Images per Inception forward pass; null = the device's "
+                                                        "default (8 on CPU, 64 on CUDA).")
     seed: int = Field(default=CORE.seed, description="Noise seeds and real subsets.")
     extra_metrics: list[str] = Field(default=[], description="Opt-in metrics computed besides the default set, "
                                                              "e.g. ['augmentation_gain'] (4 classifier trainings).")

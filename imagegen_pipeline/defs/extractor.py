@@ -64,7 +64,8 @@ def feature_extractor(context: dg.AssetExecutionContext, config: FeatureExtracto
 
 class ImageEmbeddingsConfig(dg.Config):
     device: str = Field(default="auto", description="'auto', 'cpu' or 'cuda'.")
-    batch_size: int = Field(default=CORE.embed_batch_size, description="Images per forward pass.")
+    batch_size: int | None = Field(default=CORE.embed_batch_size, description="Images per forward pass; null = the "
+                                   "device's default (32 on CPU, 256 on CUDA).")
     near_duplicate_cosine: float = Field(default=0.995, description="Pairs of different files whose embeddings "
                                                                     "have at least this cosine are reported.")
 

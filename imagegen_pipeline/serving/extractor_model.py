@@ -19,7 +19,7 @@ class ExtractorModel(PythonModel):
         from imagegen_pipeline.ml.extractor import load_extractor
         from imagegen_pipeline.ml.runtime import resolve_runtime
 
-        self.runtime = resolve_runtime("auto")
+        self.runtime = resolve_runtime("auto", cpu_channels_last=True)
         self.model, self.meta = load_extractor(context.artifacts["extractor"])
 
     def predict(self, context, model_input, params: dict | None = None) -> dict[str, np.ndarray]:

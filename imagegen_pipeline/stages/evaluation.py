@@ -43,13 +43,13 @@ class EvaluationJob:
     eval_cfg: core.EvalConfig = field(default_factory=core.EvalConfig)
     gate: QualityGate = field(default_factory=QualityGate)
     device: str = "auto"
-    detector_batch_size: int = 64  # images per Inception forward pass
+    detector_batch_size: int | None = None  # images per Inception forward pass; None = the device's (inception.py)
 
 
 def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, tracker: Tracker, run_tag: str,
                     log: Callable[[str], None], warn: Callable[[str], None]) -> dict:
     """Judge the generator the last dcgan_checkpoint registered; the metadata of the report."""
-    runtime = resolve_runtime(job.device)
+    runtime = resolve_runtime(job.device, cpu_channels_last=True)  # the extractor judge is its one NHWC user
     summary = generator_summary(paths, dataset)
     name, version = summary["registered_model"], str(summary["version"])
     reader = open_shards(paths, dataset)

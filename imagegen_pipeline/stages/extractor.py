@@ -30,7 +30,7 @@ def train_feature_extractor(paths: DataPaths, dataset: str, cfg: core.ExtractorC
                             log: Callable[[str], None]) -> dict:
     """Fine-tune, register, promote by validation accuracy; the metadata of what was made."""
     reader = open_shards(paths, dataset)
-    runtime = resolve_runtime(device)
+    runtime = resolve_runtime(device, cpu_channels_last=True)
     try:
         imagenet, source = core.find_mobilenet_weights(allow_download=allow_download)
     except core.MissingWeightsError as exc:
@@ -104,7 +104,7 @@ def train_feature_extractor(paths: DataPaths, dataset: str, cfg: core.ExtractorC
     }
 
 
-def embed_dataset(paths: DataPaths, dataset: str, *, device: str, batch_size: int, near_duplicate_cosine: float,
+def embed_dataset(paths: DataPaths, dataset: str, *, device: str, batch_size: int | None, near_duplicate_cosine: float,
                   log: Callable[[str], None]) -> dict:
     """Every accepted image's embedding as Parquet, a 2-D map and the near-duplicate pairs."""
     reader = open_shards(paths, dataset)
@@ -113,7 +113,7 @@ def embed_dataset(paths: DataPaths, dataset: str, *, device: str, batch_size: in
         raise StageFailed(f"{dataset}: no {model_file}; materialize feature_extractor first")
     model, meta = core.load_extractor(model_file)
     meta = {**meta, **(extractor_summary(paths, dataset) or {})}  # the registered version is known only after save
-    runtime = resolve_runtime(device)
+    runtime = resolve_runtime(device, cpu_channels_last=True)
     t0 = time.perf_counter()
     parts, n = [], 0
     for split in reader.description["splits"]:

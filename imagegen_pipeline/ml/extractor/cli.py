@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = ExtractorConfig(**{f.name: getattr(args, f.name) for f in fields(ExtractorConfig)
                              if getattr(args, f.name, None) is not None})
-    runtime = resolve_runtime(args.device)
+    runtime = resolve_runtime(args.device, cpu_channels_last=True)
     reader = ShardReader(args.shards)
     xtr, ytr = reader.load_split("train")
     xva, yva = reader.load_split("val")

