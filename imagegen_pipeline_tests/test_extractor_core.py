@@ -160,6 +160,20 @@ def test_embed_images_returns_float32_cpu_arrays(report):
     assert calls == [(4, 10), (8, 10), (10, 10)]
 
 
+def test_channels_last_and_default_batch_give_the_same_embeddings(report):
+    """The CPU speed-ups change no figure: a channels-last runtime with the device's default batch (32 per pass on
+    CPU) embeds like NCHW with all images in one pass, to float rounding; and the model is left in that format."""
+    x, _ = pattern_images(40, 3, seed=10)
+    plain, p_plain = embed_images(report.model, x, runtime=resolve_runtime("cpu"), batch_size=40)
+    nhwc_runtime = resolve_runtime("cpu", cpu_channels_last=True)
+    assert nhwc_runtime.channels_last and not resolve_runtime("cpu").channels_last
+    fast, p_fast = embed_images(report.model, x, runtime=nhwc_runtime)
+    assert report.model.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(p_fast, p_plain, atol=1e-5)
+    report.model.to(memory_format=torch.contiguous_format)  # the module fixture is shared
+
+
 def test_save_load_round_trip_gives_identical_embeddings(report, tmp_path):
     """A saved extractor (safetensors + JSON metadata, no pickle) reloads to the very same embeddings."""
     path = save_extractor(tmp_path / "extractor.safetensors", report.model, {"class_names": report.class_names})
