@@ -104,8 +104,8 @@ def train_feature_extractor(paths: DataPaths, dataset: str, cfg: core.ExtractorC
     }
 
 
-def embed_dataset(paths: DataPaths, dataset: str, *, device: str, batch_size: int | None, near_duplicate_cosine: float,
-                  log: Callable[[str], None]) -> dict:
+def embed_dataset(paths: DataPaths, dataset: str, *, device: str, batch_size: int | None,
+                  near_duplicate_cosine: float, log: Callable[[str], None]) -> dict:
     """Every accepted image's embedding as Parquet, a 2-D map and the near-duplicate pairs."""
     reader = open_shards(paths, dataset)
     model_file = paths.models(dataset) / EXTRACTOR_FILE
