@@ -163,7 +163,10 @@ def down(paths: DataPaths, *, root: Path | None = None, timeout: float = 30, log
 
 def _alive(root: Path, name: str) -> bool:
     pid_file = root / "run" / f"{name}.pid"
-    return pid_file.is_file() and _ours(int(pid_file.read_text()), name) and _group_signal(int(pid_file.read_text()), 0)
+    if not pid_file.is_file():
+        return False
+    pgid = int(pid_file.read_text())
+    return _ours(pgid, name) and _group_signal(pgid, 0)
 
 
 def _ours(pgid: int, name: str) -> bool:

@@ -138,15 +138,16 @@ def near_duplicates(embeddings: np.ndarray, ids: Sequence, *, threshold: float =
 def _tile_pairs(x: torch.Tensor, q: torch.Tensor, rows: slice, cols: slice,
                 bar: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs (i, j), i < j, of one tile with cosine >= bar, and their cosines: the bound first, exact after."""
-    bound = q[rows] @ q[cols].T  # (b, c) upper bounds of the cosines
-    bound.triu_(diagonal=rows.start - cols.start + 1)  # keep j > i: below the diagonal is a repeat or itself
+    above = rows.start - cols.start + 1  # keep j > i: on and below that diagonal is a repeat or the image itself
+    xr, xc = x[rows], x[cols]  # (b, D), (c, D)
+    bound = (q[rows] @ q[cols].T).triu_(diagonal=above)  # (b, c) upper bounds of the cosines
     r, c = torch.nonzero(bound >= bar - SCREEN_SLACK, as_tuple=True)
     if len(r) > 2 * len(bound):  # the screen passes too much here: one exact tile is cheaper than gathers
-        sims = (x[rows] @ x[cols].T).triu_(diagonal=rows.start - cols.start + 1)  # (b, c)
+        sims = (xr @ xc.T).triu_(diagonal=above)  # (b, c)
         r, c = torch.nonzero(sims >= bar, as_tuple=True)
         vals = sims[r, c]
     else:
-        vals = (x[rows][r] * x[cols][c]).sum(dim=1)  # exact cosines of the screened pairs
+        vals = (xr[r] * xc[c]).sum(dim=1)  # exact cosines of the screened pairs
         keep = vals >= bar
         r, c, vals = r[keep], c[keep], vals[keep]
     return r + rows.start, c + cols.start, vals

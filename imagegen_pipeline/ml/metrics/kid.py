@@ -21,23 +21,24 @@ def kid_from_features(real: np.ndarray, fake: np.ndarray, *, num_subsets: int = 
         raise MetricUnavailable(f"KID needs at least 2 images per side, got {len(real)} real, {len(fake)} fake")
     rng = np.random.default_rng(seed)
     values = np.empty(num_subsets)
+
+    def kernel(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        return (u @ v.T / n + 1) ** 3  # (len(u), len(v))
+
     # up to 2,000 images a side (the quick protocol), the three kernel matrices are computed once and each subset
-    # sums its rows and columns: the same numbers as per-subset products, without 3 x num_subsets matmuls
-    whole = (len(fake) * len(real) <= WHOLE_KERNEL_MAX_PAIRS and
-             max(len(fake), len(real)) ** 2 <= WHOLE_KERNEL_MAX_PAIRS)
+    # takes its rows and columns: the same numbers as per-subset products, without 3 x num_subsets matmuls
+    whole = max(len(fake), len(real)) ** 2 <= WHOLE_KERNEL_MAX_PAIRS
     if whole:
-        kxx, kyy, kxy = ((u @ v.T / n + 1) ** 3 for u, v in ((fake, fake), (real, real), (fake, real)))
+        kxx, kyy, kxy = kernel(fake, fake), kernel(real, real), kernel(fake, real)
     for s in range(num_subsets):
         ix = rng.choice(len(fake), m, replace=False)
         iy = rng.choice(len(real), m, replace=False)
         if whole:
-            within = (kxx[np.ix_(ix, ix)].sum() - kxx[ix, ix].sum()) + (kyy[np.ix_(iy, iy)].sum() - kyy[iy, iy].sum())
-            cross = kxy[np.ix_(ix, iy)].sum()
+            a, b, c = kxx[np.ix_(ix, ix)], kyy[np.ix_(iy, iy)], kxy[np.ix_(ix, iy)]  # (m, m) each
         else:
-            x, y = fake[ix], real[iy]  # (m, D)
-            a = (x @ x.T / n + 1) ** 3 + (y @ y.T / n + 1) ** 3  # (m, m) within-set kernels
-            within, cross = a.sum() - np.diag(a).sum(), ((x @ y.T / n + 1) ** 3).sum()
-        values[s] = (within / (m - 1) - cross * 2 / m) / m
+            a, b, c = kernel(fake[ix], fake[ix]), kernel(real[iy], real[iy]), kernel(fake[ix], real[iy])
+        within = (a.sum() - np.diag(a).sum()) + (b.sum() - np.diag(b).sum())  # off-diagonal: unbiased
+        values[s] = (within / (m - 1) - c.sum() * 2 / m) / m
     return float(values.mean()), float(values.std())
 
 
