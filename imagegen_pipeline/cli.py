@@ -51,10 +51,18 @@ def run_job(job: str, dataset: str, paths: DataPaths, run_config: dict | None = 
 
     result = launch(job, dataset, paths, run_config, tags=tags, log=print)
     for check in result.get_asset_check_evaluations():
-        print(f"check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
+        print(check_line(check))
     print(f"dagster run {result.run_id} ({job}) {'succeeded' if result.success else 'FAILED'} "
           f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     return result
+
+
+def check_line(check) -> str:
+    """"check NAME: passed", or FAILED with why: its description, else its metadata (what the UI shows)."""
+    if check.passed:
+        return f"check {check.check_name}: passed"
+    why = check.description or ", ".join(f"{k}={v.value}" for k, v in check.metadata.items())
+    return f"check {check.check_name}: FAILED" + (f": {why}" if why else "")
 
 
 def _materialized(result, asset: str) -> dict:
