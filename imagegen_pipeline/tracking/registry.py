@@ -80,6 +80,11 @@ def download_model_artifact(name: str, version: str, key: str, dst: Path) -> Pat
     return path
 
 
+class ModelUnreadable(RuntimeError):
+    """A model the registry names that cannot be read (a locked store, a server error, a lost artifact): an error
+    naming its URI, never a reason to serve another version in its place."""
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A registered pyfunc and which version it is (an alias resolved first: what was used is recorded even if
@@ -89,31 +94,59 @@ class LoadedModel:
     name: str
     version: str
     description: str  # for people: "imagegen-generator-mnist v3 (@champion)"
-    skipped: tuple[tuple[str, str], ...] = ()  # (uri, why it failed to load) for the URIs tried before it
+    skipped: tuple[tuple[str, str], ...] = ()  # (uri, why) for the aliases tried before it that do not exist
 
 
 def load_registered(name: str, model_uri: str | None = None,
                     aliases: tuple[str, ...] = (CHAMPION, "candidate")) -> LoadedModel:
-    """`model_uri` if given, else models:/name@<alias> for the first alias that loads (the champion, and before
-    evaluation has promoted one, the candidate). ModelNotFound lists every URI tried and why it failed."""
+    """`model_uri` if given, else models:/name@<alias> for the first alias that exists (the champion, and before
+    evaluation has promoted one, the candidate: said in one line on stderr). Only a missing alias or model moves
+    on: one that exists but cannot be read raises ModelUnreadable. ModelNotFound lists every URI tried."""
+    import sys
+
     uris = [model_uri] if model_uri else [f"models:/{name}@{alias}" for alias in aliases]
     skipped: list[tuple[str, str]] = []
     for uri in uris:
+        target = _registry_target(uri)
+        if isinstance(target, str):
+            skipped.append((uri, target))
+            continue
+        model_name, version, alias = target
         try:
-            if not uri.startswith("models:/"):
-                model = mlflow.pyfunc.load_model(uri)
-                return LoadedModel(model, uri, model.metadata.model_uuid or "?", uri, tuple(skipped))
-            model_name, _, alias = uri[len("models:/"):].partition("@")
-            if alias:
-                version = MlflowClient().get_model_version_by_alias(model_name, alias).version
-            else:
-                model_name, _, version = model_name.partition("/")
-            model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
-            return LoadedModel(model, model_name, str(version),
-                               f"{model_name} v{version}" + (f" (@{alias})" if alias else ""), tuple(skipped))
+            model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}" if version else uri)
         except (MlflowException, OSError) as exc:
-            skipped.append((uri, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            raise ModelUnreadable(f"{uri}" + (f" (v{version})" if alias else "") + f" cannot be loaded: "
+                                  f"{_first_line(exc)}; no other version is served in its place (restore the "
+                                  "artifact store, or move the alias to a version that loads)") from exc
+        if skipped:
+            print(f"note: no {skipped[0][0]} yet (evaluation promotes it); using {uri}", file=sys.stderr)
+        if not version:
+            return LoadedModel(model, uri, model.metadata.model_uuid or "?", uri, tuple(skipped))
+        return LoadedModel(model, model_name, version,
+                           f"{model_name} v{version}" + (f" (@{alias})" if alias else ""), tuple(skipped))
     raise ModelNotFound("; ".join(f"{uri}: {why}" for uri, why in skipped))
+
+
+def _registry_target(uri: str) -> tuple[str, str | None, str | None] | str:
+    """(model name, version, alias) of a models:/ URI, ("", None, None) for any other URI, or why there is no such
+    model or alias. A registry that cannot be read raises ModelUnreadable: it never reads as "no such alias"."""
+    if not uri.startswith("models:/"):
+        return "", None, None
+    model_name, _, alias = uri[len("models:/"):].partition("@")
+    if not alias:
+        model_name, _, version = model_name.partition("/")
+        return model_name, version, None
+    try:
+        holder = current_alias_holder(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise ModelUnreadable(f"{uri} cannot be looked up in the registry: {_first_line(exc)}") from exc
+        return f"no registered model {model_name}"
+    return (model_name, str(holder.version), alias) if holder is not None else f"no alias @{alias}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def find_generator(paths: DataPaths, dataset: str, model_uri: str | None, *, exported: Path) -> LoadedModel | Path:
