@@ -276,5 +276,6 @@ def _conditioning_change(new: ModelVersion, old: ModelVersion) -> str | None:
     was, now = old.tags.get(CONDITIONING_TAG), new.tags.get(CONDITIONING_TAG)
     if was == now or was == "none":
         return None
+    field = {"text": "prompt"}.get(was, "label")
     return (f"it is conditioned on {was!r} and v{new.version} on {now!r}; a model of other conditioning would "
-            "change what a request's label means")
+            f"change what a request's {field} means")
