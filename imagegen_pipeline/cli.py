@@ -51,10 +51,18 @@ def run_job(job: str, dataset: str, paths: DataPaths, run_config: dict | None = 
 
     result = launch(job, dataset, paths, run_config, tags=tags, log=print)
     for check in result.get_asset_check_evaluations():
-        print(f"check {check.check_name}: {'passed' if check.passed else 'FAILED'}")
+        print(check_line(check))
     print(f"dagster run {result.run_id} ({job}) {'succeeded' if result.success else 'FAILED'} "
           f"(DAGSTER_HOME={os.environ['DAGSTER_HOME']})")
     return result
+
+
+def check_line(check) -> str:
+    """"check NAME: passed", or FAILED with why: its description, else its metadata (what the UI shows)."""
+    if check.passed:
+        return f"check {check.check_name}: passed"
+    why = check.description or ", ".join(f"{k}={v.value}" for k, v in check.metadata.items())
+    return f"check {check.check_name}: FAILED" + (f": {why}" if why else "")
 
 
 def _materialized(result, asset: str) -> dict:
@@ -243,7 +251,7 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     from imagegen_pipeline.ml.grids import image_grid, png_bytes
     from imagegen_pipeline.ml.prompt_score import PromptScorer, keep_best
     from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE
-    from imagegen_pipeline.tracking.registry import ModelNotFound, load_registered, registered_name
+    from imagegen_pipeline.tracking.registry import ModelNotFound, ModelUnreadable, load_registered, registered_name
     from imagegen_pipeline.tracking.store import tracking_uri, use_store
 
     dataset = validate_dataset_name(args.dataset)
@@ -255,8 +263,9 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     except ModelNotFound as exc:
         print(f"error: cannot load a generator: {exc}\n(train one with `imagegen train {dataset}`)", file=sys.stderr)
         return 2
-    for skipped_uri, _ in loaded.skipped:
-        print(f"note: no {skipped_uri} yet (evaluation promotes the champion)", file=sys.stderr)
+    except ModelUnreadable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     model, uri = loaded.model, loaded.description
     conditioning = (model.metadata.metadata or {}).get("conditioning", "?")
     print(f"generator {uri} (conditioning: {conditioning})")

@@ -9,7 +9,7 @@ from imagegen_pipeline.defs.captions import caption_assets
 from imagegen_pipeline.defs.checks import ingestion_checks
 from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.defs.evaluation import evaluation_assets
-from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
+from imagegen_pipeline.defs.extractor import extractor_champion, feature_extractor, image_embeddings
 from imagegen_pipeline.defs.feature_checks import feature_checks
 from imagegen_pipeline.defs.gallery import gallery_assets
 from imagegen_pipeline.defs.ingestion import image_shards, raw_images
@@ -21,8 +21,8 @@ from imagegen_pipeline.defs.dead_runs import dead_run_sensor
 from imagegen_pipeline.defs.sensors import landing_sensor
 
 defs = dg.Definitions(
-    assets=[raw_images, image_shards, feature_extractor, image_embeddings, dcgan_checkpoint, *evaluation_assets,
-            *gallery_assets, *caption_assets, *prompt_assets],
+    assets=[raw_images, image_shards, feature_extractor, extractor_champion, image_embeddings, dcgan_checkpoint,
+            *evaluation_assets, *gallery_assets, *caption_assets, *prompt_assets],
     asset_checks=[*ingestion_checks, *feature_checks],
     jobs=[ingest_job, features_job, captions_job, train_job, evaluate_job, retrain_job, pipeline_job, text_job],
     sensors=[landing_sensor, dead_run_sensor, retrain_when_data_changes],

@@ -8,7 +8,7 @@ from imagegen_pipeline.datasets import import_dataset
 from imagegen_pipeline.definitions import defs
 from imagegen_pipeline_tests.conftest import noise_png, run_ingest, write
 
-DOWNSTREAM = {"feature_extractor", "image_embeddings", "dcgan_checkpoint", "evaluation_report", "generator_champion",
+DOWNSTREAM = {"feature_extractor", "extractor_champion", "image_embeddings", "dcgan_checkpoint", "evaluation_report", "generator_champion",
               "sample_gallery"}
 
 

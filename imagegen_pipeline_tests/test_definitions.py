@@ -7,7 +7,7 @@ from imagegen_pipeline.definitions import defs
 STAGES = {"raw_images": "ingestion", "image_shards": "ingestion", "feature_extractor": "features",
           "image_embeddings": "features", "dcgan_checkpoint": "generation", "evaluation_report": "evaluation",
           "sample_gallery": "evaluation", "caption_embeddings": "features", "prompt_gallery": "evaluation",
-          "generator_champion": "evaluation"}
+          "generator_champion": "evaluation", "extractor_champion": "features"}
 
 
 def test_definitions_load_with_partitioned_assets_checks_jobs_and_sensors():

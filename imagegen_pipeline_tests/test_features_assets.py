@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from imagegen_pipeline.datasets import import_dataset
-from imagegen_pipeline.defs.extractor import feature_extractor, image_embeddings
+from imagegen_pipeline.defs.extractor import extractor_champion, feature_extractor, image_embeddings
 from imagegen_pipeline.stages.artifacts import EXTRACTOR_SUMMARY as SUMMARY_FILE
 from imagegen_pipeline.defs.feature_checks import feature_checks
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker, TrainingLauncher
@@ -32,7 +32,8 @@ def resources(paths) -> dict:
 
 def materialize_features(paths, instance, extractor_config: dict | None = None) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [feature_extractor, image_embeddings, *feature_checks], partition_key="mnist", instance=instance,
+        [feature_extractor, extractor_champion, image_embeddings, *feature_checks], partition_key="mnist",
+        instance=instance,
         resources=resources(paths), raise_on_error=False,
         run_config={"ops": {"feature_extractor": {"config": {**TINY_EXTRACTOR, **(extractor_config or {})}},
                             "image_embeddings": {"config": {"device": "cpu", "batch_size": 64}}}})
@@ -144,3 +145,44 @@ def test_unmeasured_val_accuracy_is_not_registered_as_a_score(paths, instance, m
     mlflow.set_tracking_uri(mlflow_uri)
     tags = mlflow.MlflowClient().get_model_version("imagegen-extractor-mnist", "1").tags
     assert "imagegen.metric.val_accuracy" not in tags
+
+
+BELOW_FLOOR = {"min_val_accuracy": 0.99, "train_baseline": False}  # 160 images, 2 epochs: far below 0.99
+
+
+def test_an_extractor_below_the_floor_never_becomes_champion(mnist_shards, instance, mlflow_uri):
+    """Issue 28.7: the extractor took `@champion` ("first model") inside feature_extractor, before its blocking
+    check failed. The check now gates the alias, and the version's gate tag keeps it out even when the champion
+    asset is materialized on its own."""
+    from imagegen_pipeline.tracking.registry import GATE_TAG
+
+    result = materialize_features(mnist_shards, instance, BELOW_FLOOR)
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["extractor_accuracy_above_floor"] is False and not result.success
+    client = mlflow.MlflowClient(tracking_uri=mlflow_uri, registry_uri=mlflow_uri)
+    assert "champion" not in client.get_registered_model("imagegen-extractor-mnist").aliases
+    gate = client.get_model_version("imagegen-extractor-mnist", "1").tags[GATE_TAG]
+    assert gate.startswith("rejected: val accuracy ") and gate.endswith(" < floor 0.99; train longer: "
+                                                                        "finetune_epochs / max_train_images")
+    alone = dg.materialize([extractor_champion], partition_key="mnist", instance=instance,
+                           resources=resources(mnist_shards), raise_on_error=False)
+    [mat] = alone.asset_materializations_for_node("extractor_champion")
+    assert mat.metadata["promoted"].value is False
+    assert mat.metadata["reason"].value.startswith("version 1 failed the quality gate: val accuracy ")
+    assert "champion" not in client.get_registered_model("imagegen-extractor-mnist").aliases
+
+
+def test_the_cli_prints_why_a_blocking_check_failed(mnist_shards, tmp_path, monkeypatch, capsys):
+    """Issue 28 (Also): a failed blocking check printed "check extractor_accuracy_above_floor: FAILED" and no
+    more. The CLI prints the figure and the floor, as the Dagster UI shows them."""
+    import re
+
+    from imagegen_pipeline.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    cfg = tmp_path / "below-floor.json"
+    cfg.write_text(json.dumps({"ops": {"feature_extractor": {"config": {**TINY_EXTRACTOR, **BELOW_FLOOR}}}}))
+    assert main(["--home", str(mnist_shards.home), "features", "mnist", "--config", str(cfg)]) == 1
+    [line] = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("check extractor_accuracy")]
+    assert re.fullmatch(r"check extractor_accuracy_above_floor: FAILED: val accuracy 0\.\d+ < floor 0\.99; "
+                        r"train longer: finetune_epochs / max_train_images", line), line

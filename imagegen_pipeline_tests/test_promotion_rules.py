@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from imagegen_pipeline.tracking.registry import METRIC_TAG, PROTOCOL_TAG, Guard, promote_if_better
+from imagegen_pipeline.tracking.registry import GATE_TAG, METRIC_TAG, PROTOCOL_TAG, Guard, promote_if_better
 from imagegen_pipeline.tracking.store import use_store
 
 NAME = "imagegen-generator-rules"
@@ -22,9 +22,11 @@ def client(mlflow_uri, tmp_path):
     return c
 
 
-def version(client, fid: float, fid_std: float, protocol: str = "quick|n=1000") -> str:
+def version(client, fid: float, fid_std: float, protocol: str = "quick|n=1000", **tags) -> str:
+    """A version that passed the quality gate, with these scores (and `tags`: "conditioning" -> its tag)."""
     mv = client.create_model_version(NAME, source=str(client.source), run_id=None)
-    for k, v in {METRIC_TAG + "fid": fid, METRIC_TAG + "fid_std": fid_std, PROTOCOL_TAG: protocol}.items():
+    for k, v in {METRIC_TAG + "fid": fid, METRIC_TAG + "fid_std": fid_std, PROTOCOL_TAG: protocol,
+                 GATE_TAG: "passed", **{f"imagegen.{k}": v for k, v in tags.items()}}.items():
         client.set_model_version_tag(NAME, mv.version, k, str(v))
     return str(mv.version)
 
@@ -45,6 +47,52 @@ def test_scores_from_another_protocol_are_never_compared(client):
     assert promote_if_better(NAME, version(client, 30.0, 0.1, protocol="quick|n=1000"), FID, client=client).promoted
     other = promote_if_better(NAME, version(client, 5.0, 0.1, protocol="paper|n=10000"), FID, client=client)
     assert not other.promoted and "another protocol" in other.reason and champion(client) == "1"
+
+
+def test_a_version_without_a_passed_gate_never_becomes_champion(client):
+    """Issue 28.6: a version whose evaluation died before its gate tag was written (DiskFull, an upload error)
+    became champion as the "first model". Only `imagegen.gate == passed` may take the alias, first or not."""
+    ungated = client.create_model_version(NAME, source=str(client.source), run_id=None).version
+    first = promote_if_better(NAME, str(ungated), [], client=client)
+    assert not first.promoted and "no champion yet" in first.reason
+    assert f"version {ungated} has not passed the quality gate" in first.reason
+    assert "champion" not in client.get_registered_model(NAME).aliases
+    assert promote_if_better(NAME, version(client, 30.0, 0.1), FID, client=client).promoted
+    better = version(client, 5.0, 0.1)
+    client.delete_model_version_tag(NAME, better, GATE_TAG)  # far better FID, but never judged to the end
+    later = promote_if_better(NAME, better, FID, client=client)
+    assert not later.promoted and "v2 stays champion" in later.reason and champion(client) == "2"
+
+
+def test_a_class_champion_is_never_replaced_by_a_model_of_other_conditioning(client):
+    """Issue 28.9: an unconditional model with a better FID replaced a class champion, silently changing what
+    `label` means to the model server. Conditioning is compared first, and the reason says so."""
+    from imagegen_pipeline.stages.evaluation import promotion_guards
+
+    cls = version(client, 30.0, 0.1, conditioning="class")
+    client.set_model_version_tag(NAME, cls, METRIC_TAG + "conditional_accuracy", "0.9")
+    assert promote_if_better(NAME, cls, FID, client=client).promoted
+    plain = version(client, 5.0, 0.1, conditioning="none")
+    decision = promote_if_better(NAME, plain, promotion_guards(client.get_model_version(NAME, plain).tags),
+                                 client=client)
+    assert not decision.promoted and champion(client) == cls
+    assert decision.reason == (f"kept v{cls} as champion: it is conditioned on 'class' and v{plain} on 'none'; "
+                               "a model of other conditioning would change what a request's label means")
+
+
+def test_a_class_model_may_replace_an_unconditional_champion_on_fid(client):
+    """Issue 28.9: an unconditional champion has no asked-for-class accuracy, and every class candidate failed
+    with "conditional_accuracy missing". The accuracy is compared only when both versions have one."""
+    from imagegen_pipeline.stages.evaluation import promotion_guards
+
+    plain = version(client, 30.0, 0.1, conditioning="none")
+    assert promote_if_better(NAME, plain, FID, client=client).promoted
+    cls = version(client, 20.0, 0.1, conditioning="class")
+    client.set_model_version_tag(NAME, cls, METRIC_TAG + "conditional_accuracy", "0.9")
+    decision = promote_if_better(NAME, cls, promotion_guards(client.get_model_version(NAME, cls).tags),
+                                 client=client)
+    assert decision.promoted and decision.reason == "better than v1: fid 20 vs 30 (margin 0.283)"
+    assert champion(client) == cls
 
 
 def test_a_registry_that_cannot_be_read_fails_instead_of_promoting(client, monkeypatch):

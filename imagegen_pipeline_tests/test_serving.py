@@ -13,6 +13,7 @@ import urllib.request
 
 import mlflow
 import numpy as np
+import pytest
 from PIL import Image
 
 from imagegen_pipeline.cli import main
@@ -79,3 +80,64 @@ def test_served_champion_returns_the_same_pngs_for_the_same_seed_and_json_errors
     finally:
         stop(proc, timeout=10)
     assert "serving imagegen-generator-mnist v1 (@champion)" in log.read_text()
+
+
+class _Constant(mlflow.pyfunc.PythonModel):
+    """The smallest pyfunc the registry can hold: these tests are about which version loads, not what it draws."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def _register_tiny(paths, name: str) -> str:
+    """A real registered version of `name`, its artifacts in the test's data root; its version number."""
+    from imagegen_pipeline.tracking.store import artifact_root, ensure_experiment
+
+    exp = ensure_experiment("mnist", artifacts=artifact_root(paths))
+    with mlflow.start_run(experiment_id=exp):
+        info = mlflow.pyfunc.log_model(name="model", python_model=_Constant(), pip_requirements=[],
+                                       registered_model_name=name)
+    return str(info.registered_model_version)
+
+
+def test_a_champion_whose_artifact_is_lost_is_an_error_naming_it_not_the_candidate_served(paths, mlflow_uri,
+                                                                                            capsys):
+    """Issue 28.10: any error on @champion (a lost artifact, a locked store) fell back to @candidate, which may be
+    a rejected model, and the CLI said "no champion yet". Only a missing alias falls back; this names the URI."""
+    import shutil
+
+    from imagegen_pipeline.tracking.registry import load_registered
+    from imagegen_pipeline.tracking.store import use_store
+
+    name = "imagegen-generator-mnist"
+    use_store(mlflow_uri)
+    champion, candidate = _register_tiny(paths, name), _register_tiny(paths, name)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(name, "champion", champion)
+    client.set_registered_model_alias(name, "candidate", candidate)
+    lost = client.get_model_version_download_uri(name, champion).removeprefix("file://")
+    shutil.rmtree(lost)  # the artifact store lost the champion's files
+    with pytest.raises(RuntimeError, match=rf"models:/{name}@champion \(v{champion}\) cannot be loaded"):
+        load_registered(name)
+    capsys.readouterr()
+    assert main(["--home", str(paths.home), "generate", "--dataset", "mnist", "--label", "3", "--out",
+                 str(paths.home / "out.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"models:/{name}@champion (v{champion}) cannot be loaded" in err and "no champion" not in err
+    assert not (paths.home / "out.png").exists()
+
+
+def test_only_a_missing_champion_alias_falls_back_to_the_candidate_said_in_one_line(paths, mlflow_uri, capsys):
+    """Issue 28.10: before evaluation promoted anything, @candidate is served, and stderr says so in one line."""
+    from imagegen_pipeline.tracking.registry import load_registered
+    from imagegen_pipeline.tracking.store import use_store
+
+    name = "imagegen-generator-mnist"
+    use_store(mlflow_uri)
+    candidate = _register_tiny(paths, name)
+    mlflow.MlflowClient().set_registered_model_alias(name, "candidate", candidate)
+    capsys.readouterr()
+    loaded = load_registered(name)
+    assert (loaded.version, loaded.description) == (candidate, f"{name} v{candidate} (@candidate)")
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: no models:/{name}@champion yet (evaluation promotes it); using models:/{name}@candidate"]

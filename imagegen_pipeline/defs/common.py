@@ -21,12 +21,14 @@ def datasets_in_scope(context: dg.AssetCheckExecutionContext, storage: ImagegenS
 
 
 def check_each(context, storage, fn) -> dg.AssetCheckResult:
-    """Run `fn(dataset) -> (passed, details)` per dataset in scope; pass only if all pass."""
+    """Run `fn(dataset) -> (passed, details)` per dataset in scope; pass only if all pass. A failing dataset's
+    details["reason"] becomes the result's description: the line the UI and the CLI show."""
     results = {ds: fn(ds) for ds in datasets_in_scope(context, storage)}
     if len(results) == 1:
         [(passed, details)] = results.values()
-        return dg.AssetCheckResult(passed=passed, metadata=details)
+        return dg.AssetCheckResult(passed=passed, metadata=details, description=details.get("reason"))
     failed = sorted(ds for ds, (ok, _) in results.items() if not ok)
-    return dg.AssetCheckResult(passed=bool(results) and not failed, metadata={
+    reasons = "; ".join(f"{ds}: {results[ds][1]['reason']}" for ds in failed if "reason" in results[ds][1])
+    return dg.AssetCheckResult(passed=bool(results) and not failed, description=reasons or None, metadata={
         "datasets_checked": len(results), "failed": ", ".join(failed) or "none",
         **{f"{ds}: {k}": v for ds in failed for k, v in results[ds][1].items()}})

