@@ -171,3 +171,47 @@ def test_init_from_starts_from_the_source_champion_checkpoint_not_the_newest_loc
     started = load_checkpoint(run_dir / "latest.pt")
     assert all(torch.equal(started["G"][k], v) for k, v in v1["G"].items())
     assert started["config"]["extra"]["init_from"] == "imagegen-generator-mnist v1"
+
+
+def test_a_version_is_registered_from_its_own_run_even_while_another_writer_rewrites_the_shared_export(
+        mnist_shards, instance, mlflow_uri, tmp_path):
+    """Issue 28.4: the stage registered models/<ds>/generator.safetensors, a file every run of the dataset writes.
+    Another run's weights landing there between this run's copy and its registration became this run's version.
+    Here another writer keeps putting foreign weights in that shared file while this run trains and registers:
+    the registered version still holds the weights of its own run's export."""
+    import threading
+
+    from imagegen_pipeline.ml.dcgan.export import WEIGHTS_FILE
+    from imagegen_pipeline.tracking.registry import download_model_artifact
+
+    paths = mnist_shards
+    assert train(paths, instance, seed=1).success  # the other run's weights, then kept aside
+    shared = paths.models("mnist") / WEIGHTS_FILE
+    foreign = shared.read_bytes()
+    stop = threading.Event()
+
+    def other_writer() -> None:  # as a concurrent run of the same dataset would: its copy, atomically
+        while not stop.is_set():
+            try:
+                if shared.read_bytes() != foreign:
+                    (tmp_path / "other.tmp").write_bytes(foreign)
+                    os.replace(tmp_path / "other.tmp", shared)
+            except FileNotFoundError:
+                pass
+            time.sleep(0.001)
+
+    writer = threading.Thread(target=other_writer, daemon=True)
+    writer.start()
+    try:
+        result = train(paths, instance, seed=2)
+    finally:
+        stop.set()
+        writer.join()
+    assert result.success
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version("imagegen-generator-mnist", "2")
+    own = Path(mv.tags["imagegen.checkpoint"]).parent / WEIGHTS_FILE  # the run folder's own export
+    registered = download_model_artifact("imagegen-generator-mnist", "2", "generator", tmp_path / "dl")
+    assert registered.read_bytes() == own.read_bytes()
+    assert registered.read_bytes() != foreign

@@ -97,13 +97,14 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         t0 = time.perf_counter()
         result = _train(cfg, data, out_dir, runtime, feature_net, init_state, run, log, dataset)
         seconds = time.perf_counter() - t0
-        generator_file = paths.models(dataset) / GENERATOR_FILE
-        with atomic_path(generator_file) as tmp:
-            shutil.copyfile(result.generator_path, tmp)
         run.log_artifact(result.checkpoint_path, "checkpoint")
         run.log_metrics({"train_seconds": seconds, "images_per_second_total": result.images_per_second})
-        mv = _register(tracker, run, dataset, reader, conditioning, captions, generator_file, stamp,
+        # from the run folder's own export: the shared models/<ds> copy is every run's, another may rewrite it
+        mv = _register(tracker, run, dataset, reader, conditioning, captions, result.generator_path, stamp,
                        extractor_version, result, cfg.family)
+    generator_file = paths.models(dataset) / GENERATOR_FILE  # the dataset's latest, for the stages that follow
+    with atomic_path(generator_file) as tmp:
+        shutil.copyfile(result.generator_path, tmp)
     name = mv.name
     write_json_atomic(out_dir / DONE_FILE, {"registered_model": name, "version": mv.version})
     write_json_atomic(paths.models(dataset) / GENERATOR_SUMMARY, {
