@@ -215,3 +215,54 @@ def test_a_version_is_registered_from_its_own_run_even_while_another_writer_rewr
     registered = download_model_artifact("imagegen-generator-mnist", "2", "generator", tmp_path / "dl")
     assert registered.read_bytes() == own.read_bytes()
     assert registered.read_bytes() != foreign
+
+
+def killed_after_last_checkpoint(paths) -> Path:
+    """The run folder as a kill between the final checkpoint and registration leaves it: no registered.json."""
+    from imagegen_pipeline.stages.dcgan import DONE_FILE
+
+    [done] = list(paths.checkpoints("mnist").glob(f"dcgan-*/{DONE_FILE}"))
+    done.unlink()
+    return done.parent
+
+
+def test_raising_steps_after_a_kill_resumes_the_same_run_folder(mnist_shards, instance):
+    """Issue 28.5: the run folder's key hashed `steps` too, although RESUMABLE_CHANGES lets a resume change it,
+    so asking a killed run for more steps started again from step 0 in a new folder. Another learning rate is
+    another experiment: a folder of its own."""
+    paths = mnist_shards
+    assert train(paths, instance).success
+    folder = killed_after_last_checkpoint(paths)
+    longer = train(paths, instance, steps=9, log_every=3)
+    assert longer.success
+    assert (metadata(longer)["resumed_from_step"], metadata(longer)["steps"]) == (6, 9)
+    assert list(paths.checkpoints("mnist").glob("dcgan-*")) == [folder]
+    killed_after_last_checkpoint(paths)
+    other = train(paths, instance, steps=9, lr_g=1e-4)
+    assert other.success and metadata(other)["resumed_from_step"] == 0
+    assert len(list(paths.checkpoints("mnist").glob("dcgan-*"))) == 2
+
+
+def test_a_feature_head_run_resumes_only_against_the_same_feature_network(mnist_shards, instance):
+    """Issue 28.5: the key left the feature network out, so a killed feature_head run resumed against a re-trained
+    extractor, its D head trained on one network's embeddings and continued on another's. Now the extractor's
+    weights are part of the key: the same file resumes, another file starts a run of its own."""
+    from imagegen_pipeline.ml.extractor import build_extractor, save_extractor
+    from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE
+
+    paths = mnist_shards
+    extractor = paths.models("mnist") / EXTRACTOR_FILE
+    torch.manual_seed(0)
+    save_extractor(extractor, build_extractor(10, pretrained=False, input_size=32))
+    head = {"feature_head": True, "steps": 2, "checkpoint_every": 2, "sample_every": 2, "ema_start_step": 0}
+    assert train(paths, instance, **head).success
+    folder = killed_after_last_checkpoint(paths)
+    same = train(paths, instance, **{**head, "steps": 4})
+    assert same.success and metadata(same)["resumed_from_step"] == 2  # same network, more steps: resumed
+    assert list(paths.checkpoints("mnist").glob("dcgan-*")) == [folder]
+    killed_after_last_checkpoint(paths)
+    torch.manual_seed(1)
+    save_extractor(extractor, build_extractor(10, pretrained=False, input_size=32))  # feature_extractor again
+    retrained = train(paths, instance, **{**head, "steps": 4})
+    assert retrained.success and metadata(retrained)["resumed_from_step"] == 0
+    assert len(list(paths.checkpoints("mnist").glob("dcgan-*"))) == 2

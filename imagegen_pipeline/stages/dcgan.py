@@ -22,6 +22,7 @@ from imagegen_pipeline.atomic import atomic_path, write_json_atomic
 from imagegen_pipeline.ml import dcgan as core
 from imagegen_pipeline.ml.checkpoint import CorruptCheckpoint, load_checkpoint
 from imagegen_pipeline.ml.dcgan import ddp
+from imagegen_pipeline.ml.dcgan.config import RESUMABLE_CHANGES
 from imagegen_pipeline.ml.dcgan.train import CHECKPOINT_FILE
 from imagegen_pipeline.ml.dcgan.vae import train_vae
 from imagegen_pipeline.ml.grids import png_bytes
@@ -65,7 +66,10 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
     if init_version:  # part of the run key: another source version is another experiment
         cfg = cfg.replace(extra={**cfg.extra, "init_from": init_version})
     data = _train_data(reader, conditioning, captions, warn)
-    feature_net = _feature_net(paths, dataset) if cfg.feature_head else None
+    feature_net = None
+    if cfg.feature_head:  # D's head learns this network's embeddings: another network is another experiment
+        feature_net, feature_key = _feature_net(paths, dataset)
+        cfg = cfg.replace(extra={**cfg.extra, "feature_net": feature_key})
     # in the run worker a world of one; under torchrun (imagegen_pipeline.external) this joins its process group
     rank, runtime = ddp.init_distributed(job.device, cpu_bf16=job.cpu_bf16)
     if rank.enabled and cfg.family == "vae":
@@ -180,12 +184,15 @@ def _train_data(reader, conditioning: str, captions, warn) -> core.TrainData:
     return core.TrainData(images=images, labels=labels, text=text)
 
 
-def _feature_net(paths: DataPaths, dataset: str):
+def _feature_net(paths: DataPaths, dataset: str) -> tuple[object, str]:
+    """The frozen fine-tuned extractor and the content hash of its weights file (part of the run key)."""
     from imagegen_pipeline.ml.extractor import load_extractor
 
-    if not (paths.models(dataset) / EXTRACTOR_FILE).is_file():
+    f = paths.models(dataset) / EXTRACTOR_FILE
+    if not f.is_file():
         raise StageFailed("feature_head=True needs the fine-tuned extractor: materialize feature_extractor")
-    return load_extractor(paths.models(dataset) / EXTRACTOR_FILE)[0]
+    key = f"{EXTRACTOR_FILE} sha256:{hashlib.sha256(f.read_bytes()).hexdigest()[:16]}"
+    return load_extractor(f)[0], key
 
 
 def _train(cfg, data, out_dir: Path, runtime, feature_net, init_state, run, log, dataset: str):
@@ -232,8 +239,11 @@ def _register(tracker: Tracker, run, dataset: str, reader, conditioning: str, ca
 
 
 def run_dir(paths: DataPaths, dataset: str, cfg: core.DCGANConfig, stamp: str) -> Path:
-    """Same config + same data = same folder, so a killed run resumes; anything else starts fresh."""
-    key = hashlib.sha256(json.dumps([cfg.to_dict(), stamp], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """Same experiment + same data = same folder, so a killed run resumes, also with the fields RESUMABLE_CHANGES
+    lets a resume change (more steps); anything else starts fresh. `extra` stays in the key: the stage keeps the
+    experiment's other inputs there (init_from version, caption file, feature network)."""
+    experiment = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES - {"extra"}}
+    key = hashlib.sha256(json.dumps([experiment, stamp], sort_keys=True, default=str).encode()).hexdigest()[:12]
     return paths.checkpoints(dataset) / f"dcgan-{key}"
 
 
