@@ -32,6 +32,8 @@ from imagegen_pipeline.tracking.registry import (GATE_TAG, METRIC_TAG, PROTOCOL_
                                                  MissingArtifact, registered_name)
 from imagegen_pipeline.tracking.tracker import Tracker
 
+EVALUATION_RUN_TAG = "imagegen.evaluation_run"  # on a generator version: the MLflow run of its last evaluation
+TRAINING_RUN_TAG = "imagegen.training_run"  # on an evaluation run: the run that trained the judged version
 LATEST_FILE = "latest_evaluation.json"  # in reports/<dataset>/: which version the last report judged
 HISTORY_FILE = "history.jsonl"
 
@@ -98,12 +100,16 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
     report = _write_report(paths, dataset, job, summary, result, head, failures, human, judge_version, rescored,
                            families, resolution=gcfg.resolution, device=runtime.describe()["device_name"],
                            run_tag=run_tag)
-    with tracker.run(dataset, run_name="", resume_id=summary["mlflow_run_id"]) as run:
+    # a run of its own, not the training run reopened: MLflow marks the run an exception leaves FAILED, and a
+    # failed evaluation says nothing about the training
+    with tracker.run(dataset, run_name=f"eval-v{version}",
+                     tags=evaluation_tags(name, version, tracker.version(name, version).run_id, run_tag)) as run:
         run.log_metrics({f"eval_{k}": v for k, v in head.items()})
         run.set_tags({f"eval.protocol.{k}": v for k, v in result.protocol.items()})
         run.log_artifacts(report["dir"], "evaluation")
         record_scores(tracker, name, version, head, result.protocol, run_id=run.id)
-        tracker.tag_version(name, version, {GATE_TAG: "passed" if not failures else "rejected: " + "; ".join(failures)})
+        tracker.tag_version(name, version, {GATE_TAG: "passed" if not failures else "rejected: " + "; ".join(failures),
+                                            EVALUATION_RUN_TAG: run.id})
         if failures:
             tracker.tag_version(name, version, {REJECTED_TAG: "; ".join(failures)})
         else:  # re-evaluated and now passes
@@ -128,6 +134,13 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
         "report_json": FilePath(str(report["dir"] / "report.json")),
         "mlflow_run": Link(run.link),
     }
+
+
+def evaluation_tags(name: str, version: str, training_run: str | None, run_tag: str) -> dict[str, str]:
+    """What links an evaluation's MLflow run to the version it judged and to the run that trained that version."""
+    return {"imagegen.stage": "evaluation_report", "imagegen.dagster_run": run_tag,
+            "imagegen.registered_model": name, "imagegen.model_version": str(version),
+            TRAINING_RUN_TAG: training_run or "unknown"}
 
 
 def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: dict, result, head: dict,
