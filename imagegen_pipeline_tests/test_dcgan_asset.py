@@ -155,7 +155,7 @@ def test_init_from_starts_from_the_source_champion_checkpoint_not_the_newest_loc
     the source version is part of its run key."""
     paths = mnist_shards
     train(paths, instance)
-    train(paths, instance, steps=8)  # v2: newer on disk
+    train(paths, instance, seed=1)  # v2: newer on disk, another experiment (its own run folder)
     mlflow.set_tracking_uri(mlflow_uri)
     client = mlflow.MlflowClient()
     client.set_registered_model_alias("imagegen-generator-mnist", "champion", "1")
@@ -266,3 +266,27 @@ def test_a_feature_head_run_resumes_only_against_the_same_feature_network(mnist_
     retrained = train(paths, instance, **{**head, "steps": 4})
     assert retrained.success and metadata(retrained)["resumed_from_step"] == 0
     assert len(list(paths.checkpoints("mnist").glob("dcgan-*"))) == 2
+
+
+def test_a_second_trainer_of_the_same_run_folder_refuses_and_names_the_one_training(mnist_shards, instance,
+                                                                                      tmp_path):
+    """Issue 28.3: `imagegen train` runs in its own process, outside the team's run queue, and nothing locked the
+    run folder, so it trained beside another run of the same experiment into the same folder. The folder is now
+    locked while a run trains it: a second trainer refuses and names the holder (host, pid, Dagster run)."""
+    import socket
+
+    paths = mnist_shards
+    proc, _, _ = train_until_first_checkpoint(paths, tmp_path, 2000)  # a real second process, mid-training
+    try:
+        second = train(paths, instance)  # the same experiment: the same run folder
+        assert not second.success
+        error = str(second.failure_data_for_node("dcgan_checkpoint").error)
+        [folder] = list(paths.checkpoints("mnist").glob("dcgan-*"))
+        with dg.DagsterInstance.from_config(str(paths.home / ".dagster")) as theirs:
+            [their_run] = theirs.get_runs()
+        assert (f"mnist: the run folder {folder} is busy: another process (pid {proc.pid} on "
+                f"{socket.gethostname()}, Dagster run {their_run.run_id}) holds ") in error
+        assert proc.poll() is None  # the first trainer goes on undisturbed
+    finally:
+        proc.kill()
+        proc.wait()

@@ -5,6 +5,7 @@ generator network; the `imagegen.family` tag says which, and both compete for `c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -12,13 +13,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
 from imagegen_pipeline.atomic import atomic_path, write_json_atomic
+from imagegen_pipeline.locks import LockTimeout, exclusive_lock
 from imagegen_pipeline.ml import dcgan as core
 from imagegen_pipeline.ml.checkpoint import CorruptCheckpoint, load_checkpoint
 from imagegen_pipeline.ml.dcgan import ddp
@@ -76,13 +78,40 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         raise StageFailed(f"{dataset}: the vae family trains in one process; launch it with nproc_per_node=1")
     stamp = shards_stamp(reader)
     out_dir = run_dir(paths, dataset, cfg, stamp)
-    if rank.is_main and (out_dir / DONE_FILE).exists():  # finished and registered before: a new run
-        shutil.rmtree(out_dir)
-    ddp.barrier(rank)
-    resuming = (out_dir / CHECKPOINT_FILE).exists()
     if not rank.is_main:  # another torchrun rank: trains in step with rank 0, which alone writes, tracks, registers
+        ddp.barrier(rank)
         _train(cfg, data, out_dir, runtime, feature_net, init_state, None, log, dataset)
         return {}
+    with run_folder_lock(out_dir, dataset, run_tag):
+        if (out_dir / DONE_FILE).exists():  # finished and registered before: a new run
+            shutil.rmtree(out_dir)
+        ddp.barrier(rank)
+        return _train_and_register(paths, dataset, reader, cfg, data, out_dir, stamp, runtime, rank, feature_net,
+                                   init_state, init_version, conditioning, captions, tracker=tracker,
+                                   run_tag=run_tag, log=log, warn=warn)
+
+
+@contextlib.contextmanager
+def run_folder_lock(out_dir: Path, dataset: str, run_tag: str) -> Iterator[None]:
+    """One trainer per run folder: the CLI trains in its own process, outside any run queue, and two runs of one
+    experiment share a folder; the second refuses, naming the first. The lock file lives beside the folder (a
+    finished run's successor deletes the folder), under .locks/."""
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(exclusive_lock(out_dir.parent / ".locks" / f"{out_dir.name}.lock", timeout=0,
+                                           what=f"{dataset}: the run folder {out_dir}",
+                                           holder=f"Dagster run {run_tag}"))
+    except LockTimeout as exc:
+        raise StageFailed(str(exc)) from None
+    with stack:
+        yield
+
+
+def _train_and_register(paths: DataPaths, dataset: str, reader, cfg, data, out_dir: Path, stamp: str, runtime, rank,
+                        feature_net, init_state, init_version: str, conditioning: str, captions, *, tracker: Tracker,
+                        run_tag: str, log: Callable[[str], None], warn: Callable[[str], None]) -> dict:
+    """Rank 0's part, under the run folder's lock: train or resume, track, register, write the summary."""
+    resuming = (out_dir / CHECKPOINT_FILE).exists()
     extractor_version = _extractor_version(paths, dataset)
     log(f"{dataset}: {len(data.images)} images {reader.shape}, conditioning={conditioning}, "
         f"{'resuming' if resuming else 'starting'} in {out_dir} on {runtime.describe()}")
