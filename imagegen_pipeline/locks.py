@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +17,10 @@ class LockTimeout(RuntimeError):
 
 
 @contextmanager
-def exclusive_lock(path: str | os.PathLike, *, timeout: float, what: str) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (created if needed); wait up to `timeout` seconds for another holder,
-    then raise LockTimeout naming `what` and the holder's pid. The kernel drops the lock if a holder dies."""
+def exclusive_lock(path: str | os.PathLike, *, timeout: float, what: str, holder: str = "") -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created if needed); wait up to `timeout` seconds (0: not at all) for
+    another holder, then raise LockTimeout naming `what` and the holder: its pid and host, and `holder` (e.g. its
+    run), which the file records while held. The kernel drops the lock if a holder dies."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -30,12 +32,13 @@ def exclusive_lock(path: str | os.PathLike, *, timeout: float, what: str) -> Ite
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                    raise LockTimeout(f"{what} is busy: another process (pid {holder}) has held {path} for over "
-                                      f"{timeout:.0f} s; wait for it to finish, then run again") from None
+                    other = os.pread(fd, 1024, 0).decode(errors="replace").strip() or "unknown"
+                    held = f"has held {path} for over {timeout:.0f} s" if timeout > 0 else f"holds {path}"
+                    raise LockTimeout(f"{what} is busy: another process ({other}) {held}; wait for it to finish, "
+                                      "then run again") from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, ", ".join(filter(None, [f"pid {os.getpid()} on {socket.gethostname()}", holder])).encode(), 0)
         yield
     finally:
         os.close(fd)  # closing releases the lock

@@ -245,7 +245,7 @@ def _start_postgres(team: Team, log) -> None:
                             f"give its folders o+x, or pass --root in a folder it can reach")
         password = secrets.token_urlsafe(24)
         pwfile = root / "initdb.pw"
-        pwfile.write_text(password + "\n")
+        write_secret(pwfile, password + "\n")
         _own(pwfile)
         pgdata.mkdir(mode=0o700)
         _own(pgdata)
@@ -255,8 +255,7 @@ def _start_postgres(team: Team, log) -> None:
                           f"--pwfile={pwfile}", "-E", "UTF8", "--no-instructions"], root)
         finally:
             pwfile.unlink()
-        pgpass.write_text(f"127.0.0.1:*:*:{DB_USER}:{password}\n")
-        pgpass.chmod(0o600)
+        write_secret(pgpass, f"127.0.0.1:*:*:{DB_USER}:{password}\n")
         created = True
     else:
         created = False
@@ -276,6 +275,17 @@ def _start_postgres(team: Team, log) -> None:
             for db in DATABASES:
                 cur.execute(f"CREATE DATABASE {db}")
         conn.close()
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a password file that is 0600 from its first byte on (write-then-chmod leaves a window where any local
+    user may read it); an existing copy is made private before it is rewritten."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _reachable_by(path: Path, user: pwd.struct_passwd) -> bool:

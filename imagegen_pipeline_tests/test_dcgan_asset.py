@@ -155,7 +155,7 @@ def test_init_from_starts_from_the_source_champion_checkpoint_not_the_newest_loc
     the source version is part of its run key."""
     paths = mnist_shards
     train(paths, instance)
-    train(paths, instance, steps=8)  # v2: newer on disk
+    train(paths, instance, seed=1)  # v2: newer on disk, another experiment (its own run folder)
     mlflow.set_tracking_uri(mlflow_uri)
     client = mlflow.MlflowClient()
     client.set_registered_model_alias("imagegen-generator-mnist", "champion", "1")
@@ -171,3 +171,122 @@ def test_init_from_starts_from_the_source_champion_checkpoint_not_the_newest_loc
     started = load_checkpoint(run_dir / "latest.pt")
     assert all(torch.equal(started["G"][k], v) for k, v in v1["G"].items())
     assert started["config"]["extra"]["init_from"] == "imagegen-generator-mnist v1"
+
+
+def test_a_version_is_registered_from_its_own_run_even_while_another_writer_rewrites_the_shared_export(
+        mnist_shards, instance, mlflow_uri, tmp_path):
+    """Issue 28.4: the stage registered models/<ds>/generator.safetensors, a file every run of the dataset writes.
+    Another run's weights landing there between this run's copy and its registration became this run's version.
+    Here another writer keeps putting foreign weights in that shared file while this run trains and registers:
+    the registered version still holds the weights of its own run's export."""
+    import threading
+
+    from imagegen_pipeline.ml.dcgan.export import WEIGHTS_FILE
+    from imagegen_pipeline.tracking.registry import download_model_artifact
+
+    paths = mnist_shards
+    assert train(paths, instance, seed=1).success  # the other run's weights, then kept aside
+    shared = paths.models("mnist") / WEIGHTS_FILE
+    foreign = shared.read_bytes()
+    stop = threading.Event()
+
+    def other_writer() -> None:  # as a concurrent run of the same dataset would: its copy, atomically
+        while not stop.is_set():
+            try:
+                if shared.read_bytes() != foreign:
+                    (tmp_path / "other.tmp").write_bytes(foreign)
+                    os.replace(tmp_path / "other.tmp", shared)
+            except FileNotFoundError:
+                pass
+            time.sleep(0.001)
+
+    writer = threading.Thread(target=other_writer, daemon=True)
+    writer.start()
+    try:
+        result = train(paths, instance, seed=2)
+    finally:
+        stop.set()
+        writer.join()
+    assert result.success
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    mv = client.get_model_version("imagegen-generator-mnist", "2")
+    own = Path(mv.tags["imagegen.checkpoint"]).parent / WEIGHTS_FILE  # the run folder's own export
+    registered = download_model_artifact("imagegen-generator-mnist", "2", "generator", tmp_path / "dl")
+    assert registered.read_bytes() == own.read_bytes()
+    assert registered.read_bytes() != foreign
+
+
+def killed_after_last_checkpoint(paths) -> Path:
+    """The run folder as a kill between the final checkpoint and registration leaves it: no registered.json."""
+    from imagegen_pipeline.stages.dcgan import DONE_FILE
+
+    [done] = list(paths.checkpoints("mnist").glob(f"dcgan-*/{DONE_FILE}"))
+    done.unlink()
+    return done.parent
+
+
+def test_raising_steps_after_a_kill_resumes_the_same_run_folder(mnist_shards, instance):
+    """Issue 28.5: the run folder's key hashed `steps` too, although RESUMABLE_CHANGES lets a resume change it,
+    so asking a killed run for more steps started again from step 0 in a new folder. Another learning rate is
+    another experiment: a folder of its own."""
+    paths = mnist_shards
+    assert train(paths, instance).success
+    folder = killed_after_last_checkpoint(paths)
+    longer = train(paths, instance, steps=9, log_every=3)
+    assert longer.success
+    assert (metadata(longer)["resumed_from_step"], metadata(longer)["steps"]) == (6, 9)
+    assert list(paths.checkpoints("mnist").glob("dcgan-*")) == [folder]
+    killed_after_last_checkpoint(paths)
+    other = train(paths, instance, steps=9, lr_g=1e-4)
+    assert other.success and metadata(other)["resumed_from_step"] == 0
+    assert len(list(paths.checkpoints("mnist").glob("dcgan-*"))) == 2
+
+
+def test_a_feature_head_run_resumes_only_against_the_same_feature_network(mnist_shards, instance):
+    """Issue 28.5: the key left the feature network out, so a killed feature_head run resumed against a re-trained
+    extractor, its D head trained on one network's embeddings and continued on another's. Now the extractor's
+    weights are part of the key: the same file resumes, another file starts a run of its own."""
+    from imagegen_pipeline.ml.extractor import build_extractor, save_extractor
+    from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE
+
+    paths = mnist_shards
+    extractor = paths.models("mnist") / EXTRACTOR_FILE
+    torch.manual_seed(0)
+    save_extractor(extractor, build_extractor(10, pretrained=False, input_size=32))
+    head = {"feature_head": True, "steps": 2, "checkpoint_every": 2, "sample_every": 2, "ema_start_step": 0}
+    assert train(paths, instance, **head).success
+    folder = killed_after_last_checkpoint(paths)
+    same = train(paths, instance, **{**head, "steps": 4})
+    assert same.success and metadata(same)["resumed_from_step"] == 2  # same network, more steps: resumed
+    assert list(paths.checkpoints("mnist").glob("dcgan-*")) == [folder]
+    killed_after_last_checkpoint(paths)
+    torch.manual_seed(1)
+    save_extractor(extractor, build_extractor(10, pretrained=False, input_size=32))  # feature_extractor again
+    retrained = train(paths, instance, **{**head, "steps": 4})
+    assert retrained.success and metadata(retrained)["resumed_from_step"] == 0
+    assert len(list(paths.checkpoints("mnist").glob("dcgan-*"))) == 2
+
+
+def test_a_second_trainer_of_the_same_run_folder_refuses_and_names_the_one_training(mnist_shards, instance,
+                                                                                      tmp_path):
+    """Issue 28.3: `imagegen train` runs in its own process, outside the team's run queue, and nothing locked the
+    run folder, so it trained beside another run of the same experiment into the same folder. The folder is now
+    locked while a run trains it: a second trainer refuses and names the holder (host, pid, Dagster run)."""
+    import socket
+
+    paths = mnist_shards
+    proc, _, _ = train_until_first_checkpoint(paths, tmp_path, 2000)  # a real second process, mid-training
+    try:
+        second = train(paths, instance)  # the same experiment: the same run folder
+        assert not second.success
+        error = str(second.failure_data_for_node("dcgan_checkpoint").error)
+        [folder] = list(paths.checkpoints("mnist").glob("dcgan-*"))
+        with dg.DagsterInstance.from_config(str(paths.home / ".dagster")) as theirs:
+            [their_run] = theirs.get_runs()
+        assert (f"mnist: the run folder {folder} is busy: another process (pid {proc.pid} on "
+                f"{socket.gethostname()}, Dagster run {their_run.run_id}) holds ") in error
+        assert proc.poll() is None  # the first trainer goes on undisturbed
+    finally:
+        proc.kill()
+        proc.wait()

@@ -76,11 +76,12 @@ def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, 
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias(GENERATOR, "champion")
     assert str(champion.version) == "1" and float(champion.tags[METRIC_TAG + "fid"]) == pytest.approx(meta["fid"])
-    run_data = client.get_run(champion.run_id).data
+    evaluation_run = champion.tags["imagegen.evaluation_run"]  # its own run, linked to the version (issue 28.11)
+    run_data = client.get_run(evaluation_run).data
     assert run_data.metrics["eval_fid"] == pytest.approx(meta["fid"])
     scored = {m.key: m.value for m in client.get_logged_model(logged_model_id(champion)).metrics}  # LoggedModel
     assert scored["eval_fid"] == pytest.approx(meta["fid"]) and "eval_conditional_accuracy" in scored
-    assert "evaluation" in {a.path for a in client.list_artifacts(champion.run_id)}
+    assert "evaluation" in {a.path for a in client.list_artifacts(evaluation_run)}
     # the protocol travels with every figure: report, Markdown, MLflow run tags and the registered version
     protocol = report["protocol"]
     assert (protocol["name"], protocol["num_samples"], protocol["detector"]) == ("custom", 20, DETECTOR_ID)
@@ -249,3 +250,39 @@ def test_a_vae_is_registered_beside_the_dcgan_and_competes_under_the_same_gate(t
     assert tags["imagegen.family"] == "vae" and tags[PROTOCOL_TAG] == report["protocol"]["key"]
     _, reason = promotion(second)
     assert reason.startswith(("better than v1: fid", "kept v1 as champion: fid"))
+
+
+def test_a_failed_evaluation_leaves_the_training_run_finished(trained, instance, mlflow_uri):
+    """Issue 28.11: evaluation reopened the generator's training run, and MLflow marks the run it leaves on an
+    exception FAILED, so an upload error in the evaluation turned a good training run red. Evaluation now logs
+    into a run of its own, tagged with the training run and the model version (and the version names it)."""
+    paths = trained
+    resources = {"storage": ImagegenStorage(home=str(paths.home)), "mlflow_tracker": MlflowTracker(),
+                 "training": TrainingLauncher()}
+    run(paths, instance, [dcgan_checkpoint])
+    mlflow.set_tracking_uri(mlflow_uri)
+    client = mlflow.MlflowClient()
+    training_run = client.get_model_version(GENERATOR, "1").run_id
+    stray = paths.reports("mnist") / "eval-v1" / "big-samples.npz"  # a link to a file someone deleted
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.symlink_to(paths.home / "gone.npz")
+    failed = dg.materialize([evaluation_report], partition_key="mnist", instance=instance, raise_on_error=False,
+                            resources=resources,
+                            run_config={"ops": {"evaluation_report": {"config": {**TINY_EVAL, **OPEN_GATE}}}})
+    assert not failed.success
+    assert "big-samples.npz" in str(failed.failure_data_for_node("evaluation_report").error)  # the upload failed
+    assert client.get_run(training_run).info.status == "FINISHED"
+    [eval_run] = client.search_runs([client.get_run(training_run).info.experiment_id],
+                                    f"tags.`imagegen.training_run` = '{training_run}'")
+    assert eval_run.info.status == "FAILED" and eval_run.data.tags["imagegen.model_version"] == "1"
+
+    stray.unlink()
+    run(paths, instance, [evaluation_report])
+    mv = client.get_model_version(GENERATOR, "1")
+    evaluation = client.get_run(mv.tags["imagegen.evaluation_run"])
+    assert evaluation.info.run_id != training_run and evaluation.info.status == "FINISHED"
+    assert evaluation.data.tags["imagegen.training_run"] == training_run
+    assert evaluation.data.tags["imagegen.registered_model"] == GENERATOR
+    assert evaluation.data.metrics["eval_fid"] == pytest.approx(float(mv.tags[METRIC_TAG + "fid"]))
+    assert "evaluation" in {a.path for a in client.list_artifacts(evaluation.info.run_id)}
+    assert client.get_run(training_run).info.status == "FINISHED"

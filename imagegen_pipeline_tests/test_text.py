@@ -284,3 +284,27 @@ def test_generate_cli_writes_best_of_k_images_with_their_prompt_scores(text_mode
     assert rc == 0
     assert sorted(p.name for p in (tmp_path / "sep").iterdir()) == ["plane-00.png", "plane-01.png"]
     assert Image.open(tmp_path / "sep" / "plane-00.png").size == (64, 64)
+
+
+@needs_emoji
+def test_a_text_champion_is_rescored_on_its_own_captions_when_a_plain_candidate_is_evaluated(
+        emoji_slice, paths, instance, mlflow_uri):
+    """Issue 28.8: re-scoring the champion under the candidate's protocol used the candidate's (empty) caption
+    set, so after a text champion every non-text evaluation of the dataset crashed with "pass text_conds". Each
+    model is now sampled under its own conditioning: the text champion on the held-out captions; the report says so."""
+    from imagegen_pipeline.defs.evaluation import evaluation_report
+
+    copy_slice(emoji_slice, paths)
+    assert materialize([caption_embeddings], paths, instance).success
+    assert materialize([dcgan_checkpoint], paths, instance, {"dcgan_checkpoint": {"config": TINY_TEXT_GAN}}).success
+    mlflow.MlflowClient(mlflow_uri).set_registered_model_alias("imagegen-generator-emoji", "champion", "1")
+    plain = {**TINY_TEXT_GAN, "conditioning": "none"}
+    evaluation = {"device": "cpu", "num_samples": 20, "num_real": 20, "per_class_min": 1, "detector_batch_size": 20}
+    result = materialize([dcgan_checkpoint, evaluation_report], paths, instance,
+                         {"dcgan_checkpoint": {"config": plain}, "evaluation_report": {"config": evaluation}})
+    assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    report = json.loads((paths.reports("emoji") / "eval-v2" / "report.json").read_text())
+    rescored = report["champion_rescored"]
+    assert rescored["version"] == "1" and rescored["conditioning"] == "text" and rescored["headline"]["fid"] > 0
+    [mat] = result.asset_materializations_for_node("evaluation_report")
+    assert "text-conditioned, on the held-out captions" in mat.metadata["champion_rescored"].value

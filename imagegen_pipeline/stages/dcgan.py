@@ -5,6 +5,7 @@ generator network; the `imagegen.family` tag says which, and both compete for `c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -12,16 +13,18 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
 from imagegen_pipeline.atomic import atomic_path, write_json_atomic
+from imagegen_pipeline.locks import LockTimeout, exclusive_lock
 from imagegen_pipeline.ml import dcgan as core
 from imagegen_pipeline.ml.checkpoint import CorruptCheckpoint, load_checkpoint
 from imagegen_pipeline.ml.dcgan import ddp
+from imagegen_pipeline.ml.dcgan.config import RESUMABLE_CHANGES
 from imagegen_pipeline.ml.dcgan.train import CHECKPOINT_FILE
 from imagegen_pipeline.ml.dcgan.vae import train_vae
 from imagegen_pipeline.ml.grids import png_bytes
@@ -65,20 +68,50 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
     if init_version:  # part of the run key: another source version is another experiment
         cfg = cfg.replace(extra={**cfg.extra, "init_from": init_version})
     data = _train_data(reader, conditioning, captions, warn)
-    feature_net = _feature_net(paths, dataset) if cfg.feature_head else None
+    feature_net = None
+    if cfg.feature_head:  # D's head learns this network's embeddings: another network is another experiment
+        feature_net, feature_key = _feature_net(paths, dataset)
+        cfg = cfg.replace(extra={**cfg.extra, "feature_net": feature_key})
     # in the run worker a world of one; under torchrun (imagegen_pipeline.external) this joins its process group
     rank, runtime = ddp.init_distributed(job.device, cpu_bf16=job.cpu_bf16)
     if rank.enabled and cfg.family == "vae":
         raise StageFailed(f"{dataset}: the vae family trains in one process; launch it with nproc_per_node=1")
     stamp = shards_stamp(reader)
     out_dir = run_dir(paths, dataset, cfg, stamp)
-    if rank.is_main and (out_dir / DONE_FILE).exists():  # finished and registered before: a new run
-        shutil.rmtree(out_dir)
-    ddp.barrier(rank)
-    resuming = (out_dir / CHECKPOINT_FILE).exists()
     if not rank.is_main:  # another torchrun rank: trains in step with rank 0, which alone writes, tracks, registers
+        ddp.barrier(rank)
         _train(cfg, data, out_dir, runtime, feature_net, init_state, None, log, dataset)
         return {}
+    with run_folder_lock(out_dir, dataset, run_tag):
+        if (out_dir / DONE_FILE).exists():  # finished and registered before: a new run
+            shutil.rmtree(out_dir)
+        ddp.barrier(rank)
+        return _train_and_register(paths, dataset, reader, cfg, data, out_dir, stamp, runtime, rank, feature_net,
+                                   init_state, init_version, conditioning, captions, tracker=tracker,
+                                   run_tag=run_tag, log=log, warn=warn)
+
+
+@contextlib.contextmanager
+def run_folder_lock(out_dir: Path, dataset: str, run_tag: str) -> Iterator[None]:
+    """One trainer per run folder: the CLI trains in its own process, outside any run queue, and two runs of one
+    experiment share a folder; the second refuses, naming the first. The lock file lives beside the folder (a
+    finished run's successor deletes the folder), under .locks/."""
+    stack = contextlib.ExitStack()
+    try:
+        stack.enter_context(exclusive_lock(out_dir.parent / ".locks" / f"{out_dir.name}.lock", timeout=0,
+                                           what=f"{dataset}: the run folder {out_dir}",
+                                           holder=f"Dagster run {run_tag}"))
+    except LockTimeout as exc:
+        raise StageFailed(str(exc)) from None
+    with stack:
+        yield
+
+
+def _train_and_register(paths: DataPaths, dataset: str, reader, cfg, data, out_dir: Path, stamp: str, runtime, rank,
+                        feature_net, init_state, init_version: str, conditioning: str, captions, *, tracker: Tracker,
+                        run_tag: str, log: Callable[[str], None], warn: Callable[[str], None]) -> dict:
+    """Rank 0's part, under the run folder's lock: train or resume, track, register, write the summary."""
+    resuming = (out_dir / CHECKPOINT_FILE).exists()
     extractor_version = _extractor_version(paths, dataset)
     log(f"{dataset}: {len(data.images)} images {reader.shape}, conditioning={conditioning}, "
         f"{'resuming' if resuming else 'starting'} in {out_dir} on {runtime.describe()}")
@@ -97,13 +130,14 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         t0 = time.perf_counter()
         result = _train(cfg, data, out_dir, runtime, feature_net, init_state, run, log, dataset)
         seconds = time.perf_counter() - t0
-        generator_file = paths.models(dataset) / GENERATOR_FILE
-        with atomic_path(generator_file) as tmp:
-            shutil.copyfile(result.generator_path, tmp)
         run.log_artifact(result.checkpoint_path, "checkpoint")
         run.log_metrics({"train_seconds": seconds, "images_per_second_total": result.images_per_second})
-        mv = _register(tracker, run, dataset, reader, conditioning, captions, generator_file, stamp,
+        # from the run folder's own export: the shared models/<ds> copy is every run's, another may rewrite it
+        mv = _register(tracker, run, dataset, reader, conditioning, captions, result.generator_path, stamp,
                        extractor_version, result, cfg.family)
+    generator_file = paths.models(dataset) / GENERATOR_FILE  # the dataset's latest, for the stages that follow
+    with atomic_path(generator_file) as tmp:
+        shutil.copyfile(result.generator_path, tmp)
     name = mv.name
     write_json_atomic(out_dir / DONE_FILE, {"registered_model": name, "version": mv.version})
     write_json_atomic(paths.models(dataset) / GENERATOR_SUMMARY, {
@@ -179,12 +213,15 @@ def _train_data(reader, conditioning: str, captions, warn) -> core.TrainData:
     return core.TrainData(images=images, labels=labels, text=text)
 
 
-def _feature_net(paths: DataPaths, dataset: str):
+def _feature_net(paths: DataPaths, dataset: str) -> tuple[object, str]:
+    """The frozen fine-tuned extractor and the content hash of its weights file (part of the run key)."""
     from imagegen_pipeline.ml.extractor import load_extractor
 
-    if not (paths.models(dataset) / EXTRACTOR_FILE).is_file():
+    f = paths.models(dataset) / EXTRACTOR_FILE
+    if not f.is_file():
         raise StageFailed("feature_head=True needs the fine-tuned extractor: materialize feature_extractor")
-    return load_extractor(paths.models(dataset) / EXTRACTOR_FILE)[0]
+    key = f"{EXTRACTOR_FILE} sha256:{hashlib.sha256(f.read_bytes()).hexdigest()[:16]}"
+    return load_extractor(f)[0], key
 
 
 def _train(cfg, data, out_dir: Path, runtime, feature_net, init_state, run, log, dataset: str):
@@ -231,8 +268,11 @@ def _register(tracker: Tracker, run, dataset: str, reader, conditioning: str, ca
 
 
 def run_dir(paths: DataPaths, dataset: str, cfg: core.DCGANConfig, stamp: str) -> Path:
-    """Same config + same data = same folder, so a killed run resumes; anything else starts fresh."""
-    key = hashlib.sha256(json.dumps([cfg.to_dict(), stamp], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """Same experiment + same data = same folder, so a killed run resumes, also with the fields RESUMABLE_CHANGES
+    lets a resume change (more steps); anything else starts fresh. `extra` stays in the key: the stage keeps the
+    experiment's other inputs there (init_from version, caption file, feature network)."""
+    experiment = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES - {"extra"}}
+    key = hashlib.sha256(json.dumps([experiment, stamp], sort_keys=True, default=str).encode()).hexdigest()[:12]
     return paths.checkpoints(dataset) / f"dcgan-{key}"
 
 

@@ -32,6 +32,8 @@ from imagegen_pipeline.tracking.registry import (GATE_TAG, METRIC_TAG, PROTOCOL_
                                                  MissingArtifact, registered_name)
 from imagegen_pipeline.tracking.tracker import Tracker
 
+EVALUATION_RUN_TAG = "imagegen.evaluation_run"  # on a generator version: the MLflow run of its last evaluation
+TRAINING_RUN_TAG = "imagegen.training_run"  # on an evaluation run: the run that trained the judged version
 LATEST_FILE = "latest_evaluation.json"  # in reports/<dataset>/: which version the last report judged
 HISTORY_FILE = "history.jsonl"
 
@@ -69,10 +71,13 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
                                          device=runtime.device)
         judge_version = tracker.version(name, version).tags.get(EXTRACTOR_VERSION_TAG)
         extractor, judge = _registered_judge(paths, dataset, tracker, judge_version, Path(tmp) / "x", runtime.device)
-        text = _held_out_captions(paths, dataset, train_emb is not None) if gcfg.conditioning == "text" else {}
-        seen = text.pop("val_captions_seen_in_train", None)  # must be 0: held-out captions are never trained on
+        captions: dict = {}  # the held-out captions, read when the first text model is judged
 
         def judge_generator(g, cfg, log) -> core.EvalResult:
+            """Each model under its own conditioning: a text model (candidate or champion) on held-out captions."""
+            if cfg.conditioning == "text" and not captions:
+                captions.update(_held_out_captions(paths, dataset, train_emb is not None))
+            text = {k: v for k, v in captions.items() if k != SEEN_KEY} if cfg.conditioning == "text" else {}
             return core.evaluate_generator(
                 g, cfg, train=splits["train"], val=splits["val"], detector=detector,
                 cache=FeatureCache(paths.reports(dataset) / "detector_cache"), extractor=extractor,
@@ -82,6 +87,8 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
         t0 = time.perf_counter()
         result = judge_generator(generator, gcfg, log)
         seconds = time.perf_counter() - t0
+        # must be 0: held-out captions are never trained on
+        seen = captions.get(SEEN_KEY) if gcfg.conditioning == "text" else None
         rescored = _rescore_champion(tracker, name, version, result.protocol, judge_generator, Path(tmp) / "c",
                                      runtime.device, log, warn)
     if seen is not None:
@@ -98,12 +105,16 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
     report = _write_report(paths, dataset, job, summary, result, head, failures, human, judge_version, rescored,
                            families, resolution=gcfg.resolution, device=runtime.describe()["device_name"],
                            run_tag=run_tag)
-    with tracker.run(dataset, run_name="", resume_id=summary["mlflow_run_id"]) as run:
+    # a run of its own, not the training run reopened: MLflow marks the run an exception leaves FAILED, and a
+    # failed evaluation says nothing about the training
+    with tracker.run(dataset, run_name=f"eval-v{version}",
+                     tags=evaluation_tags(name, version, tracker.version(name, version).run_id, run_tag)) as run:
         run.log_metrics({f"eval_{k}": v for k, v in head.items()})
         run.set_tags({f"eval.protocol.{k}": v for k, v in result.protocol.items()})
         run.log_artifacts(report["dir"], "evaluation")
         record_scores(tracker, name, version, head, result.protocol, run_id=run.id)
-        tracker.tag_version(name, version, {GATE_TAG: "passed" if not failures else "rejected: " + "; ".join(failures)})
+        tracker.tag_version(name, version, {GATE_TAG: "passed" if not failures else "rejected: " + "; ".join(failures),
+                                            EVALUATION_RUN_TAG: run.id})
         if failures:
             tracker.tag_version(name, version, {REJECTED_TAG: "; ".join(failures)})
         else:  # re-evaluated and now passes
@@ -128,6 +139,13 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
         "report_json": FilePath(str(report["dir"] / "report.json")),
         "mlflow_run": Link(run.link),
     }
+
+
+def evaluation_tags(name: str, version: str, training_run: str | None, run_tag: str) -> dict[str, str]:
+    """What links an evaluation's MLflow run to the version it judged and to the run that trained that version."""
+    return {"imagegen.stage": "evaluation_report", "imagegen.dagster_run": run_tag,
+            "imagegen.registered_model": name, "imagegen.model_version": str(version),
+            TRAINING_RUN_TAG: training_run or "unknown"}
 
 
 def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: dict, result, head: dict,
@@ -250,6 +268,9 @@ def record_scores(tracker: Tracker, name: str, version: str, head: dict, protoco
         tracker.log_model_metrics(tracker.version(name, version), run_id, {f"eval_{k}": v for k, v in head.items()})
 
 
+SEEN_KEY = "val_captions_seen_in_train"  # share of val captions also in train: reported, not passed to the core
+
+
 def _held_out_captions(paths: DataPaths, dataset: str, with_bank: bool) -> dict:
     """A text model is judged on the val split's captions; the train split's captions + image embeddings are
     the caption bank that R-precision describes generated images with."""
@@ -270,7 +291,7 @@ def _held_out_captions(paths: DataPaths, dataset: str, with_bank: bool) -> dict:
         except ValueError:  # embeddings and captions from different shards: r_precision is skipped, says why
             bank = None
     return {"text_conds": embedding_matrix(val), "caption_ids": val["sha256"].tolist(), "caption_bank": bank,
-            "val_captions_seen_in_train": seen}
+            SEEN_KEY: seen}
 
 
 def _registered_judge(paths: DataPaths, dataset: str, tracker: Tracker, version: str | None, dst: Path,
@@ -300,20 +321,27 @@ def _rescore_champion(tracker: Tracker, name: str, version: str, protocol: dict,
     except (MissingArtifact, OSError, ValueError) as exc:  # the candidate is still judged
         warn(f"cannot re-score champion v{champion.version} ({exc}); the promotion will keep it")
         return {"version": str(champion.version), "error": str(exc)[:500], "headline": {}}
-    result = judge_generator(generator, gcfg, log)
+    try:
+        result = judge_generator(generator, gcfg, log)
+    except StageFailed as exc:  # e.g. a text champion whose held-out captions are gone: the candidate is still judged
+        warn(f"cannot re-score champion v{champion.version} ({exc}); the promotion will keep it")
+        return {"version": str(champion.version), "error": str(exc)[:500], "headline": {},
+                "conditioning": gcfg.conditioning}
     if result.protocol["key"] != protocol["key"]:
         raise StageFailed(f"re-scoring v{champion.version} gave protocol {result.protocol['key']!r}, not "
                           f"{protocol['key']!r}")
     head = core.headline(result.results)
     record_scores(tracker, name, str(champion.version), head, result.protocol)
-    return {"version": str(champion.version), "headline": head, "was": champion.tags.get(PROTOCOL_TAG)}
+    return {"version": str(champion.version), "headline": head, "was": champion.tags.get(PROTOCOL_TAG),
+            "conditioning": gcfg.conditioning}
 
 
 def _rescored_note(rescored: dict | None) -> str:
     if not rescored:
         return "no"
     fid = rescored["headline"].get("fid")
-    return f"v{rescored['version']}: " + (f"fid {fid:.4g}" if fid is not None else f"failed ({rescored['error']})")
+    how = " (text-conditioned, on the held-out captions)" if rescored.get("conditioning") == "text" else ""
+    return f"v{rescored['version']}{how}: " + (f"fid {fid:.4g}" if fid is not None else f"failed ({rescored['error']})")
 
 
 def promotion_guards(new_tags: dict) -> list[Guard]:
