@@ -398,8 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", choices=sorted(PRESETS), help="named sizes (see `imagegen presets`)")
     tr.add_argument("--conditioning", choices=["auto", "none", "class", "text"])
     tr.add_argument("--init-from", help="start from this dataset's trained DCGAN")
-    tr.add_argument("--family", choices=["dcgan", "vae"], help="model family (default dcgan); both compete for "
-                                                               "champion under the same gate")
+    tr.add_argument("--family", choices=["dcgan", "vae", "diffusion"], help="model family (default dcgan); all "
+                                                                            "compete for champion under one gate "
+                                                                            "(diffusion: a GPU family)")
     for name in TRAIN_FLAGS[1:-3]:  # the int fields
         tr.add_argument(f"--{name.replace('_', '-')}", type=int)
     tr.set_defaults(func=cmd_train)

@@ -286,3 +286,32 @@ def test_a_failed_evaluation_leaves_the_training_run_finished(trained, instance,
     assert evaluation.data.metrics["eval_fid"] == pytest.approx(float(mv.tags[METRIC_TAG + "fid"]))
     assert "evaluation" in {a.path for a in client.list_artifacts(evaluation.info.run_id)}
     assert client.get_run(training_run).info.status == "FINISHED"
+
+
+TINY_DIFFUSION = {**TINY_GAN, "family": "diffusion", "steps": 6,
+                  "diffusion": {"model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [],
+                                "sample_steps": 2, "lr_warmup": 1}}
+
+
+def test_a_diffusion_model_competes_under_the_same_gate_and_serves_with_its_guidance(trained, instance, mlflow_uri):
+    """Issue 26: the third family trains in the same asset (family: diffusion), is registered with its family tag
+    and scored by the same protocol, gate and family table; its pyfunc takes `guidance` per request and records
+    it beside each picture."""
+    import pandas as pd
+
+    paths = trained
+    result = run(paths, instance, [feature_extractor, image_embeddings, dcgan_checkpoint, evaluation_report,
+                                   generator_champion], dcgan_checkpoint=TINY_DIFFUSION)
+    [mat] = result.asset_materializations_for_node("dcgan_checkpoint")
+    assert mat.metadata["family"].value == "diffusion" and mat.metadata["steps"].value == 6
+    report = json.loads((paths.reports("mnist") / "eval-v1" / "report.json").read_text())
+    assert [r["family"] for r in report["families"]] == ["diffusion"] and report["headline"]["fid"] > 0
+    mlflow.set_tracking_uri(mlflow_uri)
+    assert mlflow.MlflowClient().get_model_version(GENERATOR, "1").tags["imagegen.family"] == "diffusion"
+    model = mlflow.pyfunc.load_model(f"models:/{GENERATOR}/1")
+    ask = pd.DataFrame({"label": ["7"], "seed": [3], "count": [2]})
+    plain = model.predict(ask, params={"format": "array", "guidance": 1.0})
+    guided = model.predict(ask, params={"format": "array", "guidance": 4.0})
+    assert plain.shape == (2, 32, 32, 1) and (plain != guided).any()
+    assert (model.predict(ask, params={"format": "array", "guidance": 4.0}) == guided).all()
+    assert model.predict(ask, params={"guidance": 4.0})["guidance"].tolist() == [4.0, 4.0]

@@ -3,6 +3,7 @@ MLflow, its EMA generator registered as imagegen-generator-<dataset> (alias `can
 `champion`). The work is `stages.dcgan.train_generator`; the defaults are `DCGANConfig`'s."""
 
 from dataclasses import asdict
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
@@ -21,8 +22,13 @@ CORE, JOB = DCGANConfig(), GeneratorJob()  # the defaults: one source, checked b
 
 
 class DcganTrainConfig(dg.Config):
-    family: str = Field(default=CORE.family, description="'dcgan' (adversarial, EMA generator) or 'vae' (the same "
-                                                         "generator as a VAE decoder); both compete for champion.")
+    family: str = Field(default=CORE.family, description="'dcgan' (adversarial, EMA generator), 'vae' (the same "
+                                                         "generator as a VAE decoder) or 'diffusion' (EDM, a GPU "
+                                                         "family: see bench/gpu_presets.py); all compete for "
+                                                         "champion.")
+    diffusion: dict[str, Any] = Field(default_factory=dict, description="family 'diffusion': DiffusionConfig fields "
+                                      "(model_channels, channel_mult, sample_steps, guidance, max_seconds, ...); "
+                                      "steps, batch_size, lr_g, seed and the *_every fields come from above.")
     kl_weight: float = Field(default=CORE.kl_weight, description="vae: weight of the KL term against the summed "
                                                                  "squared pixel error.")
     device: str = Field(default=JOB.device, description="'auto' (CUDA when present), 'cpu' or 'cuda'.")

@@ -3,7 +3,8 @@
 Input: a DataFrame with `seed` and `count` and, for a conditional model, `label` (class name or index) or
 `prompt` (text models). Row r gives `count` images with seeds seed, seed+1, ...; the same row always gives the
 same pixels. Output (params `format`): "png" (default) -> DataFrame of base64 PNGs with the request columns;
-"array" -> uint8 array (N, H, W, C).
+"array" -> uint8 array (N, H, W, C). A diffusion model also takes params `guidance` (classifier-free guidance
+weight; 1 = none, default its training config's), recorded in each PNG row.
 
     gen = mlflow.pyfunc.load_model("models:/imagegen-generator-mnist@champion")
     gen.predict(pd.DataFrame({"label": ["7"], "seed": [0], "count": [16]}), params={"format": "array"})
@@ -76,12 +77,14 @@ class GeneratorModel(PythonModel):
         firsts = [_whole(row["seed"], "seed", low=0, high=MAX_SEED - count) for (_, row), count in
                   zip(frame.iterrows(), counts, strict=True)]
         conds = [self._cond(row, count) for (_, row), count in zip(frame.iterrows(), counts, strict=True)]
+        guidance = self._guidance(params)
         images, rows = [], []
         for (_, row), count, first, cond in zip(frame.iterrows(), counts, firsts, conds, strict=True):
             seeds = [first + i for i in range(count)]
             batch = generate(self.generator, self.cfg, seeds=seeds, cond=cond, runtime=self.runtime)
             images.append(batch)
-            rows += [{**{k: row.get(k) for k in ("label", "prompt") if k in frame}, "seed": s} for s in seeds]
+            rows += [{**{k: row.get(k) for k in ("label", "prompt") if k in frame}, "seed": s,
+                      **({"guidance": guidance} if guidance is not None else {})} for s in seeds]
         out = np.concatenate(images) if images else np.zeros((0, self.cfg.resolution, self.cfg.resolution,
                                                               self.cfg.channels), np.uint8)
         if fmt == "array":
@@ -89,6 +92,19 @@ class GeneratorModel(PythonModel):
         result = pd.DataFrame(rows)
         result["png_base64"] = [_png_b64(im) for im in out]
         return result
+
+
+    def _guidance(self, params: dict | None) -> float | None:
+        """The guidance weight this request samples with (diffusion models only; None for the others)."""
+        if not hasattr(self.generator, "guidance"):
+            return None
+        value = (params or {}).get("guidance")
+        if value is not None:
+            value = float(value)
+            if not 0.0 <= value <= 20.0:
+                raise ValueError(f"params.guidance must be in [0, 20], not {value}")
+            self.generator.guidance = value
+        return float(self.generator.guidance)
 
 
 def _whole(value, column: str, *, low: int, high: int, default: int | None = None) -> int:

@@ -1,7 +1,8 @@
 """Stage `dcgan_checkpoint`: train the dataset's generator on its shards (GPU when present), resumable after a
 kill, tracked in MLflow, registered as imagegen-generator-<dataset> with alias `candidate` (evaluation moves
-`champion`). Two families share it: the conditional DCGAN (its EMA generator) and a VAE whose decoder is the same
-generator network; the `imagegen.family` tag says which, and both compete for `champion` under one gate."""
+`champion`). Three families share it: the conditional DCGAN (its EMA generator), a VAE whose decoder is the same
+generator network, and EDM diffusion (ml/diffusion, its EMA denoiser behind the same seed -> image interface); the
+`imagegen.family` tag says which, and all compete for `champion` under one gate."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from imagegen_pipeline.ml.dcgan import ddp
 from imagegen_pipeline.ml.dcgan.config import RESUMABLE_CHANGES
 from imagegen_pipeline.ml.dcgan.train import CHECKPOINT_FILE
 from imagegen_pipeline.ml.dcgan.vae import train_vae
+from imagegen_pipeline.ml.diffusion import DiffusionConfig, train_diffusion
+from imagegen_pipeline.ml.diffusion.config import RESUMABLE_CHANGES as DIFFUSION_RESUMABLE
 from imagegen_pipeline.ml.grids import png_bytes
 from imagegen_pipeline.paths import DataPaths, validate_dataset_name
 from imagegen_pipeline.stages.artifacts import (ENCODER_NAME, EXTRACTOR_FILE, EXTRACTOR_SUMMARY, EXTRACTOR_VERSION_TAG,
@@ -51,6 +54,7 @@ class GeneratorJob:
     conditioning: str = "auto"  # "none" | "class" | "text" | "auto": class when the data has 2+ labels
     init_from: str = ""  # start from this dataset's registered generator (its champion, else its newest)
     cpu_bf16: bool = True  # bf16 autocast on a CPU with native bf16; ignored elsewhere
+    diffusion: dict = field(default_factory=dict)  # family "diffusion": DiffusionConfig fields (model_channels, ...)
 
 
 def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracker: Tracker, run_tag: str,
@@ -62,8 +66,9 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         conditioning = "class" if len(reader.class_names) >= 2 else "none"
     captions = _train_captions(paths, dataset, reader) if conditioning == "text" else None
     cfg = _model_config(job, reader, dataset, conditioning, captions)
-    if cfg.family == "vae" and job.init_from:
-        raise StageFailed(f"{dataset}: init_from starts a DCGAN from another DCGAN; the vae family trains from scratch")
+    if cfg.family != "dcgan" and job.init_from:
+        raise StageFailed(f"{dataset}: init_from starts a DCGAN from another DCGAN; the {cfg.family} family trains "
+                          "from scratch")
     init_state, init_version = _init_from(tracker, job.init_from)
     if init_version:  # part of the run key: another source version is another experiment
         cfg = cfg.replace(extra={**cfg.extra, "init_from": init_version})
@@ -74,8 +79,9 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         cfg = cfg.replace(extra={**cfg.extra, "feature_net": feature_key})
     # in the run worker a world of one; under torchrun (imagegen_pipeline.external) this joins its process group
     rank, runtime = ddp.init_distributed(job.device, cpu_bf16=job.cpu_bf16)
-    if rank.enabled and cfg.family == "vae":
-        raise StageFailed(f"{dataset}: the vae family trains in one process; launch it with nproc_per_node=1")
+    if rank.enabled and cfg.family != "dcgan":
+        raise StageFailed(f"{dataset}: the {cfg.family} family trains in one process; launch it with "
+                          "nproc_per_node=1")
     stamp = shards_stamp(reader)
     out_dir = run_dir(paths, dataset, cfg, stamp)
     if not rank.is_main:  # another torchrun rank: trains in step with rank 0, which alone writes, tracks, registers
@@ -134,7 +140,7 @@ def _train_and_register(paths: DataPaths, dataset: str, reader, cfg, data, out_d
         run.log_metrics({"train_seconds": seconds, "images_per_second_total": result.images_per_second})
         # from the run folder's own export: the shared models/<ds> copy is every run's, another may rewrite it
         mv = _register(tracker, run, dataset, reader, conditioning, captions, result.generator_path, stamp,
-                       extractor_version, result, cfg.family)
+                       extractor_version, result, cfg.family, getattr(cfg, "guidance", None))
     generator_file = paths.models(dataset) / GENERATOR_FILE  # the dataset's latest, for the stages that follow
     with atomic_path(generator_file) as tmp:
         shutil.copyfile(result.generator_path, tmp)
@@ -150,7 +156,7 @@ def _train_and_register(paths: DataPaths, dataset: str, reader, cfg, data, out_d
         warn(f"{dataset}: the {rank.world_size} training processes ended with different weights; rank 0's are kept")
     z_sens = [r["z_sensitivity"] for r in result.metrics if "z_sensitivity" in r]  # last = the exported G's
     curves = curves_png({k: [(r["step"], r[k]) for r in result.metrics if k in r]
-                         for k in ("loss_d", "loss_g", "d_real", "d_fake", "recon", "kl", "z_sensitivity")},
+                         for k in ("loss_d", "loss_g", "d_real", "d_fake", "recon", "kl", "loss", "z_sensitivity")},
                         title=f"{dataset}: {cfg.family.upper()} losses", xlabel="step")
     return {
         "steps": result.final_step,
@@ -163,7 +169,7 @@ def _train_and_register(paths: DataPaths, dataset: str, reader, cfg, data, out_d
         "precision": runtime.describe()["amp_dtype"],
         "conditioning": conditioning,
         "family": cfg.family,
-        "z_sensitivity (exported G, share of real)": round(z_sens[-1], 3),
+        **({"z_sensitivity (exported G, share of real)": round(z_sens[-1], 3)} if z_sens else {}),
         "registered_model": f"{name} v{mv.version} (@{CANDIDATE})",
         "mlflow_run": Link(run.link),
         "mlflow_model": Link(tracker.model_link(name, mv.version)),
@@ -173,12 +179,26 @@ def _train_and_register(paths: DataPaths, dataset: str, reader, cfg, data, out_d
     }
 
 
+# the generator fields a diffusion run takes from the job's model (the rest are the GAN's); lr_g is its one rate
+_SHARED_WITH_DIFFUSION = {"batch_size": "batch_size", "steps": "steps", "seed": "seed", "lr_g": "lr",
+                          "sample_every": "sample_every", "checkpoint_every": "checkpoint_every",
+                          "log_every": "log_every", "compile": "compile", "num_samples": "num_samples"}
+
+
 def model_config(job: GeneratorJob, *, resolution: int, channels: int, conditioning: str, num_classes: int,
-                 extra: dict) -> core.DCGANConfig:
-    """The core config of a job: its model fields over the core defaults, shapes from the data."""
+                 extra: dict) -> core.DCGANConfig | DiffusionConfig:
+    """The core config of a job: its model fields over the core defaults, shapes from the data. Family
+    "diffusion": the shared fields of the job's model, then its `diffusion` fields, over DiffusionConfig's."""
+    shapes = {"resolution": resolution, "channels": channels, "conditioning": conditioning,
+              "num_classes": num_classes, "extra": extra}
     try:
-        return core.DCGANConfig(**{**job.model, "resolution": resolution, "channels": channels,
-                                   "conditioning": conditioning, "num_classes": num_classes, "extra": extra})
+        if job.model.get("family") == "diffusion":
+            shared = {new: job.model[old] for old, new in _SHARED_WITH_DIFFUSION.items() if old in job.model}
+            return DiffusionConfig(**{**shared, **job.diffusion, **shapes})
+        if job.diffusion:
+            raise ValueError(f"diffusion fields {sorted(job.diffusion)} were given for family "
+                             f"{job.model.get('family', 'dcgan')!r}; they apply to family 'diffusion' only")
+        return core.DCGANConfig(**{**job.model, **shapes})
     except (TypeError, ValueError) as exc:
         raise StageFailed(str(exc)) from exc
 
@@ -237,8 +257,11 @@ def _train(cfg, data, out_dir: Path, runtime, feature_net, init_state, run, log,
         if run is not None:
             run.log_image(grid, key="samples", step=step)
 
-    train = train_vae if cfg.family == "vae" else core.train_dcgan
     try:
+        if cfg.family == "diffusion":
+            return train_diffusion(cfg, data, out_dir=out_dir, runtime=runtime, on_step=on_step, log=log,
+                                   on_sample=on_sample)
+        train = train_vae if cfg.family == "vae" else core.train_dcgan
         return train(cfg, data, out_dir=out_dir, runtime=runtime, feature_net=feature_net, init_from=init_state,
                      on_step=on_step, log=log, on_sample=on_sample)
     except core.TrainingDiverged as exc:
@@ -248,7 +271,7 @@ def _train(cfg, data, out_dir: Path, runtime, feature_net, init_state, run, log,
 
 
 def _register(tracker: Tracker, run, dataset: str, reader, conditioning: str, captions, generator_file: Path,
-              stamp: str, extractor_version, result, family: str):
+              stamp: str, extractor_version, result, family: str, guidance: float | None = None):
     """The generator as a models-from-code version of imagegen-generator-<dataset>, alias `candidate`."""
     import pandas as pd
 
@@ -258,7 +281,7 @@ def _register(tracker: Tracker, run, dataset: str, reader, conditioning: str, ca
                             "seed": [0], "count": [1]})
     mv = run.register_code_model(
         code_file=SERVING_CODE, artifacts={"generator": str(generator_file)}, name=name,
-        example=example, params={"format": "png"},
+        example=example, params={"format": "png", **({"guidance": guidance} if guidance is not None else {})},
         metadata={"dataset": dataset, "shards": stamp, "conditioning": conditioning, "family": family},
         tags={"imagegen.shards": stamp, EXTRACTOR_VERSION_TAG: str(extractor_version), FAMILY_TAG: family,
               "imagegen.conditioning": conditioning, "imagegen.mlflow_run": run.id,
@@ -267,13 +290,14 @@ def _register(tracker: Tracker, run, dataset: str, reader, conditioning: str, ca
     return mv
 
 
-def run_dir(paths: DataPaths, dataset: str, cfg: core.DCGANConfig, stamp: str) -> Path:
+def run_dir(paths: DataPaths, dataset: str, cfg: core.DCGANConfig | DiffusionConfig, stamp: str) -> Path:
     """Same experiment + same data = same folder, so a killed run resumes, also with the fields RESUMABLE_CHANGES
     lets a resume change (more steps); anything else starts fresh. `extra` stays in the key: the stage keeps the
     experiment's other inputs there (init_from version, caption file, feature network)."""
-    experiment = {k: v for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES - {"extra"}}
+    resumable = DIFFUSION_RESUMABLE if cfg.family == "diffusion" else RESUMABLE_CHANGES
+    experiment = {k: v for k, v in cfg.to_dict().items() if k not in resumable - {"extra"}}
     key = hashlib.sha256(json.dumps([experiment, stamp], sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return paths.checkpoints(dataset) / f"dcgan-{key}"
+    return paths.checkpoints(dataset) / f"{'diffusion' if cfg.family == 'diffusion' else 'dcgan'}-{key}"
 
 
 def _init_from(tracker: Tracker, source: str) -> tuple[dict | None, str]:

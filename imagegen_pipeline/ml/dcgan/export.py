@@ -30,13 +30,19 @@ def export_generator(generator: torch.nn.Module, cfg: DCGANConfig, out_dir: str 
 
 
 def load_generator(path_or_dir: str | os.PathLike, *, device: str | torch.device = "cpu"
-                   ) -> tuple[Generator, DCGANConfig]:
-    """A generator in eval mode from an export (the directory or its .safetensors file)."""
+                   ) -> tuple[torch.nn.Module, DCGANConfig]:
+    """A generator in eval mode from an export (the directory or its .safetensors file): the DCGAN/VAE
+    `Generator`, or a diffusion family's `DiffusionGenerator` (same forward(z, cond) contract), by the export's
+    format."""
     path = Path(path_or_dir)
     if path.is_dir():
         path = path / WEIGHTS_FILE
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
+    from imagegen_pipeline.ml.diffusion.export import EXPORT_FORMAT, load_diffusion  # (it imports this module)
+
+    if meta.get("format") == EXPORT_FORMAT:
+        return load_diffusion(path, device=device)
     if "config" in meta:
         cfg = DCGANConfig.from_dict(json.loads(meta["config"]))
     elif (path.parent / CONFIG_FILE).is_file():

@@ -77,6 +77,16 @@ class DiffusionConfig:
                 raise ValueError(message)
 
     @property
+    def family(self) -> str:
+        """The generator family, as the pipeline's stage and registry tags name it."""
+        return "diffusion"
+
+    @property
+    def feature_head(self) -> bool:
+        """No discriminator, so no feature head (a DCGAN option the stage asks every family about)."""
+        return False
+
+    @property
     def z_dim(self) -> int:
         """A sample's starting noise, flattened: what `noise_for_seed` draws for one seed."""
         return self.channels * self.resolution * self.resolution
