@@ -229,7 +229,9 @@ def evaluate(args) -> dict:
         text = PRESETS[preset]["conditioning"] == "text"
         real_x = np.concatenate([data["train_x"], data["test_x"]]) if text else data["test_x"][:n]
         real = features(f"{ds}-{'all' if text else 'test'}", real_x)
-        train_real = features(f"{ds}-train{n}", data["train_x"][:n])
+        # a random draw: the shards keep the landing folders' order, so the first n training images are few labels
+        draw = np.random.default_rng(0).permutation(len(data["train_x"]))[:n]
+        train_real = features(f"{ds}-train{n}-random", data["train_x"][np.sort(draw)])
         row = {**record, "n_fake": None, "n_real": len(real), "scores": {}}
         if not text:  # the real floor: as many training images against the same test images
             row["real_floor_fid"] = fid_from_features(train_real, real, device=dev)
