@@ -481,6 +481,13 @@ def main(argv: list[str] | None = None) -> int:
     except (InvalidDatasetName, FileExistsError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, LookupError) as exc:  # a registered model that cannot be read: its URI, no traceback
+        from imagegen_pipeline.tracking.registry import ModelNotFound, ModelUnreadable  # mlflow: error path only
+
+        if not isinstance(exc, (ModelNotFound, ModelUnreadable)):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -153,3 +153,16 @@ def test_projection_gap_is_an_opt_in_registered_metric_that_runs_on_the_evaluati
     assert not out["skipped"] and out["results"]["projection_images"] == [3, 3]
     assert out["results"]["projection_test_lpips_se"] >= 0 and out["results"]["projection_gap"] > 0
     assert "projection_gap" in compute_metrics(["projection_gap"], MetricContext())["skipped"]
+
+
+def test_project_with_an_unreadable_registered_model_is_an_error_naming_it(paths, mlflow_uri, tmp_path, capsys):
+    """Issue 28.10's error path reaches every command: `imagegen project` with a registry URI that cannot be read
+    prints one error line naming the URI and exits 2, not a traceback."""
+    from imagegen_pipeline.cli import main
+
+    src = tmp_path / "in.png"
+    Image.new("L", (32, 32)).save(src)
+    code = main(["--home", str(paths.home), "project", str(src), "--dataset", "toy",
+                 "--model-uri", "models:/imagegen-generator-toy/7"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "models:/imagegen-generator-toy/7" in err
