@@ -120,9 +120,10 @@ def test_pipeline_runs_through_the_daemon_on_postgres_and_mlflow_server(team_up)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # the server's proxy, not a local path
     assert run.data.tags["imagegen.dagster_run"] == first
 
-    assert wait_status(instance, second, {dg.DagsterRunStatus.STARTED, *DONE}, 120)  # admitted once the pool freed
+    # admitted once the pool freed, and running (not failed) until it is terminated
+    assert wait_status(instance, second, {dg.DagsterRunStatus.STARTED, *DONE}, 120) == dg.DagsterRunStatus.STARTED
     client.terminate_run(second)
-    wait_status(instance, second, DONE, 120)
+    assert wait_status(instance, second, DONE, 120) == dg.DagsterRunStatus.CANCELED
 
 
 def test_down_leaves_nothing_running(tmp_path):
