@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,6 +33,20 @@ def _full_disk(exc: BaseException, where: Path) -> bool:
         return shutil.disk_usage(where).free < NEARLY_FULL
     except OSError:
         return False
+
+
+def _size_limit(exc: BaseException, tmp: Path) -> int | None:
+    """The file size limit (ulimit -f, in bytes) that stopped a write, or None. torch.save loses the EFBIG, so a
+    temp file that reached the limit tells it too."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit == resource.RLIM_INFINITY:
+        return None
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return limit
+    try:
+        return limit if tmp.stat().st_size >= limit else None
+    except OSError:
+        return None
 
 
 def require_free_space(path: Path, min_free: int = 32 << 20) -> None:
@@ -63,6 +78,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
     except Exception as exc:
+        limit = _size_limit(exc, tmp_path)
+        if limit is not None:
+            raise DiskFull(errno.EFBIG, f"{target} would exceed the file size limit ({limit / 2**20:.1f} MiB, "
+                                        "ulimit -f); the previous version of the file is kept. Raise the limit "
+                                        "and run again") from exc
         if not _full_disk(exc, target.parent):
             raise
         mount = mount_point(target.parent)

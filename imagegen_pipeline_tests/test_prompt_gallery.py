@@ -129,3 +129,10 @@ def test_text_model_evaluation_samples_held_out_captions_and_reports_r_precision
     assert report["results"]["r_precision"] == pytest.approx(meta["r_precision"], abs=1e-5)
     assert 0 < report["results"]["r_precision_chance"] <= 0.5
     assert "conditional_accuracy" in report["results"]  # each caption's val image class is the asked-for class
+    # R-precision is held out: no val caption was in the train split the generator learned from
+    from imagegen_pipeline.ml.shard_reader import ShardReader
+
+    reader = ShardReader(paths.shards("emoji"))
+    train, val = (set(reader.read_column(split, "caption")) for split in ("train", "val"))
+    assert val and not (train & val), sorted(train & val)[:5]
+    assert report["results"]["val_captions_seen_in_train"] == 0

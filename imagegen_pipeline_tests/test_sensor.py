@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from imagegen_pipeline.defs.resources import ImagegenStorage
@@ -69,6 +71,8 @@ def test_no_landing_folder_at_all_is_fine(paths, instance):
 
 SLEEPER = """
 import sys, time
+import os
+
 import dagster as dg
 
 @dg.op(pool="gpu")
@@ -122,6 +126,8 @@ def test_a_run_whose_worker_died_is_marked_failed_and_its_gpu_slot_freed(tmp_pat
 
 STEPS_IN_SUBPROCESSES = """
 import sys, time
+import os
+
 import dagster as dg
 
 @dg.op
@@ -153,7 +159,7 @@ def test_a_live_run_waiting_for_the_gpu_pool_is_not_reaped(tmp_path):
     import sys
     import time
 
-    from imagegen_pipeline.defs.dead_runs import reap_dead_runs, worker_pid
+    from imagegen_pipeline.defs.dead_runs import reap_dead_runs, run_processes
     from imagegen_pipeline.paths import REPO_ROOT
 
     home = tmp_path / "dagster_home"
@@ -179,7 +185,7 @@ def test_a_live_run_waiting_for_the_gpu_pool_is_not_reaped(tmp_path):
                     break
             time.sleep(3)  # the step process has exited by now
             [run] = runs
-            assert worker_pid(instance, run) == orchestrator.pid
+            assert [p.pid for p in run_processes(instance, run)] == [orchestrator.pid]
             assert reap_dead_runs(instance) == [] and instance.get_run_by_id(run.run_id).status.value == "STARTED"
             orchestrator.send_signal(signal.SIGKILL)
             orchestrator.wait()
@@ -189,3 +195,159 @@ def test_a_live_run_waiting_for_the_gpu_pool_is_not_reaped(tmp_path):
             if orchestrator.poll() is None:
                 orchestrator.kill()
                 orchestrator.wait()
+
+
+STEP_WITH_STORAGE = """
+import sys, time
+import os
+
+import dagster as dg
+from imagegen_pipeline.defs.resources import ImagegenStorage
+
+@dg.op
+def train(storage: ImagegenStorage):
+    time.sleep(300)
+
+@dg.job(executor_def=dg.multiprocess_executor, resource_defs={"storage": ImagegenStorage(home=sys.argv[2])})
+def train_in_a_step_process():
+    train()
+
+if __name__ == "__main__":
+    with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
+        dg.execute_job(dg.reconstructable(train_in_a_step_process), instance=instance)
+"""
+
+
+def _instance_home(tmp_path):
+    import shutil
+
+    from imagegen_pipeline.paths import REPO_ROOT
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", home / "dagster.yaml")
+    return home
+
+
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_step_process_dies_with_its_killed_orchestrator_and_only_then_is_the_run_reaped(tmp_path):
+    """Issue 28.1: under the multiprocess executor, killing the orchestrator (OOM killer, closed terminal) left its
+    step process training, and the reaper marked the run failed and freed its slots while that process still wrote.
+    A step that uses the data root now dies with its orchestrator, and the run is failed once no process is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from imagegen_pipeline.defs.dead_runs import reap_dead_runs
+
+    home = _instance_home(tmp_path)
+    script = tmp_path / "train_in_a_step_process.py"
+    script.write_text(STEP_WITH_STORAGE)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        orchestrator = subprocess.Popen([sys.executable, str(script), str(home), str(tmp_path / "data")],
+                                        cwd=tmp_path)
+        step_pid = None
+        try:
+            deadline = time.monotonic() + 180
+            while step_pid is None:  # the step process has started `train`
+                assert orchestrator.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+                runs = instance.get_runs()
+                starts = [r.event_log_entry.dagster_event for r in instance.get_records_for_run(
+                    runs[0].run_id, of_type=dg.DagsterEventType.STEP_START).records] if runs else []
+                step_pid = starts[0].pid if starts else None
+            [run] = runs
+            assert step_pid != orchestrator.pid
+            orchestrator.send_signal(signal.SIGKILL)
+            orchestrator.wait()
+            deadline = time.monotonic() + 60
+            while not _gone(step_pid):
+                assert time.monotonic() < deadline, f"step process {step_pid} trains on without its orchestrator"
+                time.sleep(0.2)
+            assert reap_dead_runs(instance) == [run.run_id]
+            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+        finally:
+            for pid in (orchestrator.pid, step_pid):
+                if pid is not None and not _gone(pid):
+                    os.kill(pid, signal.SIGKILL)
+            orchestrator.wait()
+
+
+def _started_run(instance, tags: dict) -> str:
+    """A STARTED run with these tags, as a worker would have left it."""
+    @dg.op
+    def noop():
+        pass
+
+    @dg.job
+    def some_job():
+        noop()
+
+    return instance.create_run_for_job(some_job, status=dg.DagsterRunStatus.STARTED, tags=tags).run_id
+
+
+def test_a_run_is_dead_only_when_none_of_its_recorded_processes_is_left(tmp_path):
+    """Issue 28.1: a run is judged by every process it recorded (orchestrator, step processes), not by the one that
+    logged RUN_START: with its orchestrator gone but a step process alive, it lives; with both gone, it is reaped."""
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    from imagegen_pipeline.defs.dead_runs import reap_dead_runs
+
+    def record(proc) -> str:
+        return f"{socket.gethostname()}:{proc.pid}:{psutil.Process(proc.pid).create_time():.2f}"
+
+    orchestrator = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    step = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        tags = {"imagegen/process/orchestrator": record(orchestrator), f"imagegen/process/{step.pid}": record(step)}
+        orchestrator.kill()
+        orchestrator.wait()
+        with dg.DagsterInstance.from_config(str(_instance_home(tmp_path))) as instance:
+            run_id = _started_run(instance, tags)
+            assert reap_dead_runs(instance) == []  # its step process still trains
+            step.kill()
+            step.wait()
+            assert reap_dead_runs(instance) == [run_id]
+    finally:
+        for proc in (orchestrator, step):
+            proc.kill()
+            proc.wait()
+
+
+def test_a_reused_pid_or_a_zombie_counts_as_dead_and_another_hosts_pid_is_left_alone(tmp_path):
+    """Issue 28.2: pids were judged with no start time (a reused pid, or a zombie, stayed alive for ever and kept
+    its run's slots) and, for launched runs, with no host. Each record names host, pid and start time."""
+    import socket
+    import subprocess
+
+    import psutil
+
+    from imagegen_pipeline.defs.dead_runs import PID_TAG, reap_dead_runs
+
+    host, me = socket.gethostname(), psutil.Process()
+    zombie = subprocess.Popen(["true"])  # ends, and is not waited for: a zombie
+    try:
+        while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+            pass
+        with dg.DagsterInstance.from_config(str(_instance_home(tmp_path))) as instance:
+            reused = _started_run(instance, {PID_TAG: f"{host}:{me.pid}:{me.create_time() - 3600:.2f}"})
+            zombie_run = _started_run(instance, {
+                PID_TAG: f"{host}:{zombie.pid}:{psutil.Process(zombie.pid).create_time():.2f}"})
+            _started_run(instance, {PID_TAG: f"{host}-elsewhere:999999:{me.create_time():.2f}"})  # not ours to judge
+            _started_run(instance, {PID_TAG: f"{host}:{me.pid}:{me.create_time():.2f}"})  # this very process
+            assert sorted(reap_dead_runs(instance)) == sorted([reused, zombie_run])
+    finally:
+        zombie.wait()

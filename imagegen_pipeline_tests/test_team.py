@@ -120,9 +120,17 @@ def test_pipeline_runs_through_the_daemon_on_postgres_and_mlflow_server(team_up)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # the server's proxy, not a local path
     assert run.data.tags["imagegen.dagster_run"] == first
 
-    assert wait_status(instance, second, {dg.DagsterRunStatus.STARTED, *DONE}, 120)  # admitted once the pool freed
+    # admitted once the pool freed, and running (not failed) until it is terminated
+    assert wait_status(instance, second, {dg.DagsterRunStatus.STARTED, *DONE}, 120) == dg.DagsterRunStatus.STARTED
+    deadline = time.monotonic() + 120
+    while not any(e.dagster_event.event_type_value == "STEP_SUCCESS" for e in instance.all_logs(second)
+                  if e.is_dagster_event):  # its first step done: the run really works, it is not just admitted
+        assert instance.get_run_by_id(second).status == dg.DagsterRunStatus.STARTED, [
+            e.message for e in instance.all_logs(second) if e.is_dagster_event and e.dagster_event.is_failure]
+        assert time.monotonic() < deadline, "the second run finished no step"
+        time.sleep(0.5)
     client.terminate_run(second)
-    wait_status(instance, second, DONE, 120)
+    assert wait_status(instance, second, DONE, 120) == dg.DagsterRunStatus.CANCELED
 
 
 def test_down_leaves_nothing_running(tmp_path):

@@ -3,11 +3,10 @@ after marking runs whose process died as failed (so a resume is not queued behin
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable
 
 from imagegen_pipeline.paths import DataPaths
+from imagegen_pipeline.processes import ProcessRecord
 
 
 def job_run_config(job_def, run_config: dict | None) -> dict:
@@ -35,4 +34,4 @@ def run_job(job: str, dataset: str, paths: DataPaths, run_config: dict | None = 
     config = {"loggers": {"console": {"config": {"log_level": "INFO"}}}, **job_run_config(job_def, run_config)}
     return job_def.execute_in_process(
         partition_key=dataset, instance=instance, run_config=config, raise_on_error=False,
-        tags={"imagegen/trigger": "cli", PID_TAG: f"{socket.gethostname()}:{os.getpid()}", **(tags or {})})
+        tags={"imagegen/trigger": "cli", PID_TAG: str(ProcessRecord.of()), **(tags or {})})

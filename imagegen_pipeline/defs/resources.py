@@ -23,6 +23,13 @@ class ImagegenStorage(dg.ConfigurableResource):
     def paths(self) -> DataPaths:
         return DataPaths.from_home(self.home or None)
 
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A step that writes under the data root records its process for the dead-run reaper and dies with its
+        orchestrator, so no orphan writes into a run folder that another run resumes."""
+        from imagegen_pipeline.defs.dead_runs import record_step_process
+
+        record_step_process(context)
+
 
 class MlflowTracker(dg.ConfigurableResource):
     """Which MLflow store the stages use and where its UI is; `open` hands them a `Tracker` for it."""
@@ -85,7 +92,10 @@ class TrainingLauncher(dg.ConfigurableResource):
                 return PipesK8sClient().run(context=context, extras=extras, image=self.image or None,
                                             command=self.command("python"),
                                             base_pod_spec=self.pod_spec()).get_materialize_result()
-            client = dg.PipesSubprocessClient(forward_termination=True)
+            from imagegen_pipeline.processes import ProcessRecord
+
+            client = dg.PipesSubprocessClient(forward_termination=True)  # forwards Dagster's termination only:
+            extras = {**extras, "owner": str(ProcessRecord.of())}  # so the ranks die with this step process too
             return client.run(command=self.command(), context=context, extras=extras).get_materialize_result()
         except DagsterPipesExecutionError as exc:
             raise dg.Failure(f"the training processes failed ({exc}); their log lines above say why. The next "

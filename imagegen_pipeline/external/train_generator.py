@@ -19,6 +19,7 @@ from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader, op
 
 from imagegen_pipeline.ml.dcgan import ddp
 from imagegen_pipeline.paths import DataPaths, validate_dataset_name
+from imagegen_pipeline.processes import ProcessRecord, die_with
 from imagegen_pipeline.stages.dcgan import GeneratorJob, train_generator
 from imagegen_pipeline.stages.outputs import StageFailed, typed
 from imagegen_pipeline.tracking.tracker import Tracker
@@ -31,7 +32,10 @@ def request_extras() -> dict:
 
 
 def train(extras: dict, log, warn) -> dict:
-    """Run the training stage for the request in `extras`; its metadata (empty on ranks other than 0)."""
+    """Run the training stage for the request in `extras`; its metadata (empty on ranks other than 0). Every rank
+    dies with the step process that started it (`owner`), which may be killed without a word to torchrun."""
+    if extras.get("owner"):
+        die_with(ProcessRecord.parse(extras["owner"]))
     paths = DataPaths.from_home(extras["home"] or None)
     tracker = Tracker.for_paths(paths, uri=extras["tracking_uri"], ui=extras["ui_url"])
     return train_generator(paths, validate_dataset_name(extras["dataset"]), GeneratorJob(**extras["job"]),
