@@ -388,9 +388,11 @@ def check_inputs(cfg: DCGANConfig, data: TrainData, feature_net: nn.Module | Non
         raise ValueError("pass feature_net exactly when cfg.feature_head is on")
 
 
-def resume_state(path: Path, cfg: DCGANConfig, log: Callable[[str], None]) -> dict | None:
-    """The checkpoint to continue from, or None; a checkpoint of a different experiment is an error. A damaged
-    checkpoint falls back to the generation before it; with none, the run stops instead of restarting at 0."""
+def resume_state(path: Path, cfg, log: Callable[[str], None], *,
+                 resumable: frozenset[str] = RESUMABLE_CHANGES) -> dict | None:
+    """The checkpoint to continue from, or None; a checkpoint of a different experiment (a field outside
+    `resumable` changed) is an error. A damaged checkpoint falls back to the generation before it; with none, the
+    run stops instead of restarting at 0. Every family's loop resumes through this."""
     prev = previous_path(path)
     if not path.is_file() and not prev.is_file():
         return None
@@ -404,7 +406,7 @@ def resume_state(path: Path, cfg: DCGANConfig, log: Callable[[str], None]) -> di
                                     f"it, or delete {path.parent} to train from step 0") from None
         log(f"{exc}; resuming from the checkpoint before it, {prev.name} (step {int(state['step'])})")
     old, new = state["config"], cfg.to_dict()
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
+    changed = sorted(k for k in new if k not in resumable and old.get(k) != new[k])
     if changed:
         raise ValueError(f"{path} belongs to a run with different {changed}; "
                          "use another out_dir or delete it to start over")

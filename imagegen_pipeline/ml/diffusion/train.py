@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imagegen_pipeline.ml.checkpoint import CorruptCheckpoint, load_checkpoint, previous_path, save_checkpoint
+from imagegen_pipeline.ml.checkpoint import save_checkpoint
 from imagegen_pipeline.ml.dcgan import ddp
 from imagegen_pipeline.ml.dcgan.train import (CHECKPOINT_FILE, MetricLog, TrainData, TrainingDiverged, TrainResult,
-                                              fixed_inputs, restore_rng, rng_state, sync_device)
+                                              fixed_inputs, restore_rng, resume_state, rng_state, sync_device)
 from imagegen_pipeline.ml.dcgan.sample import render
 from imagegen_pipeline.ml.diffusion.config import RESUMABLE_CHANGES, DiffusionConfig
 from imagegen_pipeline.ml.diffusion.export import WEIGHTS_FILE, export_diffusion
@@ -47,25 +47,6 @@ def check_data(cfg: DiffusionConfig, data: TrainData) -> None:
         raise ValueError(f"class conditioning needs labels in [0, {cfg.num_classes}) for every image")
     if cfg.conditioning == "text" and (data.text is None or data.text.shape[1:] != (cfg.text_dim,)):
         raise ValueError(f"text conditioning needs data.text of shape (N, {cfg.text_dim})")
-
-
-def resume_state(path: Path, cfg: DiffusionConfig, log: Callable[[str], None]) -> dict | None:
-    """The checkpoint to continue from (falling back to the one before a damaged file), or None; a checkpoint
-    of a different experiment is an error, never silently mixed into this one."""
-    prev = previous_path(path)
-    if not path.is_file() and not prev.is_file():
-        return None
-    try:
-        state = load_checkpoint(path)
-    except (CorruptCheckpoint, FileNotFoundError) as exc:
-        state = load_checkpoint(prev)
-        log(f"{exc}; resuming from the checkpoint before it, {prev.name}")
-    old, new = state["config"], cfg.to_dict()
-    changed = sorted(k for k in new if k not in RESUMABLE_CHANGES and old.get(k) != new[k])
-    if changed:
-        raise ValueError(f"{path} belongs to a run with different {changed}; "
-                         "use another out_dir or delete it to start over")
-    return state
 
 
 class Batches:
@@ -110,7 +91,7 @@ def train_diffusion(cfg: DiffusionConfig, data: TrainData, *, out_dir: str | os.
     gen = seed_everything(cfg.seed)
     net = Denoiser(cfg)
     ema = Denoiser(cfg).requires_grad_(False)
-    state = resume_state(out_dir / CHECKPOINT_FILE, cfg, log)
+    state = resume_state(out_dir / CHECKPOINT_FILE, cfg, log, resumable=RESUMABLE_CHANGES)
     net, ema = runtime.to_device(net), runtime.to_device(ema)
     ema.load_state_dict(net.state_dict())
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99), eps=1e-8, fused=runtime.is_cuda)
