@@ -48,7 +48,7 @@ def defaults(cls) -> dict:
 
 @pytest.mark.parametrize("config, sources", PAIRS, ids=lambda x: getattr(x, "__name__", ""))
 def test_the_dagster_config_takes_its_defaults_from_the_core(config, sources):
-    dagster = {name: field.default for name, field in config.model_fields.items()}
+    dagster = {name: field.get_default(call_default_factory=True) for name, field in config.model_fields.items()}
     seen = set()
     for source in sources:
         shared = (set(dagster) & set(defaults(source))) - seen - PROTOCOL_OVERRIDES
