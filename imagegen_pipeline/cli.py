@@ -281,8 +281,9 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
             scorer = PromptScorer.load(extractor_file=paths.models(dataset) / EXTRACTOR_FILE,
                                        embeddings_dir=paths.embeddings(dataset))
         except (FileNotFoundError, ValueError) as exc:
-            print(f"note: not scored ({exc}); materialize feature_extractor, image_embeddings and "
-                  f"caption_embeddings for {dataset} to re-rank by prompt", file=sys.stderr)
+            if args.prompt:  # a --label alone asked for no re-ranking: nothing to explain
+                print(f"note: not scored ({exc}); materialize feature_extractor, image_embeddings and "
+                      f"caption_embeddings for {dataset} to re-rank by prompt", file=sys.stderr)
             k = 1
     total = args.n * k
     request = pd.DataFrame([{"seed": args.seed + s, "count": min(256, total - s),
@@ -472,7 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from imagegen_pipeline.tracking.store import quiet_artifact_progress
+
     args = build_parser().parse_args(argv)
+    quiet_artifact_progress()  # before any command loads a model (the servers we start inherit it)
     paths = DataPaths.from_home(args.home)
     if args.home:  # the assets' storage resource and the servers we start read the data root from here
         os.environ["IMAGEGEN_HOME"] = str(paths.home)
