@@ -205,9 +205,11 @@ def pipeline_summary(result, instance, dataset: str) -> list[str]:
     """The last lines of `imagegen pipeline` (and so of `make demo`): time per stage, FID against its real floor,
     where to click. `instance`: the Dagster instance the run was recorded in."""
     steps = stage_seconds(instance, result.run_id)
+    keys = [step for step, _, _ in steps]
+    stages = [s for s in steps if not any(s[0].startswith(k + "_") for k in keys)]  # checks: `<asset>_<check>`
     times = ", ".join(f"{step} {'?' if secs is None else f'{secs:.0f} s'}" +
-                      ("" if status == "SUCCESS" else f" ({status})") for step, secs, status in steps)
-    total = sum(secs or 0 for _, secs, _ in steps)
+                      ("" if status == "SUCCESS" else f" ({status})") for step, secs, status in stages)
+    total = sum(secs or 0 for _, secs, _ in steps)  # checks included
     lines = [f"summary of {dataset} (dagster run {result.run_id}, {'succeeded' if result.success else 'FAILED'})",
              f"  time per stage ({total / 60:.1f} min in all): {times}"]
     report = _materialized(result, "evaluation_report")

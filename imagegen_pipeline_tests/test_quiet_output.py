@@ -23,7 +23,7 @@ PROGRESS_VAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 NAMES = ["zero", "one"]
 # what the dcgan stage registers as the generator's input example (stages/dcgan.py `_register`)
 EXAMPLE = pd.DataFrame({"label": ["zero"], "prompt": [None], "seed": [0], "count": [1]})
-UNACTIONABLE = ("type hints", "input example was not provided", "Integer columns")
+UNACTIONABLE = ("type hints", "input example was not provided", "Integer columns", "Failed to infer")
 
 
 def _register_toy(paths, *, extractor: bool = False) -> None:
@@ -40,7 +40,8 @@ def _register_toy(paths, *, extractor: bool = False) -> None:
             model_file = save_extractor(paths.home / "extractor.safetensors", ExtractorNet(2, input_size=32),
                                         {"class_names": NAMES})
             run.register_code_model(code_file=extractor_stage.SERVING_CODE, artifacts={"extractor": str(model_file)},
-                                    name="imagegen-extractor-toy", metadata={"dataset": "toy"})
+                                    name="imagegen-extractor-toy", example=extractor_stage.serving_example((1, 32, 32)),
+                                    metadata={"dataset": "toy"})
     tracker.client().set_registered_model_alias("imagegen-generator-toy", "champion", "1")
 
 
