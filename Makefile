@@ -49,7 +49,7 @@ UI_ARGS ?=
 ui: install
 	$(BIN)/imagegen ui $(UI_ARGS)
 
-# The team profile on this machine (README: Scaling out): PostgreSQL, mlflow server, dagster-webserver (:3001) and
+# The team profile on this machine (docs/scaling-out.md): PostgreSQL, mlflow server, dagster-webserver (:3001) and
 # dagster-daemon, all on 127.0.0.1; `source .team/team.env` points a shell's CLI at them. Down keeps the data.
 team-up: install system-deps
 	$(BIN)/imagegen team up

@@ -187,8 +187,44 @@ def cmd_pipeline(args: argparse.Namespace, paths: DataPaths) -> int:
     promo = paths.promotion(dataset)
     if promo.is_file():
         print(f"promotion: {json.loads(promo.read_text())['reason']}")
-    print("\nopen the UIs: `make ui` (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
+    from imagegen_pipeline.defs.instance import get_instance
+
+    print("\n" + "\n".join(pipeline_summary(result, get_instance(paths), dataset)))
     return 0 if result.success else 1
+
+
+def stage_seconds(instance, run_id: str) -> list[tuple[str, float | None, str]]:
+    """(step, seconds, status) of each step of a finished run, in the order they started, from the instance's
+    event log: what `make demo` spent where."""
+    stats = sorted(instance.get_run_step_stats(run_id), key=lambda s: s.start_time or 0)
+    return [(s.step_key, s.end_time - s.start_time if s.start_time and s.end_time else None,
+             s.status.value if s.status else "?") for s in stats]
+
+
+def pipeline_summary(result, instance, dataset: str) -> list[str]:
+    """The last lines of `imagegen pipeline` (and so of `make demo`): time per stage, FID against its real floor,
+    where to click. `instance`: the Dagster instance the run was recorded in."""
+    steps = stage_seconds(instance, result.run_id)
+    keys = [step for step, _, _ in steps]
+    stages = [s for s in steps if not any(s[0].startswith(k + "_") for k in keys)]  # checks: `<asset>_<check>`
+    times = ", ".join(f"{step} {'?' if secs is None else f'{secs:.0f} s'}" +
+                      ("" if status == "SUCCESS" else f" ({status})") for step, secs, status in stages)
+    total = sum(secs or 0 for _, secs, _ in steps)  # checks included
+    lines = [f"summary of {dataset} (dagster run {result.run_id}, {'succeeded' if result.success else 'FAILED'})",
+             f"  time per stage ({total / 60:.1f} min in all): {times}"]
+    report = _materialized(result, "evaluation_report")
+    if report.get("fid") is not None and report.get("real_floor_fid"):
+        fid, floor = float(report["fid"]), float(report["real_floor_fid"])
+        lines.append(f"  FID {fid:.1f} against its real floor {floor:.1f} ({fid / floor:.1f}x the floor); "
+                     f"quality gate: {report.get('quality_gate', '?')}")
+    else:
+        lines.append("  no FID: evaluation_report did not finish in this run")
+    gallery = _materialized(result, "sample_gallery").get("index")
+    lines += [f"  report: {report['report_html']}" if report.get("report_html") else None,
+              f"  gallery: {gallery}" if gallery else None,
+              "  click: `make ui`, then Dagster http://127.0.0.1:3000 (Assets, partition "
+              f"{dataset}) and MLflow http://127.0.0.1:5000 (Models > imagegen-generator-{dataset})"]
+    return [line for line in lines if line]
 
 
 def cmd_evaluate(args: argparse.Namespace, paths: DataPaths) -> int:
@@ -281,8 +317,9 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
             scorer = PromptScorer.load(extractor_file=paths.models(dataset) / EXTRACTOR_FILE,
                                        embeddings_dir=paths.embeddings(dataset))
         except (FileNotFoundError, ValueError) as exc:
-            print(f"note: not scored ({exc}); materialize feature_extractor, image_embeddings and "
-                  f"caption_embeddings for {dataset} to re-rank by prompt", file=sys.stderr)
+            if args.prompt:  # a --label alone asked for no re-ranking: nothing to explain
+                print(f"note: not scored ({exc}); materialize feature_extractor, image_embeddings and "
+                      f"caption_embeddings for {dataset} to re-rank by prompt", file=sys.stderr)
             k = 1
     total = args.n * k
     request = pd.DataFrame([{"seed": args.seed + s, "count": min(256, total - s),
@@ -436,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--mlflow-port", type=int, default=5000, help="MLflow UI port")
     ui.set_defaults(func=cmd_ui)
     tm = sub.add_parser("team", help="the team profile on this machine: PostgreSQL, mlflow server, dagster-webserver "
-                                     "and dagster-daemon on 127.0.0.1 (README: Scaling out)")
+                                     "and dagster-daemon on 127.0.0.1 (docs/scaling-out.md)")
     tm.add_argument("action", choices=("up", "down"))
     tm.add_argument("--root", help="where the profile keeps its databases, logs and team.env (default <home>/.team)")
     tm.add_argument("--host", default="127.0.0.1", help="address the Dagster and MLflow servers bind to")
@@ -472,7 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from imagegen_pipeline.tracking.store import quiet_artifact_progress
+
     args = build_parser().parse_args(argv)
+    quiet_artifact_progress()  # before any command loads a model (the servers we start inherit it)
     paths = DataPaths.from_home(args.home)
     if args.home:  # the assets' storage resource and the servers we start read the data root from here
         os.environ["IMAGEGEN_HOME"] = str(paths.home)

@@ -26,7 +26,7 @@ defs = dg.Definitions(
     asset_checks=[*ingestion_checks, *feature_checks],
     jobs=[ingest_job, features_job, captions_job, train_job, evaluate_job, retrain_job, pipeline_job, text_job],
     sensors=[landing_sensor, dead_run_sensor, retrain_when_data_changes],
-    # configuration, not code paths: $IMAGEGEN_HOME / $IMAGEGEN_TRACKING_URI / $IMAGEGEN_TRAINING (README: Scaling out)
+    # configuration, not code paths: $IMAGEGEN_HOME / $IMAGEGEN_TRACKING_URI / $IMAGEGEN_TRAINING (docs/scaling-out.md)
     resources={"storage": ImagegenStorage(), "mlflow_tracker": MlflowTracker(),
                "training": TrainingLauncher(mode=os.environ.get("IMAGEGEN_TRAINING", "in_process"),
                                             nproc_per_node=int(os.environ.get("IMAGEGEN_TRAINING_PROCS", "1")),

@@ -72,6 +72,17 @@ def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, 
     assert (paths.reports("mnist") / "eval-v1" / "report.html").read_text().count("<tr>") > 5
     assert promotion(result) == (True, "first model: version 1 passed the quality gate and becomes champion")
     assert meta["quality_gate"] == "passed" and report["quality_gate"]["passed"]
+    # what `imagegen pipeline` (so `make demo`) ends with (issue 29.2): time per stage, FID against its floor, links
+    from imagegen_pipeline.cli import pipeline_summary
+
+    summary = pipeline_summary(result, instance, "mnist")
+    assert summary[0].startswith("summary of mnist (dagster run ") and summary[0].endswith("succeeded)")
+    assert summary[1].startswith("  time per stage (") and all(
+        f"{step} " in summary[1] for step in ("feature_extractor", "dcgan_checkpoint", "evaluation_report")), summary
+    assert "extractor_accuracy_above_floor" not in summary[1]  # checks count in the total, not as stages
+    assert summary[2] == (f"  FID {meta['fid']:.1f} against its real floor {meta['real_floor_fid']:.1f} "
+                          f"({meta['fid'] / meta['real_floor_fid']:.1f}x the floor); quality gate: passed")
+    assert f"  report: {meta['report_html']}" in summary and "http://127.0.0.1:3000" in summary[-1]
     mlflow.set_tracking_uri(mlflow_uri)
     client = mlflow.MlflowClient()
     champion = client.get_model_version_by_alias(GENERATOR, "champion")

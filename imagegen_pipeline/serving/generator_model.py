@@ -60,7 +60,9 @@ class GeneratorModel(PythonModel):
             return torch.from_numpy(self.text_encoder.encode([prompt])).repeat(n, 1)
         return None
 
-    def predict(self, context, model_input, params: dict | None = None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame | np.ndarray:
+        """Typed, so MLflow 3 knows the input is a table (validated against the logged signature) and does not
+        warn at every registration and load."""
         from imagegen_pipeline.ml.dcgan import generate
 
         frame = pd.DataFrame(model_input)

@@ -26,6 +26,12 @@ from imagegen_pipeline.tracking.tracker import Tracker
 SERVING_CODE = Path(__file__).resolve().parent.parent / "serving" / "extractor_model.py"
 
 
+def serving_example(shape: tuple[int, int, int]) -> np.ndarray:
+    """One black uint8 image of the shards' (C, H, W), logged with the model: MLflow derives the signature it checks
+    requests against from it, and stops warning that it has none."""
+    return np.zeros((1, *shape), np.uint8)
+
+
 def train_feature_extractor(paths: DataPaths, dataset: str, cfg: core.ExtractorConfig, *, device: str,
                             allow_download: bool, min_val_accuracy: float, tracker: Tracker, run_tag: str,
                             log: Callable[[str], None]) -> dict:
@@ -76,6 +82,7 @@ def train_feature_extractor(paths: DataPaths, dataset: str, cfg: core.ExtractorC
         passed, floor = accuracy_above_floor(summary, min_val_accuracy)
         gate = "passed" if passed else f"rejected: {floor['reason']}"
         mv = run.register_code_model(code_file=SERVING_CODE, artifacts={"extractor": str(model_file)}, name=name,
+                                     example=serving_example(reader.shape),
                                      metadata={"dataset": dataset, "shards": stamp},
                                      metrics={"val_accuracy": val_acc} if _num(val_acc) is not None else {},
                                      tags={"imagegen.shards": stamp, "imagegen.fine_tuned": str(report.fine_tuned),

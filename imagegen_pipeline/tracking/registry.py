@@ -37,12 +37,13 @@ def pip_requirements() -> list[str]:
 
 
 def log_code_model(*, code_file: Path, artifacts: dict[str, str], registered_model_name: str,
-                   signature: Any = None, metadata: dict | None = None,
+                   signature: Any = None, input_example: Any = None, metadata: dict | None = None,
                    metrics: dict[str, float] | None = None, tags: dict[str, str] | None = None) -> ModelVersion:
-    """Log a models-from-code pyfunc into the active run, register it, and tag the version with its metrics."""
+    """Log a models-from-code pyfunc into the active run, register it, and tag the version with its metrics;
+    `input_example` is kept with the model (the UI shows it, MLflow checks it against the signature)."""
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(code_file), artifacts=artifacts, code_paths=[str(PACKAGE_DIR)],
-        pip_requirements=pip_requirements(), signature=signature, metadata=metadata,
+        pip_requirements=pip_requirements(), signature=signature, input_example=input_example, metadata=metadata,
         registered_model_name=registered_model_name)
     client = MlflowClient()
     version = str(info.registered_model_version)

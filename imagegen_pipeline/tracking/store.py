@@ -29,8 +29,21 @@ def experiment_name(dataset: str) -> str:
     return f"imagegen-{validate_dataset_name(dataset)}"
 
 
+PROGRESS_BAR_VAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+def quiet_artifact_progress() -> None:
+    """No artifact-download progress bars off a terminal: in a log they are hundreds of lines per registration or
+    load. A value the user set is kept."""
+    import sys
+
+    if PROGRESS_BAR_VAR not in os.environ and not sys.stderr.isatty():
+        os.environ[PROGRESS_BAR_VAR] = "false"
+
+
 def use_store(tracking_uri: str) -> None:
     """Point this process's MLflow client (tracking and registry) at one store."""
+    quiet_artifact_progress()
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
 

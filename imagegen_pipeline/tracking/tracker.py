@@ -174,11 +174,16 @@ class TrackedRun:
                             ) -> ModelVersion:
         """Log a models-from-code pyfunc into this run and register it as a new version of `name`; `example` (an
         input DataFrame) and `params` (inference parameters with defaults) become its signature."""
+        import warnings
+
         from mlflow.models import infer_signature
 
-        signature = infer_signature(example, params=params) if example is not None else None
+        with warnings.catch_warnings():  # `seed` and `count` are whole numbers by design; a missing one is refused
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+            signature = infer_signature(example, params=params) if example is not None else None
         return registry.log_code_model(code_file=code_file, artifacts=artifacts, registered_model_name=name,
-                                       signature=signature, metadata=metadata, metrics=metrics, tags=tags)
+                                       signature=signature, input_example=example, metadata=metadata,
+                                       metrics=metrics, tags=tags)
 
 
 def logged_model_id(mv: ModelVersion) -> str | None:
