@@ -9,6 +9,9 @@ import os
 import subprocess
 import sys
 
+import psutil
+import pytest
+
 from imagegen_pipeline.paths import REPO_ROOT
 
 
@@ -54,11 +57,26 @@ if __name__ == "__main__":
 """
 
 
-def test_a_training_whose_orchestrator_is_killed_leaves_one_trainer_and_the_resume_finishes(tmp_path, monkeypatch):
+def _rank_groups() -> int:
+    """Live torchrun ranks of the training module, counted as groups by their parent (one torchrun agent per
+    training run; an orphaned rank has another parent, so it counts as a group of its own)."""
+    parents = set()
+    for p in psutil.process_iter(["pid", "ppid", "cmdline", "status"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if ("imagegen_pipeline.external.train_generator" in cmd and "torch.distributed.run" not in cmd
+                and p.info["status"] != psutil.STATUS_ZOMBIE):
+            parents.add(p.info["ppid"])
+    return len(parents)
+
+
+@pytest.mark.parametrize("training", ["in_process", "torchrun"])
+def test_a_training_whose_orchestrator_is_killed_leaves_one_trainer_and_the_resume_finishes(tmp_path, monkeypatch,
+                                                                                            training):
     """Issue 28.1: under the multiprocess executor, killing the orchestrator during `dcgan_checkpoint` left its
     step process training; the reaper failed the run at once and freed its slot, and the resume trained into the
     same folder beside it. Now the step process dies with its orchestrator, the run is reaped only then, and the
-    resume finishes from the checkpoint: at no moment do two processes train into the run folder."""
+    resume finishes from the checkpoint: at no moment do two processes train into the run folder. Under
+    Pipes/torchrun the trainers are the ranks: they die with the step process that launched them."""
     import shutil
     import signal
     import threading
@@ -87,7 +105,7 @@ def test_a_training_whose_orchestrator_is_killed_leaves_one_trainer_and_the_resu
         assert run_ingest(instance, "mnist", SERIAL).success
 
         def trainers() -> set[int]:
-            """Live processes that run `dcgan_checkpoint` (the pid of each run's STEP_START), in any run."""
+            """Live processes that run `dcgan_checkpoint` in process (the pid of each run's STEP_START)."""
             live = set()
             for run in instance.get_runs(filters=dg.RunsFilter(job_name="train_job")):
                 for record in instance.get_records_for_run(run.run_id,
@@ -104,19 +122,20 @@ def test_a_training_whose_orchestrator_is_killed_leaves_one_trainer_and_the_resu
 
         def watch() -> None:
             while not stop.is_set():
-                most[0] = max(most[0], len(trainers()))
+                most[0] = max(most[0], _rank_groups() if training == "torchrun" else len(trainers()))
                 time.sleep(0.2)
 
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
-        first = subprocess.Popen([sys.executable, str(script), str(dagster_home), str(steps)], cwd=tmp_path)
+        env = {**os.environ, "IMAGEGEN_TRAINING": training, "IMAGEGEN_TRAINING_PROCS": "2", "OMP_NUM_THREADS": "1"}
+        first = subprocess.Popen([sys.executable, str(script), str(dagster_home), str(steps)], cwd=tmp_path, env=env)
         second = None
         try:
             deadline = time.monotonic() + 300
             while not list(paths.checkpoints("mnist").rglob("latest.pt")):  # training, past its first checkpoint
                 assert first.poll() is None and time.monotonic() < deadline, "no checkpoint before the kill"
                 time.sleep(0.2)
-            assert trainers()
+            assert _rank_groups() == 1 if training == "torchrun" else trainers()
             first.send_signal(signal.SIGKILL)
             first.wait()
             [killed] = instance.get_runs(filters=dg.RunsFilter(job_name="train_job"))
@@ -125,7 +144,8 @@ def test_a_training_whose_orchestrator_is_killed_leaves_one_trainer_and_the_resu
                 assert time.monotonic() < deadline, "the killed run was never reaped"
                 time.sleep(0.5)
             assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
-            second = subprocess.Popen([sys.executable, str(script), str(dagster_home), str(steps)], cwd=tmp_path)
+            second = subprocess.Popen([sys.executable, str(script), str(dagster_home), str(steps)], cwd=tmp_path,
+                                      env=env)
             deadline = time.monotonic() + 600
             while second.poll() is None:  # the resume trains; the killed run's trainer must be gone
                 assert most[0] <= 1, f"{most[0]} processes trained into the run folder at once"
@@ -141,6 +161,9 @@ def test_a_training_whose_orchestrator_is_killed_leaves_one_trainer_and_the_resu
                     proc.wait()
             for pid in trainers():
                 os.kill(pid, signal.SIGKILL)
+            for p in psutil.process_iter(["cmdline"]):  # torchrun's agent and ranks, had a check failed
+                if "imagegen_pipeline.external.train_generator" in " ".join(p.info["cmdline"] or []):
+                    p.kill()
         assert most[0] == 1, f"{most[0]} processes trained into the run folder at once"
         [checkpoint] = list(paths.checkpoints("mnist").rglob("latest.pt"))
         assert torch.load(checkpoint, map_location="cpu", weights_only=True)["step"] == steps
