@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from imagegen_pipeline.ml.composite_prompts import prompts as composite_prompts  # noqa: E402
 from imagegen_pipeline.ml.dcgan.train import TrainData  # noqa: E402
-from imagegen_pipeline.ml.diffusion import DiffusionConfig, DiffusionGenerator, edm_sample, train_diffusion  # noqa: E402
+from imagegen_pipeline.ml.diffusion import (DiffusionConfig, DiffusionGenerator, edm_sample,  # noqa: E402
+                                             load_diffusion, train_diffusion)
 from imagegen_pipeline.ml.grids import image_grid  # noqa: E402
 from imagegen_pipeline.ml.runtime import resolve_runtime  # noqa: E402
 
@@ -141,10 +142,7 @@ def train_one(preset: str, args) -> None:
               "images_per_second": round(result.images_per_second, 1), "device": runtime.describe()["device_name"],
               "final_loss": result.metrics[-1]["loss"] if result.metrics else None}
     _write_json(out / "train" / f"{preset}.json", record)
-    model = DiffusionGenerator(cfg)
-    model.denoiser.load_state_dict(torch.load(result.checkpoint_path, map_location="cpu",
-                                              weights_only=True)["ema"])
-    model = model.to(runtime.device).eval()
+    model, _ = load_diffusion(result.generator_path, device=runtime.device)  # the exported EMA denoiser
     t0 = time.perf_counter()
     n = SMOKE_N if args.smoke else PAPER_N
     batch = 64 if args.smoke else 2500
@@ -286,12 +284,13 @@ def pack(args) -> None:
             with np.load(samples) as f:
                 np.savez_compressed(dest / f"{preset}-judge.npz",
                                     **{k: f[k] for k in f.files if not k.startswith("w")})
-        ckpt = out / "runs" / preset / "latest.pt"
-        if PRESETS[preset]["conditioning"] != "none" and ckpt.is_file():
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-            save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state["ema"].items()},
+        export = out / "runs" / preset / "generator.safetensors"
+        if PRESETS[preset]["conditioning"] != "none" and export.is_file():
+            model, cfg = load_diffusion(export)
+            step = json.loads((export.parent / "generator.json").read_text())["step"]
+            save_file({k: v.to(torch.bfloat16).contiguous() for k, v in model.state_dict().items()},
                       str(dest / f"{preset}-ema-bf16.safetensors"),
-                      metadata={"config": json.dumps(state["config"]), "step": str(state["step"])})
+                      metadata={"config": json.dumps(cfg.to_dict()), "step": str(step)})
 
 
 # --------------------------------------------------------------------------------------------------- driver
