@@ -315,18 +315,20 @@ def _rescore_champion(tracker: Tracker, name: str, version: str, protocol: dict,
         return None
     log(f"champion v{champion.version} was scored under {champion.tags.get(PROTOCOL_TAG)!r}; re-scoring it "
         f"under {protocol['key']!r}")
+
+    def cannot(exc: Exception, **known) -> dict:  # the candidate is still judged; the champion stays
+        warn(f"cannot re-score champion v{champion.version} ({exc}); the promotion will keep it")
+        return {"version": str(champion.version), "error": str(exc)[:500], "headline": {}, **known}
+
     try:
         generator, gcfg = load_generator(tracker.model_artifact(name, str(champion.version), "generator", dst),
                                          device=device)
-    except (MissingArtifact, OSError, ValueError) as exc:  # the candidate is still judged
-        warn(f"cannot re-score champion v{champion.version} ({exc}); the promotion will keep it")
-        return {"version": str(champion.version), "error": str(exc)[:500], "headline": {}}
+    except (MissingArtifact, OSError, ValueError) as exc:
+        return cannot(exc)
     try:
         result = judge_generator(generator, gcfg, log)
-    except StageFailed as exc:  # e.g. a text champion whose held-out captions are gone: the candidate is still judged
-        warn(f"cannot re-score champion v{champion.version} ({exc}); the promotion will keep it")
-        return {"version": str(champion.version), "error": str(exc)[:500], "headline": {},
-                "conditioning": gcfg.conditioning}
+    except StageFailed as exc:  # e.g. a text champion whose held-out captions are gone
+        return cannot(exc, conditioning=gcfg.conditioning)
     if result.protocol["key"] != protocol["key"]:
         raise StageFailed(f"re-scoring v{champion.version} gave protocol {result.protocol['key']!r}, not "
                           f"{protocol['key']!r}")
