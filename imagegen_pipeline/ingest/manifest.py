@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import pandas as pd
 
 from imagegen_pipeline.atomic import atomic_path
-from imagegen_pipeline.datasets.landing import is_sidecar, read_label_table, walk_files
+from imagegen_pipeline.datasets.landing import IMPORT_ERROR, is_sidecar, read_label_table, walk_files
 from imagegen_pipeline.ingest import pixel_store
 from imagegen_pipeline.ingest.parallel import chunked, ordered_map, resolve_workers
 from imagegen_pipeline.ingest.validate import PixelSpec, ValidationConfig, inspect_chunk
@@ -24,6 +24,7 @@ from imagegen_pipeline.ingest.validate import PixelSpec, ValidationConfig, inspe
 MANIFEST_COLUMNS = ["path", "status", "reason", "sha256", "label", "caption", "attributes", "width", "height",
                     "mode", "format", "is_gray", "size_bytes", "mtime_ns", "valid", "validated_with"]
 STATUSES = ("ok", "duplicate", "quarantined")
+REFUSED_BY_IMPORTER = "refused by the importer: "  # reason prefix of rows whose labels.csv says import_error
 
 
 class EmptyDataset(ValueError):
@@ -80,7 +81,8 @@ def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: Val
             except OSError:
                 continue
             if (int(old["size_bytes"]) == st.st_size and int(old["mtime_ns"]) == st.st_mtime_ns
-                    and old.get("validated_with") == settings):  # other limits can change the verdict
+                    and old.get("validated_with") == settings  # other limits can change the verdict
+                    and not str(old.get("reason") or "").startswith(REFUSED_BY_IMPORTER)):  # verdict not its own
                 reuse[rel] = old
     todo = [r for r in rels if r not in reuse]
     stats.reused, stats.decoded = len(reuse), len(todo)
@@ -114,6 +116,8 @@ def build_manifest(root: Path, *, previous: pd.DataFrame | None = None, cfg: Val
         meta = dict(labels.get(rel, {}))
         row["label"] = meta.pop("label", None) or _label_from_folder(rel)
         row["caption"] = meta.pop("caption", None)
+        if (refused := meta.pop(IMPORT_ERROR, None)):  # the importer could not use it: never an accepted row
+            row["valid"], row["reason"] = False, f"{REFUSED_BY_IMPORTER}{refused}"
         row["attributes"] = json.dumps(meta, sort_keys=True, ensure_ascii=False) if meta else None
         row["validated_with"] = settings
         records.append(row)
