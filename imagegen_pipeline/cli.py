@@ -384,7 +384,7 @@ def cmd_review(args: argparse.Namespace, paths: DataPaths) -> int:
     from imagegen_pipeline.review.server import serve_review
 
     return serve_review(paths, validate_dataset_name(args.dataset), host=args.host, port=args.port, n=args.n,
-                        model_uri=args.model_uri, allowed_hosts=tuple(args.allow_host))
+                        questions=args.questions, model_uri=args.model_uri, allowed_hosts=tuple(args.allow_host))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -492,12 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     srv.add_argument("--port", type=int, default=5001, help="port (default 5001; the MLflow UI has 5000)")
     srv.set_defaults(func=cmd_serve)
-    rev = sub.add_parser("review", help="a web page where people tell real from generated images; answers "
+    rev = sub.add_parser("review", help="a web page where people tell real from generated images and whether "
+                                        "pictures show their prompts; answers "
                                         "go to data/reviews/<dataset>/reviews.sqlite")
     rev.add_argument("dataset")
     rev.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     rev.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     rev.add_argument("--n", type=int, default=40, help="pairs to show (default 40)")
+    rev.add_argument("--questions", type=int, default=16,
+                     help="prompt questions to ask after the pairs: one generated picture each, a text model's "
+                          "held-out composite prompts first (default 16)")
     rev.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                      help="a host name the page may be reached by besides loopback and the bound address "
                           "(e.g. the name a reverse proxy forwards); other Host headers get 403. Repeatable")

@@ -142,3 +142,50 @@ def test_the_gate_rejects_samples_far_more_alike_than_real_pairs_in_ms_ssim():
     [reason] = gate_failures({**healthy, "ms_ssim_ratio": 2.33})
     assert reason == "same-class MS-SSIM 2.33 x real > 1.5 (collapse)"
     assert gate_failures({**healthy, "ms_ssim_ratio": 2.33}, QualityGate(max_ms_ssim_ratio=3.0)) == []
+
+
+HEALTHY = {"diversity_ratio": 0.88, "recall": 0.6, "fid": 23.0, "real_floor_fid": 11.4, "ms_ssim_ratio": 1.06}
+
+
+def test_the_gate_asks_prompt_fidelity_of_text_models_only():
+    """Issue 27.3: a text model fails when its R-precision is missing or under min_r_precision_of_real (0.3) x
+    the real images' R-precision under the same judge; class and unconditional models are not asked for one."""
+    from imagegen_pipeline.ml.quality_gate import QualityGate, gate_failures
+
+    assert gate_failures(HEALTHY, conditioning="class") == [] == gate_failures(HEALTHY, conditioning="none")
+    assert gate_failures(HEALTHY) == []  # callers that do not say: not a text model
+    [missing] = gate_failures(HEALTHY, conditioning="text")
+    assert missing.startswith("text model without prompt fidelity: r_precision or r_precision_real missing")
+    assert "caption_embeddings" in missing
+    assert gate_failures({**HEALTHY, "r_precision": 0.2}, conditioning="text")[0].startswith("text model without")
+    assert gate_failures({**HEALTHY, "r_precision": 0.08, "r_precision_real": 0.26}, conditioning="text") == []
+    [low] = gate_failures({**HEALTHY, "r_precision": 0.077, "r_precision_real": 0.26}, conditioning="text")
+    assert low == ("pictures do not follow their prompts: R-precision 0.077 is 30% of real images' 0.260 < 30% "
+                   "(a model that ignores its text scores about chance)")
+    assert gate_failures({**HEALTHY, "r_precision": float("nan"), "r_precision_real": 0.26}, conditioning="text")
+    loose = QualityGate(min_r_precision_of_real=0.01)
+    assert gate_failures({**HEALTHY, "r_precision": 0.01, "r_precision_real": 0.26}, loose, conditioning="text") == []
+
+
+def test_a_text_model_that_ignores_its_prompts_is_rejected_with_the_reason():
+    """The R-precision a text-ignoring model really gets (the evaluation's own text_r_precision, on a synthetic
+    judge where real held-out images are faithful): at chance, 1/40, and the gate says why it is rejected. A
+    faithful model passes."""
+    import numpy as np
+
+    from imagegen_pipeline.ml.evaluation import text_r_precision
+    from imagegen_pipeline.ml.prompt_score import CaptionBank
+    from imagegen_pipeline.ml.quality_gate import gate_failures
+
+    rng = np.random.default_rng(0)
+    img_c, txt_c = rng.normal(size=(40, 16)), rng.normal(size=(40, 8))  # 40 topics: image and caption centres
+    topic = np.repeat(np.arange(40), 3)
+    bank = CaptionBank(img_c[topic] + 0.1 * rng.normal(size=(120, 16)),
+                       txt_c[topic] + 0.1 * rng.normal(size=(120, 8)), [f"topic {t}" for t in topic])
+    ignoring = np.repeat(img_c[:1], 40, axis=0)  # the same picture whatever the caption
+    figures = text_r_precision(bank, ignoring, txt_c, real_embeddings=img_c, neighbours=3)
+    assert figures["r_precision"] == figures["r_precision_chance"] == 1 / 40 and figures["r_precision_real"] == 1.0
+    [reason] = gate_failures({**HEALTHY, **figures}, conditioning="text")
+    assert reason.startswith("pictures do not follow their prompts: R-precision 0.025 is 2% of real images' 1.000")
+    faithful = text_r_precision(bank, img_c, txt_c, real_embeddings=img_c, neighbours=3)
+    assert gate_failures({**HEALTHY, **faithful}, conditioning="text") == []

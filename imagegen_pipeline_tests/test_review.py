@@ -77,11 +77,11 @@ def review_server(mnist_shards, instance, mlflow_uri):
         thread.join(10)
 
 
-def rows(db) -> list[dict]:
+def rows(db, table: str = "answers") -> list[dict]:
     conn = sqlite3.connect(db)
     conn.row_factory = sqlite3.Row
     try:
-        return [dict(r) for r in conn.execute("SELECT * FROM answers ORDER BY id")]
+        return [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY id")]
     finally:
         conn.close()
 
@@ -102,14 +102,25 @@ def test_clicked_answers_are_stored_in_sqlite_and_counted_by_the_summary(review_
             shown.append(b.script("return [document.getElementById('prompt').textContent, "
                                   "document.getElementById('left').getAttribute('src')];"))
             if k == 0:  # both images have loaded: a screenshot a person can look at
-                b.script("return Promise.all([...document.images].map(i => i.decode()));")
+                b.script("return Promise.all(['left', 'right'].map(i => document.getElementById(i).decode()));")
                 shot = b.screenshot(tmp_path / "review-page.png")
             b.click(first)
             b.click(second)
             b.wait_for_text(f"pair {k + 2} of 6", f"saved answer {k + 1}", timeout=10)
+        for k in range(3, 6):  # the other pairs, then the first prompt question (issue 27.4)
+            b.click("#left-real")
+            b.click("#match-yes")
+            b.wait_for_text(f"saved answer {k + 1}", timeout=10)
+        b.wait_for_text("picture 1 of 16", "Does this picture show:", timeout=10)
+        asked = b.script("return document.getElementById('question-prompt').textContent;")
+        b.click("#shows-no")
+        b.wait_for_text("picture 2 of 16", "saved picture 1", timeout=10)
 
     stored = rows(reviews_db(mnist_shards, "mnist"))
-    assert len(stored) == 3
+    assert len(stored) == 6
+    [picture] = rows(reviews_db(mnist_shards, "mnist"), "prompt_answers")
+    assert (picture["prompt"], picture["shows"], picture["composite"]) == (asked, 0, 0)  # a class model: a label
+    assert asked in [str(d) for d in range(10)] and picture["reviewer"] == stored[0]["reviewer"]
     for row, (prompt, left_src), (first, second) in zip(stored, shown, clicks):
         item = app.items[row["item_id"]]
         assert left_src == f"/img/{item.id}/left.png" and row["prompt"] == prompt == item.prompt
@@ -121,10 +132,11 @@ def test_clicked_answers_are_stored_in_sqlite_and_counted_by_the_summary(review_
     fooled = sum(r["answer"] != r["real_side"] for r in stored)
 
     status, summary = request(base, "GET", "/api/summary")
-    assert status == 200 and summary["answers"] == 3 and summary["items"] == 3
-    assert summary["fooled"] == fooled and summary["fooling_rate"] == round(fooled / 3, 4)
-    assert summary["prompt_match_answers"] == 3 and summary["prompt_match_rate"] == round(2 / 3, 4)
-    assert summary["by_model_version"]["1"]["answers"] == 3
+    assert status == 200 and summary["answers"] == 6 and summary["items"] == 6
+    assert summary["fooled"] == fooled and summary["fooling_rate"] == round(fooled / 6, 4)
+    # prompt match: 2 of the first 3 pairs, all 3 others, and the picture's no
+    assert summary["prompt_match_answers"] == 7 and summary["prompt_match_rate"] == round(5 / 7, 4)
+    assert summary["by_model_version"]["1"]["answers"] == 6
     assert review_summary(reviews_db(mnist_shards, "mnist"), model_version="2")["answers"] == 0
     assert Image.open(shot).size[0] >= 800
 

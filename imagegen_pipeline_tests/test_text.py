@@ -119,6 +119,43 @@ def test_r_precision_is_one_for_faithful_images_and_chance_for_random_ones():
         r_precision(faithful[:1], held_out[:1])
 
 
+def duplicated_captions() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """23 rows, 4 distinct captions: A drawn 20 times (styles), B, C (B's skin-tone variant) and D once each.
+    Image proxies: every A row draws A exactly (so A's duplicates tie with it); B's image scores C 0.6 > B 0.5 >
+    A 0.4; D's scores B 0.6 > D 0.5 > A 0.4; C's is faithful."""
+    a, b, c, d = np.eye(4, dtype=np.float32)
+    captions = np.stack([a] * 20 + [b, c, d])
+    images = np.stack([a] * 20 + [0.4 * a + 0.5 * b + 0.6 * c, c, 0.4 * a + 0.6 * b + 0.5 * d])
+    return images, captions, ["a"] * 20 + ["b", "b", "d"]
+
+
+def test_r_precision_draws_distinct_negative_captions_never_the_true_one():
+    """Issue 27.4: negatives were drawn from rows, so a caption repeated across styles (A, 20 rows) filled most
+    draws of 3 and B's and D's images, each beaten by another single caption, mostly escaped it (23/23 at seed 0
+    instead of 21/23). Drawn from distinct captions, 3 negatives are all of A, B/C/D's others: the exact
+    ranking. The A rows' own duplicates are never negatives (they would tie: a miss each)."""
+    images, captions, groups = duplicated_captions()
+    for seed in range(5):
+        assert r_precision(images, captions, distractors=3, seed=seed) == 21 / 23, seed
+    from imagegen_pipeline.ml.prompt_score import r_precision_negatives
+
+    caption_of = captions.argmax(1)
+    for i, negatives in enumerate(r_precision_negatives(captions, groups=groups, distractors=99)):
+        drawn = caption_of[negatives].tolist()
+        assert len(drawn) == len(set(drawn)) and caption_of[i] not in drawn  # distinct, never the true caption
+        assert not {groups[j] for j in negatives} & {groups[i]}  # nor one of its group
+
+
+def test_r_precision_leaves_the_true_captions_group_out():
+    """A skin-tone variant (C of B's group) is the same emoji: no negative for B. With the groups, B's image
+    that scores its variant above itself is a hit (22/23); without them a miss (21/23)."""
+    images, captions, groups = duplicated_captions()
+    assert r_precision(images, captions, distractors=3, groups=groups) == 22 / 23
+    assert r_precision(images, captions, distractors=99) == 21 / 23
+    with pytest.raises(ValueError, match="nothing to rank against"):
+        r_precision(images[:2], captions[:2], groups=["x", "x"])
+
+
 def test_encode_unique_encodes_each_caption_once():
     calls = []
     unique, vectors, index = encode_unique(["b", "a", "b", "c", "a"],

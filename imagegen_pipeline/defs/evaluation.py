@@ -37,6 +37,12 @@ class EvaluationConfig(dg.Config):
                                             description="Images per Inception forward pass; null = the device's "
                                                         "default (8 on CPU, 64 on CUDA).")
     seed: int = Field(default=CORE.seed, description="Noise seeds and real subsets.")
+    composite_images: int = Field(default=CORE.composite_images,
+                                  description="Text models: picks per held-out composite prompt ('a cat with a "
+                                              "hat', 16 prompts) in the report; 0 leaves them out.")
+    composite_candidates: int = Field(default=CORE.composite_candidates,
+                                      description="Text models: each composite pick is the best of this many "
+                                                  "candidates by the judge's prompt score.")
     extra_metrics: list[str] = Field(default=[], description="Opt-in metrics computed besides the default set, "
                                                              "e.g. ['augmentation_gain'] (4 classifier trainings).")
     gate_min_diversity_ratio: float = Field(default=QualityGate.min_diversity_ratio,
@@ -47,6 +53,9 @@ class EvaluationConfig(dg.Config):
     gate_max_ms_ssim_ratio: float = Field(default=QualityGate.max_ms_ssim_ratio,
                                           description="Quality gate: same-class MS-SSIM of samples vs real pairs, at "
                                                       "most (above 1: samples more alike than the data).")
+    gate_min_r_precision_of_real: float = Field(default=QualityGate.min_r_precision_of_real,
+                                                description="Quality gate, text models only: R-precision of samples "
+                                                            "on held-out captions vs real images', at least.")
 
     def to_job(self) -> EvaluationJob:
         if self.protocol not in PROTOCOLS:
@@ -57,12 +66,17 @@ class EvaluationConfig(dg.Config):
         if unknown:
             raise dg.Failure(f"unknown metrics {unknown}; choose from {list_metrics(include_opt_in=True)}")
         metrics = tuple(list_metrics()) + tuple(self.extra_metrics) if self.extra_metrics else ()
+        if self.composite_images < 0 or self.composite_candidates < 1:
+            raise dg.Failure(f"composite_images must be >= 0 and composite_candidates >= 1, got "
+                             f"{self.composite_images} and {self.composite_candidates}")
         return EvaluationJob(
             EvalConfig(num_samples=n, num_real=self.num_real or named["num_real"], protocol=self.protocol,
                        per_class_min=self.per_class_min, kid_subset_size=min(1000, n), seed=self.seed,
-                       metrics=metrics),
+                       metrics=metrics, composite_images=self.composite_images,
+                       composite_candidates=self.composite_candidates),
             QualityGate(self.gate_min_diversity_ratio, self.gate_min_recall, self.gate_max_fid_over_floor,
-                        self.gate_max_ms_ssim_ratio), device=self.device, detector_batch_size=self.detector_batch_size)
+                        self.gate_max_ms_ssim_ratio, self.gate_min_r_precision_of_real),
+            device=self.device, detector_batch_size=self.detector_batch_size)
 
 
 @dg.asset(automation_condition=RETRAIN_WHEN_DATA_CHANGES,

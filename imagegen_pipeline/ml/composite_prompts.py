@@ -4,6 +4,9 @@ nearest training caption must contain to count as showing that concept."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 # (prompt, (concept words of the subject), (concept words of the accessory))
 COMPOSITE_PROMPTS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("a cat with a hat", ("cat",), ("hat",)),
@@ -27,3 +30,23 @@ COMPOSITE_PROMPTS: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
 
 def prompts() -> list[str]:
     return [p for p, _, _ in COMPOSITE_PROMPTS]
+
+
+def mentions(caption: str, words: Sequence[str]) -> bool:
+    """Whether a caption names a concept: any of its words as whole words, a plural allowed ("hat" in "top hat"
+    and "hats", not in "that" or "chat")."""
+    text = caption.lower()
+    return any(re.search(rf"\b{re.escape(w.lower())}(e?s)?\b", text) for w in words)
+
+
+def concept_shares(neighbour_captions: Sequence[Sequence[str]], subject: Sequence[str],
+                   accessory: Sequence[str]) -> dict[str, float]:
+    """Picks, each described by its nearest training images' captions: the share whose captions name the subject,
+    the accessory, and both (one picture near a cat and near a hat: the composite the data shows only apart)."""
+    if not neighbour_captions:
+        raise ValueError("no picks to count concepts in")
+    has_subject = [any(mentions(c, subject) for c in caps) for caps in neighbour_captions]
+    has_accessory = [any(mentions(c, accessory) for c in caps) for caps in neighbour_captions]
+    n = len(neighbour_captions)
+    return {"subject_share": sum(has_subject) / n, "accessory_share": sum(has_accessory) / n,
+            "both_share": sum(s and a for s, a in zip(has_subject, has_accessory)) / n}

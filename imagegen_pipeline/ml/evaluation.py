@@ -19,7 +19,7 @@ from imagegen_pipeline.ml.embeddings_store import rows_by_sha256
 from imagegen_pipeline.ml.extractor import embed_images
 from imagegen_pipeline.ml.metrics import MetricContext, compute_metrics, list_metrics
 from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache, cached_reference_stats, hash_images
-from imagegen_pipeline.ml.prompt_score import CaptionBank, r_precision
+from imagegen_pipeline.ml.prompt_score import CaptionBank, r_precision, r_precision_negatives
 from imagegen_pipeline.ml.protocols import PROTOCOLS
 from imagegen_pipeline.ml.runtime import Runtime
 from imagegen_pipeline.pages import key_value_table, page
@@ -34,6 +34,8 @@ class EvalConfig:
     per_class_min: int = 50  # per-class FID only where both sides have this many images
     kid_subset_size: int = 1000  # KID subset size (smaller sets use all images)
     seed: int = 0  # noise seeds are seed + i; real subsets drawn with this seed
+    composite_images: int = 2  # text models: picks per held-out composite prompt (16 prompts; 0 = leave them out)
+    composite_candidates: int = 4  # text models: each pick is the best of this many by the judge's prompt score
 
 
 @dataclass
@@ -124,17 +126,19 @@ def sample_for_eval(generator: torch.nn.Module, cfg: DCGANConfig, n: int, *, see
 
 
 def text_r_precision(bank: CaptionBank, fake_embeddings: np.ndarray, own_captions: np.ndarray, *,
-                     real_embeddings: np.ndarray | None = None, neighbours: int = 5, seed: int = 0) -> dict:
+                     real_embeddings: np.ndarray | None = None, neighbours: int = 5, seed: int = 0,
+                     groups: list[str] | None = None) -> dict:
     """R-precision (R=1): each generated image, described by the captions of its nearest training images, must
-    rank the caption it was drawn for above up to 99 other held-out captions (chance: 1 / (distractors + 1)). With
-    `real_embeddings` (the held-out images those captions belong to) the same judge scores the real images:
-    the ceiling this proxy can reach."""
-    out = {"r_precision": r_precision(bank.text_proxies(fake_embeddings, k=neighbours), own_captions, seed=seed)}
-    distinct = len(np.unique(np.round(own_captions, 5), axis=0))
-    out["r_precision_chance"] = 1.0 / min(100, distinct)
+    rank the caption it was drawn for above up to 99 other distinct held-out captions, none of its caption group
+    (chance: 1 / (negatives + 1)). With `real_embeddings` (the held-out images those captions belong to) the same
+    judge scores the real images: the ceiling this proxy can reach."""
+    out = {"r_precision": r_precision(bank.text_proxies(fake_embeddings, k=neighbours), own_captions, seed=seed,
+                                      groups=groups)}
+    negatives = r_precision_negatives(own_captions, groups=groups, seed=seed)
+    out["r_precision_chance"] = float(np.mean([1.0 / (len(n) + 1) for n in negatives]))
     if real_embeddings is not None:
         out["r_precision_real"] = r_precision(bank.text_proxies(real_embeddings, k=neighbours), own_captions,
-                                              seed=seed)
+                                              seed=seed, groups=groups)
     return out
 
 
@@ -158,13 +162,15 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
                        detector, cache: FeatureCache, extractor=None, train_embeddings: np.ndarray | None = None,
                        class_names: list[str] | None = None, eval_cfg: EvalConfig, runtime: Runtime,
                        text_conds: np.ndarray | None = None, caption_ids: list[str] | None = None,
-                       caption_bank: CaptionBank | None = None, judge: str | None = None,
-                       log: Callable[[str], None] = lambda _: None) -> EvalResult:
+                       caption_groups: list[str] | None = None, caption_bank: CaptionBank | None = None,
+                       judge: str | None = None, log: Callable[[str], None] = lambda _: None) -> EvalResult:
     """FID/KID against the val split, the train-vs-val floor, precision/recall, extractor-based scores.
 
     Text models are sampled on held-out captions: `text_conds` (M, text_dim) with `caption_ids` (M,), the sha256
-    of the val image each caption belongs to (its class becomes the sample's asked-for class). With the
-    extractor and `caption_bank` (training images' embeddings and captions) they also get `r_precision`.
+    of the val image each caption belongs to (its class becomes the sample's asked-for class), and optionally
+    `caption_groups` (M,): which captions are one item (an emoji's skin tones), never each other's R-precision
+    negatives. With the extractor and `caption_bank` (training images' embeddings and captions) they also get
+    `r_precision`.
     """
     seconds: dict[str, float] = {}
     val_sub = val.subset(eval_cfg.num_real, eval_cfg.seed)
@@ -214,7 +220,8 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
         t = time.perf_counter()
         _add_text_metrics(out, text_conds=np.asarray(text_conds, np.float32)[rows], fake_emb=fake_emb,
                           bank=caption_bank, extractor=extractor, val=val, source=source, runtime=runtime,
-                          seed=eval_cfg.seed)
+                          seed=eval_cfg.seed,
+                          groups=None if caption_groups is None else [caption_groups[r] for r in rows])
         out["seconds"]["r_precision"] = round(time.perf_counter() - t, 4)
     nearest = None
     if fake_emb is not None and train_embeddings is not None:
@@ -248,7 +255,8 @@ def protocol_record(eval_cfg: EvalConfig, *, num_samples: int, reference: RealSp
 
 
 def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray | None, bank: CaptionBank | None,
-                      extractor, val: RealSplit, source: np.ndarray | None, runtime: Runtime, seed: int) -> None:
+                      extractor, val: RealSplit, source: np.ndarray | None, runtime: Runtime, seed: int,
+                      groups: list[str] | None = None) -> None:
     """R-precision of a text model's samples into out['results'] (or the reason it could not run into 'skipped')."""
     if fake_emb is None or bank is None:
         out["skipped"]["r_precision"] = "needs the fine-tuned extractor and the caption bank (image_embeddings + " \
@@ -258,7 +266,8 @@ def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray
     if source is not None and (source >= 0).all():
         real_emb, _ = embed_images(extractor, val.images[torch.from_numpy(source)], runtime=runtime)
     try:
-        out["results"].update(text_r_precision(bank, fake_emb, text_conds, real_embeddings=real_emb, seed=seed))
+        out["results"].update(text_r_precision(bank, fake_emb, text_conds, real_embeddings=real_emb, seed=seed,
+                                                 groups=groups))
     except ValueError as exc:
         out["skipped"]["r_precision"] = str(exc)
 
@@ -266,7 +275,9 @@ def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray
 HEADLINE = ("fid", "fid_std", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity",
             "diversity_ratio", "ms_ssim_ratio", "cas_accuracy", "cas_ratio", "real_floor_fid", "real_floor_kid",
             "memorization_nn_distance_mean", "lpips_diversity_ratio", "lpips_memorization_ratio", "projection_gap",
-            "r_precision", "r_precision_real", "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate")
+            "r_precision", "r_precision_real", "composite_prompt_score", "composite_subject_share",
+            "composite_accessory_share", "composite_concept_share", "composite_nn_distance",
+            "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate")
 
 
 def headline(results: dict) -> dict[str, float]:
@@ -298,9 +309,10 @@ def report_markdown(title: str, results: dict, skipped: dict, *, promotion: str 
 
 
 def report_html(title: str, results: dict, skipped: dict, *, images: dict[str, str], history_png: str | None,
-                meta: dict, tables: dict[str, tuple] | None = None) -> str:
-    """One page: headline table, all results, plots and sample images (as relative links or data URIs), and the
-    comparison `tables` ({caption: (columns, rows of cells)}: model families, ablations)."""
+                meta: dict, tables: dict[str, tuple] | None = None, sections: str = "") -> str:
+    """One page: headline table, all results, plots and sample images (as relative links or data URIs), the
+    comparison `tables` ({caption: (columns, rows of cells)}: model families, ablations) and `sections`, HTML
+    its maker escaped (a text model's composite prompts)."""
     esc = html.escape
     extra = "".join(
         f"<h2>{esc(caption)}</h2><table><tr>{''.join(f'<th>{esc(str(c))}</th>' for c in cols)}</tr>"
@@ -314,7 +326,7 @@ def report_html(title: str, results: dict, skipped: dict, *, images: dict[str, s
                    for name, src in images.items())
     hist = f"<h2>History</h2><img src='{esc(history_png)}' alt='metric history'>" if history_png else ""
     return page(title, f"<h1>{esc(title)}</h1>{key_value_table(meta)}<h2>Headline</h2><table>{rows}</table>"
-                f"<h2>Samples</h2>{pics}{extra}{hist}<h2>All results</h2><table>{other}</table>"
+                f"<h2>Samples</h2>{pics}{sections}{extra}{hist}<h2>All results</h2><table>{other}</table>"
                 f"<h2>Skipped</h2><ul>{skips or '<li>none</li>'}</ul>")
 
 

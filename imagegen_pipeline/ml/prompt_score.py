@@ -98,6 +98,7 @@ class CaptionBank:
     image_vectors: np.ndarray  # (N, E) unit-norm extractor embeddings
     caption_vectors: np.ndarray  # (N, D) unit-norm caption embeddings of the same images
     captions: list[str]  # (N,) the captions themselves, for showing what an image was matched to
+    sha256: list[str] | None = None  # (N,) the images' content hashes, for showing the images themselves
 
     def __post_init__(self):
         self.image_vectors = _unit(self.image_vectors)
@@ -115,7 +116,7 @@ class CaptionBank:
             raise ValueError("no image has both an extractor embedding and a caption (do the two tables come from "
                              "the same shards?)")
         return cls(embedding_matrix(joined), np.stack(joined["text"].to_numpy()).astype(np.float32),
-                   joined["caption"].tolist())
+                   joined["caption"].tolist(), joined["sha256"].tolist())
 
     def neighbours(self, image_embeddings: np.ndarray, *, k: int = 5) -> np.ndarray:
         """Indices (M, k) of each image's k nearest bank images by cosine, nearest first."""
@@ -154,29 +155,50 @@ def keep_best(scorer: "PromptScorer", images: np.ndarray, text: str, *, k: int
     return keep, np.asarray(scores)[keep], [nearest[i] for i in keep]
 
 
+def r_precision_negatives(caption_vectors: np.ndarray, *, groups: Sequence[str] | None = None,
+                          distractors: int = 99, seed: int = 0) -> list[np.ndarray]:
+    """For each row, the rows whose captions serve as its negatives: one row per distinct caption (the same
+    caption drawn for two styles is one negative, not two), never the row's own caption nor, with `groups`
+    (e.g. `datasets.emoji.caption_group`: a caption without its skin tones), a caption of its group.
+    Up to `distractors` of them, seeded."""
+    cap = _unit(caption_vectors)
+    n = len(cap)
+    same = (cap @ cap.T) > 1 - 1e-6  # (N, N) identical captions
+    caption_id = same.argmax(axis=1)  # the first row with each row's caption
+    if groups is None:
+        group_id = caption_id
+    else:
+        if len(groups) != n:
+            raise ValueError(f"{len(groups)} caption groups for {n} captions")
+        _, group_id = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    firsts = np.unique(caption_id)  # one row per distinct caption
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        pool = firsts[(caption_id[firsts] != caption_id[i]) & (group_id[firsts] != group_id[i])]
+        if len(pool) == 0:
+            raise ValueError("every caption is the same (or of one group): nothing to rank against")
+        out.append(rng.choice(pool, size=min(distractors, len(pool)), replace=False))
+    return out
+
+
 def r_precision(image_vectors: np.ndarray, caption_vectors: np.ndarray, *, distractors: int = 99,
-                seed: int = 0) -> float:
+                seed: int = 0, groups: Sequence[str] | None = None) -> float:
     """Share of images whose own caption outscores `distractors` random other captions (R-precision, R=1).
 
     image_vectors (N, D): each generated image as a text-space vector (e.g. `CaptionBank.text_proxies`);
-    caption_vectors (N, D): the held-out caption each image was generated from. Distractors are drawn from
-    the other rows, leaving out captions identical to the row's own; a tie counts as a miss.
+    caption_vectors (N, D): the held-out caption each image was generated from; groups (N,): optional caption
+    groups. Negatives are distinct captions other than the row's own and outside its group
+    (`r_precision_negatives`): a caption repeated across styles neither counts twice nor competes with itself,
+    and a skin-tone variant of the true caption is no negative. A tie counts as a miss.
     """
     img, cap = _unit(image_vectors), _unit(caption_vectors)
-    n = len(img)
-    if n < 2 or cap.shape != img.shape:
+    if len(img) < 2 or cap.shape != img.shape:
         raise ValueError(f"need at least 2 rows of matching shape, got {img.shape} and {cap.shape}")
-    rng = np.random.default_rng(seed)
-    same = (cap @ cap.T) > 1 - 1e-6  # (N, N) identical captions
     scores = img @ cap.T  # (N, N): image i against caption j
-    hits = 0
-    for i in range(n):
-        pool = np.flatnonzero(~same[i])
-        if len(pool) == 0:
-            raise ValueError("every caption is the same: nothing to rank against")
-        pick = rng.choice(pool, size=min(distractors, len(pool)), replace=False)
-        hits += bool(scores[i, i] > scores[i, pick].max())
-    return hits / n
+    negatives = r_precision_negatives(cap, groups=groups, distractors=distractors, seed=seed)
+    hits = sum(bool(scores[i, i] > scores[i, pick].max()) for i, pick in enumerate(negatives))
+    return hits / len(img)
 
 
 class PromptScorer:

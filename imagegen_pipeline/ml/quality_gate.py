@@ -3,7 +3,8 @@
 Promotion compares a candidate with the champion; the gate compares it with the data. A generator that draws
 one picture per label (diversity far below real, or same-class pairs far more alike in MS-SSIM than real
 pairs), covers none of the real images (recall about 0) or sits many times above the real train-vs-val FID floor is registered with the reason and the tag `rejected`, and
-never becomes champion, the first model included.
+never becomes champion, the first model included. A text-conditioned generator must also draw what it is asked
+for: its R-precision on held-out captions must reach a share of what real images score under the same judge.
 """
 
 from __future__ import annotations
@@ -19,14 +20,20 @@ class QualityGate:
     max_fid_over_floor: float = 8.0  # FID / real train-vs-val FID at the same N and detector
     max_ms_ssim_ratio: float = 1.5  # same-class MS-SSIM of samples / of real pairs (MNIST demo champion 1.06,
     #                                 a 20-step collapsed model 2.33, one image per label 2.37)
+    min_r_precision_of_real: float = 0.3  # text models only: R-precision of samples / of the real held-out images.
+    #   A model that ignores its text scores about chance (0.01 against 99 distractors) where real images score
+    #   ~0.26 under the same judge: ~4% of real. The CPU target is 40% of real; 0.3 rejects anything near chance
+    #   with a wide margin and leaves room below the target for the judge's noise at N=1000.
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def gate_failures(results: dict, gate: QualityGate = QualityGate()) -> list[str]:
+def gate_failures(results: dict, gate: QualityGate = QualityGate(), *, conditioning: str | None = None) -> list[str]:
     """Why `results` (an evaluation's metric dict) fail the gate; [] when they pass. A missing or non-finite
-    figure fails too: a model is not let through on a metric nobody could compute."""
+    figure fails too: a model is not let through on a metric nobody could compute. `conditioning` is the judged
+    generator's (its DCGANConfig.conditioning): "text" adds the prompt-fidelity check; class and unconditional
+    models have no captions, so no R-precision is asked of them."""
     def value(key: str) -> float | None:
         v = results.get(key)
         return float(v) if isinstance(v, (int, float)) and math.isfinite(float(v)) else None
@@ -50,4 +57,17 @@ def gate_failures(results: dict, gate: QualityGate = QualityGate()) -> list[str]
         failures.append(f"fid or real_floor_fid missing (fid={fid}, floor={floor})")
     elif fid > gate.max_fid_over_floor * floor:
         failures.append(f"FID {fid:.1f} > {gate.max_fid_over_floor} x real floor {floor:.1f}")
+    if conditioning == "text":
+        failures += _prompt_fidelity_failures(value("r_precision"), value("r_precision_real"), gate)
     return failures
+
+
+def _prompt_fidelity_failures(r: float | None, real: float | None, gate: QualityGate) -> list[str]:
+    if r is None or real is None:
+        return [f"text model without prompt fidelity: r_precision or r_precision_real missing (r_precision={r}, "
+                f"real={real}); the fine-tuned extractor, image_embeddings and caption_embeddings are needed"]
+    if r < gate.min_r_precision_of_real * real:
+        return [f"pictures do not follow their prompts: R-precision {r:.3f} is {r / real:.0%} of "
+                f"real images' {real:.3f} < {gate.min_r_precision_of_real:.0%} (a model that ignores its text "
+                "scores about chance)"]
+    return []

@@ -1,6 +1,8 @@
-"""Review pairs: one real image from the shards and one generated for the same label or caption, sides at random.
+"""Review items. Pairs: one real image from the shards and one generated for the same label or caption, sides at
+random. Prompt questions: one generated picture and the prompt it was drawn for (a text model's held-out composite
+prompts first, then real captions; a class model's labels).
 
-No HTTP here: the server only looks pairs up by their random id.
+No HTTP here: the server only looks items up by their random id.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ class ReviewItem:
     real_side: str  # "left" | "right"
     left_png: bytes
     right_png: bytes
+
+
+@dataclass(frozen=True)
+class PromptQuestion:
+    """Asks "does this picture show: <prompt>?" of one generated picture."""
+
+    id: str
+    prompt: str
+    composite: bool  # one of ml/composite_prompts.py's held-out prompts
+    seed: int
+    png: bytes
 
 
 def open_generator(paths: DataPaths, dataset: str, *, model_uri: str | None = None) -> GeneratorSource:
@@ -150,3 +163,33 @@ def build_pairs(source: GeneratorSource, reader: ShardReader, n: int, *, rng: ra
         left, right = (real_png, gen_png) if side == "left" else (gen_png, real_png)
         items.append(ReviewItem(secrets.token_urlsafe(12), prompt, seed, r["sha256"], side, left, right))
     return items
+
+
+def question_prompts(source: GeneratorSource, reader: ShardReader, n: int, rng: random.Random
+                     ) -> list[tuple[str, bool]]:
+    """n (prompt, composite) pairs: for a text model the composite prompts first, then captions of real images;
+    for a class model labels of real images; none for an unconditional model."""
+    from imagegen_pipeline.ml.composite_prompts import prompts as composite_prompts
+
+    if source.conditioning not in ("class", "text") or n < 1:
+        return []
+    chosen = [(p, True) for p in composite_prompts()][:n] if source.conditioning == "text" else []
+    if len(chosen) < n:
+        field = "caption" if source.conditioning == "text" else "label"
+        chosen += [(str(r[field] or r["label"]), False) for r in sample_real(reader, n - len(chosen), rng)]
+    return chosen
+
+
+def build_questions(source: GeneratorSource, reader: ShardReader, n: int, *, rng: random.Random | None = None
+                    ) -> list[PromptQuestion]:
+    """n prompt questions (`question_prompts`), each with a picture generated from a fresh random seed."""
+    if not 0 <= n <= 1000:
+        raise ValueError(f"the number of prompt questions must be between 0 and 1000, got {n}")
+    rng = rng or random.SystemRandom()
+    chosen = question_prompts(source, reader, n, rng)
+    if not chosen:
+        return []
+    seeds = [rng.randrange(2**31) for _ in chosen]
+    fake = source.generate([p for p, _ in chosen], seeds)  # uint8 (n, H, W, C)
+    return [PromptQuestion(secrets.token_urlsafe(12), prompt, composite, seed, _png(gen, like=gen))
+            for (prompt, composite), seed, gen in zip(chosen, seeds, fake)]

@@ -1,13 +1,16 @@
-"""`imagegen review`: a small web page where people tell real from generated images (stdlib http.server only).
+"""`imagegen review`: a small web page where people tell real from generated images and say whether generated
+pictures show their prompts (stdlib http.server only).
 
-Routes: GET / (the page), GET /api/items (pairs in a fresh random order), GET /img/<id>/<left|right>.png,
-POST /api/answer (JSON, validated strictly), GET /api/summary (`review_summary` of the SQLite file).
+Routes: GET / (the page), GET /api/items (pairs in a fresh random order, then prompt questions, composite prompts
+first), GET /img/<id>/<left|right|picture>.png, POST /api/answer (a pair) and POST /api/prompt_answer (a prompt
+question; JSON, validated strictly), GET /api/summary (`review_summary` of the SQLite file).
 Every error is a JSON body with a 4xx/5xx status; a bad request never takes the server down.
 
 Two guards keep the answers honest. A request whose `Host` is a name this server does not answer to gets 403,
 so a web page cannot reach a loopback server through DNS rebinding (IP literals are fine: rebinding needs a name
 the attacker controls). And the page gets a signed reviewer cookie; the database takes one answer per pair per
-reviewer, so a double click, a back button or a replayed request cannot count twice in the fooling rate.
+reviewer, so a double click, a back button or a replayed request cannot count twice in the fooling rate; the
+same holds for prompt questions (one answer per picture per reviewer: a second gets 409 and the first stands).
 """
 
 from __future__ import annotations
@@ -25,23 +28,25 @@ import socket
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from imagegen_pipeline.pages import STYLE
 from imagegen_pipeline.paths import DataPaths
-from imagegen_pipeline.review.pairs import GeneratorSource, ReviewItem
-from imagegen_pipeline.review.store import Answer, DuplicateAnswer, ReviewStore, review_summary, reviews_db
+from imagegen_pipeline.review.pairs import GeneratorSource, PromptQuestion, ReviewItem
+from imagegen_pipeline.review.store import (Answer, DuplicateAnswer, PromptAnswer, ReviewStore, review_summary,
+                                            reviews_db)
 from imagegen_pipeline.net import LOOPBACK_NAMES, url_for, warn_if_exposed
 
 MAX_BODY = 4096  # bytes; an answer is about 100
 MAX_CONNECTIONS = 32  # connections served at once; a page load opens about 10
 ANSWER_KEYS = frozenset({"item", "real", "prompt_match"})
+PROMPT_ANSWER_KEYS = frozenset({"item", "shows"})
 SIDES = ("left", "right")
 PAGE_FILE = Path(__file__).with_name("page.html")
-_IMG_PATH = re.compile(r"/img/([A-Za-z0-9_-]{1,64})/(left|right)\.png")
+_IMG_PATH = re.compile(r"/img/([A-Za-z0-9_-]{1,64})/(left|right|picture)\.png")
 COOKIE = "imagegen_reviewer"
 
 
@@ -69,35 +74,33 @@ def _page() -> tuple[bytes, str]:
 
 @dataclass
 class ReviewApp:
-    """The state behind the page: pairs by id (which side is real stays here) and where answers go."""
+    """The state behind the page: pairs by id (which side is real stays here), prompt questions by id, and where
+    answers go."""
 
     dataset: str
     source: GeneratorSource
     items: dict[str, ReviewItem]
     store: ReviewStore
     quiet: bool = False
+    questions: dict[str, PromptQuestion] = field(default_factory=dict)
 
     def item_list(self) -> dict:
         order = list(self.items.values())
         random.SystemRandom().shuffle(order)
+        asked = list(self.questions.values())
+        random.SystemRandom().shuffle(asked)
+        asked.sort(key=lambda q: not q.composite)  # stable: composite prompts first, each group shuffled
         return {"dataset": self.dataset, "model": self.source.description, "conditioning": self.source.conditioning,
                 "items": [{"id": it.id, "prompt": it.prompt, "left": f"/img/{it.id}/left.png",
-                           "right": f"/img/{it.id}/right.png"} for it in order]}
+                           "right": f"/img/{it.id}/right.png"} for it in order],
+                "questions": [{"id": q.id, "prompt": q.prompt, "picture": f"/img/{q.id}/picture.png"}
+                              for q in asked]}
 
     def parse_answer(self, body: bytes, reviewer: str) -> Answer:
         """The POSTed JSON as an Answer from `reviewer`, or RequestError(400) saying what is wrong with it."""
-        try:
-            data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
-        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-            raise RequestError(400, f"body is not valid JSON: {str(exc)[:200]}") from None
-        if not isinstance(data, dict):
-            raise RequestError(400, "body must be a JSON object")
-        if unknown := set(data) - ANSWER_KEYS:
-            raise RequestError(400, f"unknown fields: {sorted(unknown)[:5]}; allowed: {sorted(ANSWER_KEYS)}")
+        data = _json_object(body, ANSWER_KEYS)
         item_id, real, match = data.get("item"), data.get("real"), data.get("prompt_match")
-        if not isinstance(item_id, str) or not item_id:
-            raise RequestError(400, "`item` must be a non-empty string (an id from /api/items)")
-        item = self.items.get(item_id)
+        item = self.items.get(_item_id(item_id))
         if item is None:
             raise RequestError(400, "unknown item id")
         if not isinstance(real, str) or real not in SIDES:
@@ -111,6 +114,18 @@ class ReviewApp:
                       prompt=item.prompt, seed=item.seed, real_sha256=item.real_sha256, real_side=item.real_side,
                       answer=real, prompt_match=match, reviewer=reviewer)
 
+    def parse_prompt_answer(self, body: bytes, reviewer: str) -> PromptAnswer:
+        """The POSTed JSON ({"item": id, "shows": true|false}) as a PromptAnswer, or RequestError(400)."""
+        data = _json_object(body, PROMPT_ANSWER_KEYS)
+        question = self.questions.get(_item_id(data.get("item")))
+        if question is None:
+            raise RequestError(400, "unknown prompt question id")
+        if type(data.get("shows")) is not bool:
+            raise RequestError(400, "`shows` must be true or false")
+        return PromptAnswer(item_id=question.id, model_name=self.source.model_name,
+                            model_version=self.source.model_version, prompt=question.prompt,
+                            composite=question.composite, seed=question.seed, shows=data["shows"], reviewer=reviewer)
+
     def summary(self) -> dict:
         return {"dataset": self.dataset, "model": self.source.description,
                 "model_version": self.source.model_version, **review_summary(self.store.path)}
@@ -118,6 +133,25 @@ class ReviewApp:
 
 def _reject_constant(name: str):
     raise ValueError(f"{name} is not JSON")
+
+
+def _json_object(body: bytes, allowed: frozenset[str]) -> dict:
+    """The body as a JSON object with only `allowed` keys, or RequestError(400) saying what is wrong with it."""
+    try:
+        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise RequestError(400, f"body is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "body must be a JSON object")
+    if unknown := set(data) - allowed:
+        raise RequestError(400, f"unknown fields: {sorted(unknown)[:5]}; allowed: {sorted(allowed)}")
+    return data
+
+
+def _item_id(value) -> str:
+    if not isinstance(value, str) or not value:
+        raise RequestError(400, "`item` must be a non-empty string (an id from /api/items)")
+    return value
 
 
 class ReviewHandler(BaseHTTPRequestHandler):
@@ -218,6 +252,12 @@ class ReviewHandler(BaseHTTPRequestHandler):
         elif path == "/api/summary":
             self._json(200, self.app.summary())
         elif m := _IMG_PATH.fullmatch(path):
+            if m.group(2) == "picture":
+                question = self.app.questions.get(m.group(1))
+                if question is None:
+                    raise RequestError(404, "unknown prompt question id")
+                self._send(200, question.png, "image/png")
+                return
             item = self.app.items.get(m.group(1))
             if item is None:
                 raise RequestError(404, "unknown item id")
@@ -226,17 +266,21 @@ class ReviewHandler(BaseHTTPRequestHandler):
             raise RequestError(404, f"no such page: {path[:100]}")
 
     def _post(self) -> None:
-        if self.path != "/api/answer":
-            raise RequestError(404, "POST goes to /api/answer")
+        if self.path not in ("/api/answer", "/api/prompt_answer"):
+            raise RequestError(404, "POST goes to /api/answer or /api/prompt_answer")
         body = self._read_body()
         reviewer = self._reviewer()
         if reviewer is None:
             raise RequestError(403, "no reviewer cookie from this server: open the review page (GET /) first")
-        answer = self.app.parse_answer(body, reviewer)
+        what = "pair" if self.path == "/api/answer" else "picture"
         try:
-            row = self.app.store.add(answer)
+            if what == "pair":
+                row = self.app.store.add(self.app.parse_answer(body, reviewer))
+            else:
+                row = self.app.store.add_prompt(self.app.parse_prompt_answer(body, reviewer))
         except DuplicateAnswer:
-            raise RequestError(409, "this pair already has your answer (one answer per pair per reviewer)") from None
+            raise RequestError(409, f"this {what} already has your answer (one answer per {what} per reviewer; "
+                                    "the first one stands)") from None
         self._json(201, {"ok": True, "id": row})
 
     def _read_body(self) -> bytes:
@@ -368,25 +412,30 @@ def make_server(app: ReviewApp, *, host: str = "127.0.0.1", port: int = 8765,
     return ReviewServer((host, port), app, max_connections, allowed_hosts)
 
 
-def build_app(paths: DataPaths, dataset: str, *, n: int = 40, model_uri: str | None = None,
+def build_app(paths: DataPaths, dataset: str, *, n: int = 40, questions: int = 16, model_uri: str | None = None,
               quiet: bool = False) -> ReviewApp:
-    """Load the generator, sample real images, make n pairs, open the answers database."""
+    """Load the generator, sample real images, make n pairs and `questions` prompt questions (none for an
+    unconditional model), open the answers database."""
     from imagegen_pipeline.ml.shard_reader import ShardReader
-    from imagegen_pipeline.review.pairs import build_pairs, open_generator
+    from imagegen_pipeline.review.pairs import build_pairs, build_questions, open_generator
 
     source = open_generator(paths, dataset, model_uri=model_uri)
-    items = build_pairs(source, ShardReader(paths.shards(dataset)), n)
-    return ReviewApp(dataset, source, {it.id: it for it in items}, ReviewStore(reviews_db(paths, dataset)), quiet)
+    reader = ShardReader(paths.shards(dataset))
+    items = build_pairs(source, reader, n)
+    asked = build_questions(source, reader, questions)
+    return ReviewApp(dataset, source, {it.id: it for it in items}, ReviewStore(reviews_db(paths, dataset)), quiet,
+                     {q.id: q for q in asked})
 
 
 def serve_review(paths: DataPaths, dataset: str, *, host: str = "127.0.0.1", port: int = 8765, n: int = 40,
-                 model_uri: str | None = None, allowed_hosts: tuple[str, ...] = ()) -> int:
+                 questions: int = 16, model_uri: str | None = None, allowed_hosts: tuple[str, ...] = ()) -> int:
     """`imagegen review`: serve until Ctrl-C."""
     warn_if_exposed(host, "the review page (anyone who can reach it can submit answers)")
     print(f"making {n} pairs for {dataset} ...", flush=True)
-    app = build_app(paths, dataset, n=n, model_uri=model_uri)
+    app = build_app(paths, dataset, n=n, questions=questions, model_uri=model_uri)
     server = make_server(app, host=host, port=port, allowed_hosts=allowed_hosts)
-    print(f"review page: {server.url}/  ({n} pairs from {app.source.description})\n"
+    print(f"review page: {server.url}/  ({n} pairs and {len(app.questions)} prompt questions from "
+          f"{app.source.description})\n"
           f"answers go to {app.store.path}; Ctrl-C stops", flush=True)
     def _terminate(signum, _frame):
         raise KeyboardInterrupt

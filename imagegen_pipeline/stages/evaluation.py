@@ -27,6 +27,8 @@ from imagegen_pipeline.review import review_summary, reviews_db
 from imagegen_pipeline.stages.artifacts import (EXTRACTOR_VERSION_TAG, FAMILY_TAG, fine_tuned_extractor,
                                                 generator_summary)
 from imagegen_pipeline.stages.common import curves_png, open_shards
+from imagegen_pipeline.stages.composite_eval import (composite_html, composite_markdown, evaluate_composites,
+                                                     with_human)
 from imagegen_pipeline.stages.outputs import FilePath, Link, Markdown, Png, StageFailed, markdown_table
 from imagegen_pipeline.tracking.registry import (GATE_TAG, METRIC_TAG, PROTOCOL_TAG, REJECTED_TAG, Guard,
                                                  MissingArtifact, registered_name)
@@ -87,6 +89,10 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
         t0 = time.perf_counter()
         result = judge_generator(generator, gcfg, log)
         seconds = time.perf_counter() - t0
+        composite = None
+        if gcfg.conditioning == "text":
+            composite = _composite_prompts(job, generator, gcfg, extractor, captions.get("caption_bank"),
+                                           splits["train"], result, runtime, report_dir(paths, dataset, version), log)
         # must be 0: held-out captions are never trained on
         seen = captions.get(SEEN_KEY) if gcfg.conditioning == "text" else None
         rescored = _rescore_champion(tracker, name, version, result.protocol, judge_generator, Path(tmp) / "c",
@@ -96,15 +102,16 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
         if seen > 0:
             warn(f"{seen:.1%} of the val captions also occur in train: R-precision is not held out")
     human = review_summary(reviews_db(paths, dataset), model_version=version)  # `imagegen review` answers
-    if human.get("answers"):
-        result.results.update(human_fooling_rate=human.get("fooling_rate"),
-                              human_prompt_match_rate=human.get("prompt_match_rate"), human_answers=human["answers"])
-    failures = gate_failures(result.results, job.gate)
+    result.results.update(human_results(human))
+    if composite is not None:
+        with_human(composite, human["prompt_questions"]["by_prompt"])
+        result.results.update(composite["summary"])
+    failures = gate_failures(result.results, job.gate, conditioning=gcfg.conditioning)
     head = core.headline(result.results)
     families = family_table(tracker, name, result.protocol["key"], current={"version": version, **head})
     report = _write_report(paths, dataset, job, summary, result, head, failures, human, judge_version, rescored,
                            families, resolution=gcfg.resolution, device=runtime.describe()["device_name"],
-                           run_tag=run_tag)
+                           run_tag=run_tag, composite=composite)
     # a run of its own, not the training run reopened: MLflow marks the run an exception leaves FAILED, and a
     # failed evaluation says nothing about the training
     with tracker.run(dataset, run_name=f"eval-v{version}",
@@ -141,6 +148,56 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
     }
 
 
+def human_results(human: dict) -> dict:
+    """The review page's figures for results/headline: the fooling rate from real-vs-generated pairs, and the
+    prompt-match rate from every human yes/no on whether a generated picture shows its prompt (the pair
+    question "do both show the prompt?" and the single-picture "does this picture show: <prompt>?")."""
+    out = {}
+    if human.get("answers"):
+        out.update(human_fooling_rate=human.get("fooling_rate"), human_answers=human["answers"])
+    if human.get("prompt_match_answers"):
+        out.update(human_prompt_match_rate=human.get("prompt_match_rate"),
+                   human_prompt_match_answers=human["prompt_match_answers"])
+    return out
+
+
+def report_dir(paths: DataPaths, dataset: str, version: str) -> Path:
+    return paths.reports(dataset) / f"eval-v{version}"
+
+
+def _composite_prompts(job: EvaluationJob, generator, gcfg, extractor, bank, train: core.RealSplit,
+                       result: core.EvalResult, runtime, out_dir: Path, log) -> dict | None:
+    """A text model's composite-prompt record (stages/composite_eval.py), or None with the reason in skipped."""
+    cfg = job.eval_cfg
+    if cfg.composite_images < 1:
+        result.skipped["composite_prompts"] = "composite_images is 0"
+        return None
+    if extractor is None or bank is None:
+        result.skipped["composite_prompts"] = ("needs the fine-tuned extractor and the caption bank "
+                                               "(image_embeddings + caption_embeddings)")
+        return None
+    from imagegen_pipeline.ml.prompt_score import PromptScorer
+    from imagegen_pipeline.ml.text_encoder import MissingTextModelError, TextEncoder
+
+    try:
+        scorer = PromptScorer(extractor, bank, encoder=TextEncoder(), device=job.device)
+    except MissingTextModelError as exc:
+        result.skipped["composite_prompts"] = str(exc)
+        return None
+    t = time.perf_counter()
+    try:
+        record = evaluate_composites(generator, gcfg, scorer, train_images=train.images, train_sha256=train.sha256,
+                                     images_per_prompt=cfg.composite_images, candidates=cfg.composite_candidates,
+                                     seed=cfg.seed, runtime=runtime, out_dir=out_dir)
+    except ValueError as exc:  # a report section: its failure is said, the evaluation stands
+        result.skipped["composite_prompts"] = str(exc)[:500]
+        return None
+    result.seconds["composite_prompts"] = round(time.perf_counter() - t, 4)
+    log(f"composite prompts: judge score {record['summary']['composite_prompt_score']:.4f}, both concepts in "
+        f"{record['summary']['composite_concept_share']:.0%} of the picks")
+    return record
+
+
 def evaluation_tags(name: str, version: str, training_run: str | None, run_tag: str) -> dict[str, str]:
     """What links an evaluation's MLflow run to the version it judged and to the run that trained that version."""
     return {"imagegen.stage": "evaluation_report", "imagegen.dagster_run": run_tag,
@@ -150,12 +207,12 @@ def evaluation_tags(name: str, version: str, training_run: str | None, run_tag: 
 
 def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: dict, result, head: dict,
                   failures: list[str], human: dict, judge_version, rescored, families: list[dict], *,
-                  resolution: int, device: str, run_tag: str) -> dict:
+                  resolution: int, device: str, run_tag: str, composite: dict | None = None) -> dict:
     """report.json/.md/.html, the sample grid and the by-version history under reports/<dataset>/eval-v<N>/."""
     name, version = summary["registered_model"], str(summary["version"])
     ablations = read_ablations(paths, dataset)
     gate = {"passed": not failures, "failures": failures, "thresholds": job.gate.to_dict()}
-    out_dir = paths.reports(dataset) / f"eval-v{version}"
+    out_dir = report_dir(paths, dataset, version)
     grid = png_bytes(image_grid(result.samples[:64], nrow=8, tile=max(32, resolution)))
     write_bytes_atomic(out_dir / "samples.png", grid)
     record = {"dataset": dataset, "registered_model": name, "version": version, "time": time.time(),
@@ -166,6 +223,8 @@ def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: d
               "ablations": ablations}
     if rescored:
         record["champion_rescored"] = rescored
+    if composite is not None:
+        record["composite_prompts"] = composite
     write_json_atomic(out_dir / "report.json", record)
     history_file = paths.reports(dataset) / HISTORY_FILE
     history = [r for r in (read_jsonl(history_file) if history_file.is_file() else []) if r.get("version") != version]
@@ -181,9 +240,12 @@ def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: d
     sections = {caption: f"**{caption}**\n\n" + markdown_table(*table) for caption, table in tables.items()}
     markdown = core.report_markdown(title, result.results, result.skipped, gate_failures=failures,
                                     protocol=result.protocol) + "".join("\n\n" + md for md in sections.values())
+    if composite is not None:
+        markdown += "\n\n" + composite_markdown(composite)
     write_bytes_atomic(out_dir / "report.md", markdown.encode())
     write_bytes_atomic(out_dir / "report.html", core.report_html(
         title, result.results, result.skipped, images={"fixed-seed samples": "samples.png"}, tables=tables,
+        sections=composite_html(composite) if composite is not None else "",
         history_png="history.png", meta={"dataset": dataset, "generator steps": summary.get("steps"),
                                          "samples": job.eval_cfg.num_samples,
                                          "real images per split": job.eval_cfg.num_real, "device": device}).encode())
@@ -273,7 +335,9 @@ SEEN_KEY = "val_captions_seen_in_train"  # share of val captions also in train: 
 
 def _held_out_captions(paths: DataPaths, dataset: str, with_bank: bool) -> dict:
     """A text model is judged on the val split's captions; the train split's captions + image embeddings are
-    the caption bank that R-precision describes generated images with."""
+    the caption bank that R-precision describes generated images with. A caption's group (without skin tones)
+    keeps an emoji's tone variants from being each other's R-precision negatives."""
+    from imagegen_pipeline.datasets.emoji import caption_group
     from imagegen_pipeline.ml.prompt_score import CAPTIONS_FILE, CaptionBank, read_captions
 
     if not (paths.embeddings(dataset) / CAPTIONS_FILE).is_file():
@@ -291,7 +355,7 @@ def _held_out_captions(paths: DataPaths, dataset: str, with_bank: bool) -> dict:
         except ValueError:  # embeddings and captions from different shards: r_precision is skipped, says why
             bank = None
     return {"text_conds": embedding_matrix(val), "caption_ids": val["sha256"].tolist(), "caption_bank": bank,
-            SEEN_KEY: seen}
+            "caption_groups": [caption_group(c) for c in val["caption"]], SEEN_KEY: seen}
 
 
 def _registered_judge(paths: DataPaths, dataset: str, tracker: Tracker, version: str | None, dst: Path,
