@@ -143,16 +143,22 @@ def add_partition(dataset: str) -> None:
             instance.add_dynamic_partitions("datasets", [dataset])
 
 
-def pids_with(*needles: str) -> list[int]:
-    """Processes whose command line contains every needle (Linux /proc)."""
+def pids_with(*needles: str, group: int | None = None) -> list[int]:
+    """Processes whose command line contains every needle (Linux /proc); with `group`, only that process group's
+    (this soak's own `dagster dev`, not another one on the machine, e.g. a test running beside it)."""
     out = []
     for cmd in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             text = cmd.read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if all(n in text for n in needles) and int(cmd.parent.name) != os.getpid():
-            out.append(int(cmd.parent.name))
+        pid = int(cmd.parent.name)
+        if all(n in text for n in needles) and pid != os.getpid():
+            try:
+                if group is None or os.getpgid(pid) == group:
+                    out.append(pid)
+            except ProcessLookupError:
+                continue
     return out
 
 
@@ -309,7 +315,8 @@ def _fault(dagster: Dagster, target: str, run_id: str, paths: DataPaths, table: 
         return dagster, False
     time.sleep(rng.uniform(0.0, 0.2) if target == "ingest" else rng.uniform(0.2, 4.0))
     if target == "daemon":
-        kill(pids_with("dagster._daemon", "run") or pids_with("dagster-daemon", "run"))
+        group = os.getpgid(dagster.proc.pid)
+        kill(pids_with("dagster._daemon", "run", group=group) or pids_with("dagster-daemon", "run", group=group))
         try:  # `dagster dev` shuts everything down when its daemon dies: start it again, as a user would
             dagster.proc.wait(timeout=60)
             dagster.stop()

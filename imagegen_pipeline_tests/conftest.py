@@ -16,6 +16,23 @@ from imagegen_pipeline.paths import DataPaths
 
 pytest_plugins = ["imagegen_pipeline_tests.ci_skips"]
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with a test marked `slow` first, each module kept whole (stable order otherwise): `make test`'s
+    parallel workers take a module at a time (--dist loadfile, so a module's shared fixtures are built once),
+    and the minute-long modules then start together on different workers instead of ending the run alone."""
+    slow = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in slow)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One parallel worker per core: each worker's torch gets its share of the cores, not all of them."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
 # One decoding process keeps tiny tests fast; the parallel path has its own test.
 SERIAL = {"ops": {"raw_images": {"config": {"workers": 1}}, "image_shards": {"config": {"workers": 1}}}}
 

@@ -36,6 +36,7 @@ def mnist_digits(tmp_path, n: int) -> TrainData:
     return TrainData(F.pad(images, (2, 2, 2, 2)).unsqueeze(1).contiguous(), labels)
 
 
+@pytest.mark.slow
 def test_short_class_conditional_run_on_mnist_draws_varied_digits_on_black(tmp_path):
     """Before the fix this run drew one grey picture per label (within-label pixel std 0.06 of real, no pixel
     below 10); after it 0.37 and 79% dark pixels. The cause: a discriminator without biases is positively

@@ -100,6 +100,7 @@ def _npz(path: Path, *, channels: int, text: bool, seed: int) -> None:
     np.savez_compressed(path, **arrays)
 
 
+@pytest.mark.slow
 def test_gpu_presets_smoke_trains_samples_and_scores_every_preset(tmp_path):
     """`bench/gpu_presets.py run --smoke`: every preset trains, samples under its protocol and gets an FID with
     the real Inception, so a GPU run is never the script's first run end to end."""

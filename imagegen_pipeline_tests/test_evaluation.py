@@ -103,6 +103,7 @@ def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, 
     assert champion.tags[PROTOCOL_TAG] == protocol["key"] == meta["protocol"]
 
 
+@pytest.mark.slow
 def test_champion_moves_only_to_a_measurably_better_evaluated_generator(trained, instance, mlflow_uri):
     """Every version is trained and scored for real: 6 steps, then 300 (clearly better: takes the alias), then
     6 steps with another seed (worse: v2 stays champion, and the reason names the FIDs and the margin)."""

@@ -83,6 +83,7 @@ def team_up(tmp_path, monkeypatch):
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_pipeline_runs_through_the_daemon_on_postgres_and_mlflow_server(team_up):
     t = team_up
     instance = dg.DagsterInstance.from_config(str(t.dagster_home))

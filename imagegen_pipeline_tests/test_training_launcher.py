@@ -53,6 +53,7 @@ def test_torchrun_through_pipes_reports_the_same_materialization_and_mlflow_run(
     assert "checkpoint" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.slow
 def test_killing_the_training_processes_then_rematerializing_resumes(mnist_shards, tmp_path):  # noqa: F811
     paths = mnist_shards
     proc, cmd, env = train_until_first_checkpoint(paths, tmp_path, 300, IMAGEGEN_TRAINING="torchrun",

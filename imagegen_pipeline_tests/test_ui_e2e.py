@@ -71,6 +71,7 @@ def wait_run(base: str, run_id: str, *, timeout: float) -> dict:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_dagster_ui_runs_ingest_for_a_partition_and_shows_the_materialized_asset(paths, tmp_path, monkeypatch):
     """A real `dagster dev` (webserver + daemon) runs `ingest_job` for partition mnist launched over GraphQL as the
     UI does, and the rendered asset page shows image_shards (upstream raw_images) materialized for mnist."""
