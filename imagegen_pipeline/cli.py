@@ -452,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-from", help="start from this dataset's trained DCGAN")
     tr.add_argument("--family", choices=["dcgan", "vae", "diffusion"], help="model family (default dcgan); all "
                                                                             "compete for champion under one gate "
-                                                                            "(diffusion: a GPU family)")
+                                                                            "(diffusion: GPU-sized unless a preset such as "
+                                                                            "cpu-emoji-text sizes it)")
     for name in TRAIN_FLAGS[1:-3]:  # the int fields
         tr.add_argument(f"--{name.replace('_', '-')}", type=int)
     tr.set_defaults(func=cmd_train)

@@ -23,9 +23,9 @@ CORE, JOB = DCGANConfig(), GeneratorJob()  # the defaults: one source, checked b
 
 class DcganTrainConfig(dg.Config):
     family: str = Field(default=CORE.family, description="'dcgan' (adversarial, EMA generator), 'vae' (the same "
-                                                         "generator as a VAE decoder) or 'diffusion' (EDM, a GPU "
-                                                         "family: see bench/gpu_presets.py); all compete for "
-                                                         "champion.")
+                                                         "generator as a VAE decoder) or 'diffusion' (EDM; GPU-sized "
+                                                         "by default, see bench/gpu_presets.py; the cpu-emoji-text "
+                                                         "preset sizes it for 2 cores); all compete for champion.")
     diffusion: dict[str, Any] = Field(default_factory=dict, description="family 'diffusion': DiffusionConfig fields "
                                       "(model_channels, channel_mult, sample_steps, guidance, max_seconds, ...); "
                                       "steps, batch_size, lr_g, seed and the *_every fields come from above.")
