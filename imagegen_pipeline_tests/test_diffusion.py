@@ -174,3 +174,28 @@ def test_and_composes_concepts_as_summed_guided_directions(one_thread):
     images = generate(model, model.cfg, seeds=[4, 5], cond=composite)
     np.testing.assert_array_equal(images[1], generate(model, model.cfg, seeds=[5], cond=composite)[0])
     assert not np.array_equal(images[0], generate(model, model.cfg, seeds=[4], cond=a[0].numpy())[0])
+
+
+def test_alt_captions_stand_in_for_the_name_of_images_that_have_them(one_thread):
+    """alt_caption_p: that share of images is conditioned on one of its other captions (drawn uniformly), the
+    rest on its name; an image without other captions always speaks by its name. The stage maps the variants
+    of captioned train rows onto TrainData rows (an uncaptioned image, left out, takes its variants with it)."""
+    from types import SimpleNamespace
+
+    from imagegen_pipeline.ml.diffusion.train import Batches
+    from imagegen_pipeline.stages.dcgan import TrainCaptions, _train_data
+
+    eye = np.eye(8, dtype=np.float32)
+    images = torch.arange(4, dtype=torch.uint8).mul(60)[:, None, None, None].expand(4, 1, 8, 8).contiguous()
+    reader = SimpleNamespace(load_split=lambda split: (images, torch.zeros(4, dtype=torch.int64)))
+    captions = TrainCaptions(vectors=eye[:4], found=np.array([True, False, True, True]), stamp="s", examples=[],
+                             variant_vectors=eye[4:8], variant_rows=np.array([0, 0, 1, 2]))
+    data = _train_data(reader, "text", captions, warn=lambda _: None)
+    # rows kept: images 0, 120, 180 (train rows 0, 2, 3); train row 1's variant (caption 6) leaves with it
+    assert len(data) == 3 and data.variant_of.tolist() == [0, 0, 1]
+    for p, want in ((1.0, {0: [4, 5], 120: [7], 180: [3]}), (0.0, {0: [0], 120: [2], 180: [3]})):
+        cfg = tiny(conditioning="text", text_dim=8, alt_caption_p=p, batch_size=512, cond_drop=0.0)
+        x, cond, _ = Batches(cfg, data, resolve_runtime("cpu")).next()
+        value = ((x[:, 0, 0, 0] + 1) * 127.5).round().int().tolist()  # which image each row is
+        drawn = cond.argmax(1).tolist()  # which caption it was conditioned on
+        assert {v: sorted({d for v2, d in zip(value, drawn) if v2 == v}) for v in set(value)} == want, p
