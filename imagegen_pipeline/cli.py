@@ -303,8 +303,16 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     model, uri = loaded.model, loaded.description
-    conditioning = (model.metadata.metadata or {}).get("conditioning", "?")
-    print(f"generator {uri} (conditioning: {conditioning})")
+    meta = model.metadata.metadata or {}
+    conditioning = meta.get("conditioning", "?")
+    params = {"format": "array"}
+    if args.guidance is not None:
+        if meta.get("family") != "diffusion":
+            raise ValueError(f"--guidance is the diffusion sampler's classifier-free guidance weight; {uri} is a "
+                             f"{meta.get('family', 'dcgan')} model")
+        params["guidance"] = args.guidance
+    print(f"generator {uri} (conditioning: {conditioning}"
+          + (f", guidance {args.guidance:g}" if args.guidance is not None else "") + ")")
     if conditioning == "text" and not args.prompt:
         raise ValueError(f"{uri} is conditioned on text: give a prompt, e.g. imagegen generate \"a cat with a hat\" "
                          f"--dataset {dataset}")
@@ -325,7 +333,7 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     request = pd.DataFrame([{"seed": args.seed + s, "count": min(256, total - s),
                              **({"prompt": args.prompt} if args.prompt else {}),
                              **({"label": args.label} if args.label else {})} for s in range(0, total, 256)])
-    images = model.predict(request, params={"format": "array"})  # uint8 (n * k, H, W, C), seed s -> row s - seed
+    images = model.predict(request, params=params)  # uint8 (n * k, H, W, C), seed s -> row s - seed
     if scorer is not None:
         keep, scores, nearest = keep_best(scorer, images, text, k=k)
         print(f"best of {k} per image, scored against {text!r} (mean cosine of the 5 nearest training images' "
@@ -337,13 +345,18 @@ def cmd_generate(args: argparse.Namespace, paths: DataPaths) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     chosen = images[keep]
+    # what made each picture, in its PNG text chunks (`identify -verbose`, PIL's Image.text)
+    made = {"model": uri, **({"prompt": args.prompt} if args.prompt else {}),
+            **({"label": args.label} if args.label else {}),
+            **({"guidance": f"{args.guidance:g}"} if args.guidance is not None else {})}
     if args.separate:
         files = [out.with_name(f"{out.stem}-{r:02d}{out.suffix or '.png'}") for r in range(len(chosen))]
-        for f, im in zip(files, chosen):
-            f.write_bytes(png_bytes(image_grid(im[None], pad=0)))
+        for f, im, i in zip(files, chosen, keep):
+            f.write_bytes(png_bytes(image_grid(im[None], pad=0), text={**made, "seed": str(args.seed + int(i))}))
         print(f"wrote {len(files)} images: {files[0]} ... {files[-1]}")
     else:
-        out.write_bytes(png_bytes(image_grid(chosen, tile=max(64, chosen.shape[1]))))
+        out.write_bytes(png_bytes(image_grid(chosen, tile=max(64, chosen.shape[1])),
+                                  text={**made, "seeds": " ".join(str(args.seed + int(i)) for i in keep)}))
         print(f"wrote {out} ({len(chosen)} images)")
     return 0
 
@@ -439,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-from", help="start from this dataset's trained DCGAN")
     tr.add_argument("--family", choices=["dcgan", "vae", "diffusion"], help="model family (default dcgan); all "
                                                                             "compete for champion under one gate "
-                                                                            "(diffusion: a GPU family)")
+                                                                            "(diffusion: GPU-sized unless a preset such as "
+                                                                            "cpu-emoji-text sizes it)")
     for name in TRAIN_FLAGS[1:-3]:  # the int fields
         tr.add_argument(f"--{name.replace('_', '-')}", type=int)
     tr.set_defaults(func=cmd_train)
@@ -462,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--n", type=int, default=16, help="images to return (default 16)")
     gen.add_argument("--candidates", type=int, default=4, help="candidates generated per returned image (default 4)")
     gen.add_argument("--seed", type=int, default=0, help="first seed; candidates use seed, seed+1, ...")
+    gen.add_argument("--guidance", type=float, help="diffusion models: classifier-free guidance weight (1 = none; "
+                                                    "default the model's own), recorded in the PNG")
     gen.add_argument("--model-uri", help="default models:/imagegen-generator-<dataset>@champion, else @candidate")
     gen.add_argument("--out", default="generated.png", help="grid PNG (or name stem with --separate)")
     gen.add_argument("--separate", action="store_true", help="one PNG per image: OUT-00.png, OUT-01.png, ...")

@@ -124,3 +124,79 @@ def test_gpu_presets_smoke_trains_samples_and_scores_every_preset(tmp_path):
     assert np.isfinite(results["gpu-mnist"]["real_floor_fid"])
     assert "| gpu-emoji-text |" in (out / "results.md").read_text()
     assert (out / "grids" / "gpu-emoji-text-prompts_w3.0.png").is_file()
+
+
+def _random_text_model(**kw) -> DiffusionGenerator:
+    """A text model with random (not zero-initialised) weights, so every condition moves the output."""
+    cfg = tiny(conditioning="text", text_dim=8, channels=3, sample_steps=3, **kw)
+    model = DiffusionGenerator(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model
+
+
+def test_a_patched_unet_denoises_whole_images_with_fewer_flops(one_thread):
+    """patch=2: the UNet sees 2x2 pixel blocks as channels (a quarter of the positions), images keep their shape."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops = {}
+    for patch in (1, 2):
+        model = _random_text_model(patch=patch)
+        z, cond = torch.randn(2, model.cfg.z_dim), torch.randn(2, 8)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            x = model(z, cond)
+        assert x.shape == (2, 3, 8, 8) and torch.isfinite(x).all()
+        flops[patch] = counter.get_total_flops()
+    assert flops[2] < flops[1] / 2, flops
+    with pytest.raises(ValueError, match="patch"):
+        tiny(patch=3)
+
+
+def test_and_composes_concepts_as_summed_guided_directions(one_thread):
+    """A (N, K, D) text cond is K concepts: D_null + w sum_k (D_k - D_null) (Composable Diffusion); one concept
+    is plain classifier-free guidance."""
+    from imagegen_pipeline.ml.diffusion.sampler import guided
+
+    model = _random_text_model()
+    den = model.denoiser
+    x, sigma = torch.randn(2, 3, 8, 8), torch.tensor(1.5)
+    a, b = torch.randn(2, 8), torch.randn(2, 8)
+    with torch.no_grad():
+        null = guided(den, x, sigma, None, 1.0)
+        da, db = guided(den, x, sigma, a, 1.0), guided(den, x, sigma, b, 1.0)
+        both = guided(den, x, sigma, torch.stack([a, b], dim=1), 2.5)
+        one = guided(den, x, sigma, a[:, None], 2.5)
+    torch.testing.assert_close(both, null + 2.5 * ((da - null) + (db - null)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(one, guided(den, x, sigma, a, 2.5), rtol=1e-4, atol=1e-4)
+    # through the generator interface: one (K, D) composite for every seed, deterministic per seed
+    composite = np.stack([a[0].numpy(), b[0].numpy()])[None]  # (1, 2, D)
+    images = generate(model, model.cfg, seeds=[4, 5], cond=composite)
+    np.testing.assert_array_equal(images[1], generate(model, model.cfg, seeds=[5], cond=composite)[0])
+    assert not np.array_equal(images[0], generate(model, model.cfg, seeds=[4], cond=a[0].numpy())[0])
+
+
+def test_alt_captions_stand_in_for_the_name_of_images_that_have_them(one_thread):
+    """alt_caption_p: that share of images is conditioned on one of its other captions (drawn uniformly), the
+    rest on its name; an image without other captions always speaks by its name. The stage maps the variants
+    of captioned train rows onto TrainData rows (an uncaptioned image, left out, takes its variants with it)."""
+    from types import SimpleNamespace
+
+    from imagegen_pipeline.ml.diffusion.train import Batches
+    from imagegen_pipeline.stages.dcgan import TrainCaptions, _train_data
+
+    eye = np.eye(8, dtype=np.float32)
+    images = torch.arange(4, dtype=torch.uint8).mul(60)[:, None, None, None].expand(4, 1, 8, 8).contiguous()
+    reader = SimpleNamespace(load_split=lambda split: (images, torch.zeros(4, dtype=torch.int64)))
+    captions = TrainCaptions(vectors=eye[:4], found=np.array([True, False, True, True]), stamp="s", examples=[],
+                             variant_vectors=eye[4:8], variant_rows=np.array([0, 0, 1, 2]))
+    data = _train_data(reader, "text", captions, warn=lambda _: None)
+    # rows kept: images 0, 120, 180 (train rows 0, 2, 3); train row 1's variant (caption 6) leaves with it
+    assert len(data) == 3 and data.variant_of.tolist() == [0, 0, 1]
+    for p, want in ((1.0, {0: [4, 5], 120: [7], 180: [3]}), (0.0, {0: [0], 120: [2], 180: [3]})):
+        cfg = tiny(conditioning="text", text_dim=8, alt_caption_p=p, batch_size=512, cond_drop=0.0)
+        x, cond, _ = Batches(cfg, data, resolve_runtime("cpu")).next()
+        value = ((x[:, 0, 0, 0] + 1) * 127.5).round().int().tolist()  # which image each row is
+        drawn = cond.argmax(1).tolist()  # which caption it was conditioned on
+        assert {v: sorted({d for v2, d in zip(value, drawn) if v2 == v}) for v in set(value)} == want, p

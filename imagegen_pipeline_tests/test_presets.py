@@ -82,3 +82,24 @@ def test_each_job_accepts_the_part_of_a_preset_it_runs(job, preset):
     config = job_run_config(job_def, preset_run_config(preset))
     assert dg.validate_run_config(job_def, config)  # raises on a section for an op the job does not run
     assert config["ops"] and all(job_def.graph.has_node_named(op) for op in config["ops"])
+
+
+def test_the_cpu_text_preset_is_a_diffusion_model_that_trains_on_cpu(tmp_path, one_thread):
+    """Issue 27: `cpu-emoji-text` is the text diffusion model (the old DCGAN stays reachable as
+    cpu-emoji-text-dcgan); its DiffusionConfig builds from the preset and takes its first steps on 32 px RGB."""
+    from imagegen_pipeline.ml.diffusion import DiffusionConfig, load_diffusion, train_diffusion
+
+    over = preset_run_config("cpu-emoji-text")["ops"]["dcgan_checkpoint"]["config"]
+    job = DcganTrainConfig(**{**over, "steps": 2, "batch_size": 4}).to_job()
+    cfg = model_config(job, resolution=32, channels=3, conditioning="text", num_classes=0,
+                       extra={"dataset": "presettest"}).replace(text_dim=16)
+    assert isinstance(cfg, DiffusionConfig) and (cfg.patch, cfg.lr, cfg.guidance) == (2, over["lr_g"], 3.0)
+    assert job.cpu_threads == 1
+    g = torch.Generator().manual_seed(0)
+    data = TrainData(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g), None,
+                     torch.randn(8, 16, generator=g))
+    result = train_diffusion(cfg.replace(sample_steps=2, num_samples=2), data, out_dir=tmp_path,
+                             runtime=resolve_runtime("cpu"))
+    model, loaded = load_diffusion(result.generator_path)
+    assert result.final_step == 2 and loaded.patch == 2 and model.guidance == 3.0
+    assert preset_run_config("cpu-emoji-text-dcgan")["ops"]["dcgan_checkpoint"]["config"]["steps"] == 20_000

@@ -24,8 +24,8 @@ from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker, TrainingLauncher
 from imagegen_pipeline.ml import text_encoder
 from imagegen_pipeline.ml.embeddings_store import write_embeddings
-from imagegen_pipeline.ml.prompt_score import (CaptionBank, best_of, encode_unique, r_precision, read_captions,
-                                               vectors_for)
+from imagegen_pipeline.ml.prompt_score import (VARIANTS_FILE, CaptionBank, best_of, encode_unique, r_precision,
+                                               read_captions, vectors_for)
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.ml.shard_reader import ShardReader
 from imagegen_pipeline.paths import DataPaths
@@ -204,7 +204,14 @@ def test_caption_embeddings_write_one_row_per_image_and_encode_each_caption_once
     reader = ShardReader(paths.shards("emoji"))
     n_images = reader.num_rows("train") + reader.num_rows("val")
     captions = reader.read_column("train", "caption") + reader.read_column("val", "caption")
-    assert len(calls) == 1 and sorted(calls[0]) == sorted(set(captions))  # one encode, distinct captions only
+    # the train images' other captions (here their short names: emojibase-data is not fetched) go to a file of
+    # their own, never the name itself, never a val image's caption, encoded in the same single call
+    variants = read_captions(paths.embeddings("emoji"), name=VARIANTS_FILE)
+    assert set(variants["split"]) == {"train"} and set(variants["sha256"]) <= set(reader.read_column("train", "sha256"))
+    assert len(variants) > 20 and not set(variants["caption"]) & set(reader.read_column("val", "caption"))
+    name_of = dict(zip(reader.read_column("train", "sha256"), reader.read_column("train", "caption")))
+    assert all(name_of[sha] != v for sha, v in zip(variants["sha256"], variants["caption"]))
+    assert len(calls) == 1 and sorted(calls[0]) == sorted(set(captions) | set(variants["caption"]))
     table = read_captions(paths.embeddings("emoji"))
     assert len(table) == n_images == 120 and set(table["split"]) == {"train", "val"}
     assert set(table["sha256"]) == set(reader.read_column("train", "sha256") + reader.read_column("val", "sha256"))
@@ -216,6 +223,7 @@ def test_caption_embeddings_write_one_row_per_image_and_encode_each_caption_once
     [mat] = result.asset_materializations_for_node("caption_embeddings")
     meta = {k: v.value for k, v in mat.metadata.items()}
     assert meta["dagster/row_count"] == 120 and meta["unique_captions"] == len(set(captions)) == 60
+    assert meta["train_caption_variants"] == len(variants)
     assert "closest other caption" in meta["examples"]
 
 

@@ -23,9 +23,9 @@ CORE, JOB = DCGANConfig(), GeneratorJob()  # the defaults: one source, checked b
 
 class DcganTrainConfig(dg.Config):
     family: str = Field(default=CORE.family, description="'dcgan' (adversarial, EMA generator), 'vae' (the same "
-                                                         "generator as a VAE decoder) or 'diffusion' (EDM, a GPU "
-                                                         "family: see bench/gpu_presets.py); all compete for "
-                                                         "champion.")
+                                                         "generator as a VAE decoder) or 'diffusion' (EDM; GPU-sized "
+                                                         "by default, see bench/gpu_presets.py; the cpu-emoji-text "
+                                                         "preset sizes it for 2 cores); all compete for champion.")
     diffusion: dict[str, Any] = Field(default_factory=dict, description="family 'diffusion': DiffusionConfig fields "
                                       "(model_channels, channel_mult, sample_steps, guidance, max_seconds, ...); "
                                       "steps, batch_size, lr_g, seed and the *_every fields come from above.")
@@ -63,6 +63,10 @@ class DcganTrainConfig(dg.Config):
     cpu_bf16: bool = Field(default=JOB.cpu_bf16, description="On a CPU with native bf16 (AVX512-BF16 or AMX), train "
                                                              "in bf16 autocast like on CUDA (1.3-1.8x the steps per "
                                                              "second on 2 cores); false = fp32. Ignored elsewhere.")
+    cpu_threads: int = Field(default=JOB.cpu_threads, description="torch threads while training on a CPU; 0 = "
+                                                               "torch's default (one per core). 1 on a shared "
+                                                               "2-core box: 2 threads per busy process oversubscribe "
+                                                               "it (a diffusion step ran 6-12x slower).")
     seed: int = Field(default=CORE.seed, description="Seed for weights, batches and the fixed sample noise.")
 
     def to_job(self) -> GeneratorJob:

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 
 def image_grid(images: np.ndarray, *, nrow: int | None = None, pad: int = 2, tile: int | None = None,
@@ -29,7 +30,13 @@ def image_grid(images: np.ndarray, *, nrow: int | None = None, pad: int = 2, til
     return canvas
 
 
-def png_bytes(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image, text: dict[str, str] | None = None) -> bytes:
+    """PNG file bytes; `text` becomes tEXt chunks (what made the picture travels with it)."""
+    info = None
+    if text:
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(str(key), str(value))
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG", optimize=True, pnginfo=info)
     return buf.getvalue()

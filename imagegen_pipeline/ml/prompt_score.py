@@ -22,6 +22,9 @@ from imagegen_pipeline.atomic import atomic_path, write_json_atomic
 from imagegen_pipeline.ml.embeddings_store import embedding_matrix, rows_by_sha256
 
 CAPTIONS_FILE = "captions.parquet"  # beside embeddings.parquet under data/embeddings/<dataset>/
+# a train image's other captions (short names, tags: the emoji importer's `captions`), one row each, same columns;
+# only text-model training reads them (R-precision and the caption bank use CAPTIONS_FILE's one name per image)
+VARIANTS_FILE = "caption_variants.parquet"
 CAPTIONS_INFO_FILE = "captions.json"  # rows, unique captions, dim and which encoder wrote them
 
 
@@ -38,8 +41,9 @@ def encode_unique(captions: Sequence[str], encode: Callable[[list[str]], np.ndar
     return unique, vectors, np.fromiter((index[c] for c in captions), dtype=np.int64, count=len(captions))
 
 
-def write_captions(out_dir: str | Path, parts: Iterable[dict], *, encoder: dict) -> Path:
-    """`parts`: dicts of split, sha256 list, caption list, embedding (N, D) float32. Written atomically."""
+def write_captions(out_dir: str | Path, parts: Iterable[dict], *, encoder: dict, name: str = CAPTIONS_FILE) -> Path:
+    """`parts`: dicts of split, sha256 list, caption list, embedding (N, D) float32. Written atomically, as
+    `name` (the caption variants go to VARIANTS_FILE; the info JSON describes CAPTIONS_FILE only)."""
     tables = []
     for p in parts:
         emb = np.ascontiguousarray(p["embedding"], dtype=np.float32)
@@ -56,18 +60,20 @@ def write_captions(out_dir: str | Path, parts: Iterable[dict], *, encoder: dict)
     if not tables:
         raise ValueError("no captioned rows to write")
     table = pa.concat_tables(tables)
-    out = Path(out_dir) / CAPTIONS_FILE
+    out = Path(out_dir) / name
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp, compression="zstd")
+    if name != CAPTIONS_FILE:
+        return out
     write_json_atomic(Path(out_dir) / CAPTIONS_INFO_FILE, {
         "rows": table.num_rows, "unique_captions": len(set(table.column("caption").to_pylist())),
         "dim": table.schema.field("embedding").type.list_size, "encoder": encoder})
     return out
 
 
-def read_captions(out_dir: str | Path, *, split: str | None = None) -> pd.DataFrame:
+def read_captions(out_dir: str | Path, *, split: str | None = None, name: str = CAPTIONS_FILE) -> pd.DataFrame:
     """The caption table (sha256, split, caption, embedding); `embedding` holds one float32 array per row."""
-    f = Path(out_dir) / CAPTIONS_FILE
+    f = Path(out_dir) / name
     if not f.is_file():
         raise FileNotFoundError(f"no {f}: materialize caption_embeddings first")
     return pq.read_table(f, filters=[("split", "=", split)] if split else None).to_pandas()

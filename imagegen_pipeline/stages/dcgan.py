@@ -54,6 +54,7 @@ class GeneratorJob:
     conditioning: str = "auto"  # "none" | "class" | "text" | "auto": class when the data has 2+ labels
     init_from: str = ""  # start from this dataset's registered generator (its champion, else its newest)
     cpu_bf16: bool = True  # bf16 autocast on a CPU with native bf16; ignored elsewhere
+    cpu_threads: int = 0  # torch threads while training on CPU; 0 = torch's default (one per core)
     diffusion: dict = field(default_factory=dict)  # family "diffusion": DiffusionConfig fields (model_channels, ...)
 
 
@@ -64,7 +65,8 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
     conditioning = job.conditioning
     if conditioning == "auto":
         conditioning = "class" if len(reader.class_names) >= 2 else "none"
-    captions = _train_captions(paths, dataset, reader) if conditioning == "text" else None
+    with_variants = job.model.get("family") == "diffusion" and float(job.diffusion.get("alt_caption_p", 0)) > 0
+    captions = _train_captions(paths, dataset, reader, variants=with_variants) if conditioning == "text" else None
     cfg = _model_config(job, reader, dataset, conditioning, captions)
     if cfg.family != "dcgan" and job.init_from:
         raise StageFailed(f"{dataset}: init_from starts a DCGAN from another DCGAN; the {cfg.family} family trains "
@@ -94,7 +96,20 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
         ddp.barrier(rank)
         return _train_and_register(paths, dataset, reader, cfg, data, out_dir, stamp, runtime, rank, feature_net,
                                    init_state, init_version, conditioning, captions, tracker=tracker,
-                                   run_tag=run_tag, log=log, warn=warn)
+                                   run_tag=run_tag, log=log, warn=warn, job_threads=job.cpu_threads)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to n (> 0) for the block, then put back. On a 2-core box shared with other
+    jobs, 2 OpenMP threads per process oversubscribe it: a diffusion step ran 6-12x slower than with 1."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
@@ -115,7 +130,8 @@ def run_folder_lock(out_dir: Path, dataset: str, run_tag: str) -> Iterator[None]
 
 def _train_and_register(paths: DataPaths, dataset: str, reader, cfg, data, out_dir: Path, stamp: str, runtime, rank,
                         feature_net, init_state, init_version: str, conditioning: str, captions, *, tracker: Tracker,
-                        run_tag: str, log: Callable[[str], None], warn: Callable[[str], None]) -> dict:
+                        run_tag: str, log: Callable[[str], None], warn: Callable[[str], None],
+                        job_threads: int = 0) -> dict:
     """Rank 0's part, under the run folder's lock: train or resume, track, register, write the summary."""
     resuming = (out_dir / CHECKPOINT_FILE).exists()
     extractor_version = _extractor_version(paths, dataset)
@@ -134,7 +150,8 @@ def _train_and_register(paths: DataPaths, dataset: str, reader, cfg, data, out_d
                             "processes": rank.world_size})
             run.log_shards(reader.dir, stamp, dataset)
         t0 = time.perf_counter()
-        result = _train(cfg, data, out_dir, runtime, feature_net, init_state, run, log, dataset)
+        with cpu_threads(job_threads if not runtime.is_cuda else 0):
+            result = _train(cfg, data, out_dir, runtime, feature_net, init_state, run, log, dataset)
         seconds = time.perf_counter() - t0
         run.log_artifact(result.checkpoint_path, "checkpoint")
         run.log_metrics({"train_seconds": seconds, "images_per_second_total": result.images_per_second})
@@ -230,7 +247,13 @@ def _train_data(reader, conditioning: str, captions, warn) -> core.TrainData:
             warn(f"{int((~keep).sum())} images without a caption left out of text-conditional training")
             images, labels = images[keep], labels[keep]
         text = torch.from_numpy(captions.vectors[captions.found])
-    return core.TrainData(images=images, labels=labels, text=text)
+    variants = variant_of = None
+    if captions is not None and captions.variant_vectors is not None:
+        row = np.cumsum(captions.found) - 1  # train-split row -> row among the captioned images kept
+        keep = captions.found[captions.variant_rows]
+        variants = torch.from_numpy(captions.variant_vectors[keep])
+        variant_of = torch.from_numpy(row[captions.variant_rows[keep]].astype(np.int64))
+    return core.TrainData(images=images, labels=labels, text=text, text_variants=variants, variant_of=variant_of)
 
 
 def _feature_net(paths: DataPaths, dataset: str) -> tuple[object, str]:
@@ -327,11 +350,14 @@ class TrainCaptions:
     found: np.ndarray  # bool (N_train,): the image has a caption vector
     stamp: str  # content hash of captions.parquet: other caption vectors = another experiment
     examples: list[str]  # a few training captions, e.g. as prompts to try
+    variant_vectors: np.ndarray | None = None  # float32 (M, D): the train images' other captions (variants=True)
+    variant_rows: np.ndarray | None = None  # int64 (M,): the train-split row each variant belongs to
 
 
-def _train_captions(paths: DataPaths, dataset: str, reader) -> TrainCaptions:
-    """caption_embeddings' vectors aligned to the train split's row order by sha256."""
-    from imagegen_pipeline.ml.prompt_score import CAPTIONS_FILE, read_captions, vectors_for
+def _train_captions(paths: DataPaths, dataset: str, reader, *, variants: bool = False) -> TrainCaptions:
+    """caption_embeddings' vectors aligned to the train split's row order by sha256; with `variants`, also the
+    train images' other captions (caption_variants.parquet, where the data has them), part of the stamp."""
+    from imagegen_pipeline.ml.prompt_score import CAPTIONS_FILE, VARIANTS_FILE, read_captions, vectors_for
 
     f = paths.embeddings(dataset) / CAPTIONS_FILE
     if not f.is_file():
@@ -344,7 +370,17 @@ def _train_captions(paths: DataPaths, dataset: str, reader) -> TrainCaptions:
                           "since): rematerialize caption_embeddings")
     examples = sorted(set(frame["caption"].tolist()))
     step = max(1, len(examples) // 8)
-    return TrainCaptions(vectors, found, hashlib.sha256(f.read_bytes()).hexdigest()[:16], examples[::step][:8])
+    stamp = hashlib.sha256(f.read_bytes())
+    variant_vectors = variant_rows = None
+    vf = paths.embeddings(dataset) / VARIANTS_FILE
+    if variants and vf.is_file():
+        from imagegen_pipeline.ml.embeddings_store import embedding_matrix, rows_by_sha256
+
+        table = read_captions(paths.embeddings(dataset), split="train", name=VARIANTS_FILE)
+        rows = rows_by_sha256(table["sha256"].tolist(), reader.read_column("train", "sha256"))
+        variant_vectors, variant_rows = embedding_matrix(table)[rows >= 0], rows[rows >= 0].astype(np.int64)
+        stamp.update(vf.read_bytes())
+    return TrainCaptions(vectors, found, stamp.hexdigest()[:16], examples[::step][:8], variant_vectors, variant_rows)
 
 
 def _extractor_version(paths: DataPaths, dataset: str) -> str | None:

@@ -26,14 +26,15 @@ def noise_for_seed(seed: int, z_dim: int) -> torch.Tensor:
 
 
 def as_cond(cfg: DCGANConfig, cond: CondLike, n: int) -> torch.Tensor | None:
-    """Labels (int, list, array, tensor) or text embeddings ((D,) or (N, D)) -> the tensor G wants; one value is
-    repeated for all n images."""
+    """Labels (int, list, array, tensor) or text embeddings ((D,) or (N, D); (N, K, D): K concepts composed, for
+    diffusion) -> the tensor G wants; one value is repeated for all n images."""
     if cfg.conditioning == "none" or cond is None:
         return None
     if cfg.conditioning == "class":
         t = torch.as_tensor(cond, dtype=torch.int64).reshape(-1)
     else:
-        t = torch.as_tensor(np.asarray(cond, dtype=np.float32)).reshape(-1, cfg.text_dim)
+        t = torch.as_tensor(np.asarray(cond, dtype=np.float32))
+        t = t if t.ndim == 3 else t.reshape(-1, cfg.text_dim)
     if len(t) == 1:
         t = t.expand(n, *t.shape[1:])
     if len(t) != n:

@@ -49,6 +49,9 @@ class TrainData:
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor | None = None  # int64 (N,); -1 = unlabelled
     text: torch.Tensor | None = None  # float (N, text_dim): one caption embedding per image
+    # an image's other captions (short names, tags), for models that draw one per step (diffusion's alt_caption_p)
+    text_variants: torch.Tensor | None = None  # float (M, text_dim)
+    variant_of: torch.Tensor | None = None  # int64 (M,): the image row each variant describes
 
     def __post_init__(self):
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -59,6 +62,10 @@ class TrainData:
         for name, t in (("labels", self.labels), ("text", self.text)):
             if t is not None and len(t) != n:
                 raise ValueError(f"{name} has {len(t)} rows for {n} images")
+        if (self.text_variants is None) != (self.variant_of is None) or (
+                self.variant_of is not None and (len(self.variant_of) != len(self.text_variants) or (
+                    len(self.variant_of) and not 0 <= int(self.variant_of.min()) <= int(self.variant_of.max()) < n))):
+            raise ValueError("text_variants and variant_of go together: one image row in [0, N) per variant")
 
     def __len__(self) -> int:
         return len(self.images)

@@ -23,8 +23,16 @@ class DiffusionConfig:
     conditioning: str = "none"  # "none" | "class" (labels) | "text" (caption embeddings)
     num_classes: int = 0  # class conditioning: number of labels
     text_dim: int = 384  # text conditioning: caption-embedding length (MiniLM)
+    # caption vectors are multiplied by this before the condition MLP: unit-norm MiniLM vectors have components of
+    # about 1/sqrt(384), so 1.0 starts the text signal ~20x weaker than the noise embedding's; sqrt(text_dim) ~ 19.6
+    # gives it unit-variance inputs (the CPU preset's choice: the condition is learnt from the first steps)
+    text_gain: float = 1.0
+    # share of training images conditioned on one of their other captions (short names, tags; drawn uniformly)
+    # instead of their name, where the data has them: "cat", "hat", "face" teach the parts a new prompt combines
+    alt_caption_p: float = 0.0
     cond_drop: float = 0.1  # share of training images that see the null condition (classifier-free guidance)
     # UNet (Ho et al. 2020 / ADM layout): widths per resolution level, residual blocks per level, attention
+    patch: int = 1  # the UNet sees patch x patch pixel blocks as channels (pixel-unshuffle): patch^2 x fewer FLOPs
     model_channels: int = 64  # width of the first level
     channel_mult: tuple[int, ...] = (1, 2, 2)  # level widths = model_channels * mult; 32 -> 16 -> 8 px
     num_blocks: int = 2  # residual blocks per level on the way down (one more on the way up)
@@ -64,9 +72,12 @@ class DiffusionConfig:
             (self.channels in (1, 3), f"channels must be 1 or 3, not {self.channels}"),
             (self.conditioning in CONDITIONING, f"conditioning must be one of {CONDITIONING}"),
             (self.conditioning != "class" or self.num_classes >= 1, "class conditioning needs num_classes >= 1"),
-            (self.resolution % 2 ** (len(self.channel_mult) - 1) == 0 and self.resolution >= 4,
-             f"resolution {self.resolution} must be divisible by 2^(levels-1)"),
+            (self.patch >= 1 and self.resolution % self.patch == 0, f"patch {self.patch} must divide the resolution"),
+            (self.resolution % (self.patch * 2 ** (len(self.channel_mult) - 1)) == 0
+             and self.resolution // self.patch >= 4,
+             f"resolution {self.resolution} must be divisible by patch * 2^(levels-1) (patch {self.patch})"),
             (0.0 <= self.cond_drop < 1.0, "cond_drop must be in [0, 1)"),
+            (0.0 <= self.alt_caption_p <= 1.0, "alt_caption_p must be in [0, 1]"),
             (min(self.batch_size, self.sample_every, self.checkpoint_every, self.log_every, self.num_samples,
                  self.sample_steps, self.model_channels, self.num_blocks) >= 1,
              "sizes, intervals and step counts must be >= 1"),

@@ -21,7 +21,10 @@ def time_steps(cfg: DiffusionConfig, steps: int, device: torch.device | str = "c
 def guided(denoiser: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None,
            guidance: float) -> torch.Tensor:
     """D(x; sigma) under classifier-free guidance: D_null + w (D_cond - D_null), both in one batch. cond None
-    on a conditional model samples its null condition (the unconditional model it learnt on the side)."""
+    on a conditional model samples its null condition (the unconditional model it learnt on the side).
+
+    A text cond of shape (N, K, D) is K concepts composed with AND (Composable Diffusion, Liu et al. 2022):
+    D_null + w sum_k (D_k - D_null), all K + 1 in one batch."""
     cfg: DiffusionConfig = denoiser.cfg
     n = len(x)
     sig = sigma.expand(n)
@@ -31,6 +34,13 @@ def guided(denoiser: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: torc
         dummy = torch.zeros(n, dtype=torch.int64, device=x.device) if cfg.conditioning == "class" \
             else torch.zeros(n, cfg.text_dim, device=x.device)
         return denoiser(x, sig, dummy, torch.zeros(n, device=x.device))
+    if cond.ndim == 3:  # (N, K, D): K concepts
+        k = cond.shape[1]
+        conds = torch.cat([cond.transpose(0, 1).reshape(k * n, -1), cond[:, 0]])  # concept-major, then null
+        keep = torch.cat([torch.ones(k * n, device=x.device), torch.zeros(n, device=x.device)])
+        out = denoiser(x.repeat(k + 1, 1, 1, 1), sig.repeat(k + 1), conds, keep)
+        d_null = out[k * n:]
+        return d_null + guidance * (out[:k * n].reshape(k, n, *x.shape[1:]) - d_null).sum(0)
     if guidance == 1.0:
         return denoiser(x, sig, cond, torch.ones(n, device=x.device))
     keep = torch.cat([torch.ones(n, device=x.device), torch.zeros(n, device=x.device)])

@@ -58,6 +58,13 @@ class Batches:
         self.images = data.images.to(dev)
         self.cond = data.labels.to(dev) if cfg.conditioning == "class" else \
             data.text.to(dev, torch.float32) if cfg.conditioning == "text" else None
+        self.variants = None
+        if cfg.conditioning == "text" and cfg.alt_caption_p > 0 and data.text_variants is not None \
+                and len(data.variant_of):
+            order = torch.argsort(data.variant_of, stable=True)  # each image's variants contiguous
+            count = torch.bincount(data.variant_of, minlength=len(data.images))
+            start = torch.cumsum(count, 0) - count
+            self.variants = (data.text_variants[order].to(dev, torch.float32), start.to(dev), count.to(dev))
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         cfg, dev = self.cfg, self.runtime.device
@@ -68,7 +75,14 @@ class Batches:
         if self.cond is None:
             return x, None, None
         keep = (torch.rand(cfg.batch_size, device=dev) >= cfg.cond_drop).float()
-        return x, self.cond[idx], keep
+        cond = self.cond[idx]
+        if self.variants is not None:  # some images speak under another of their captions this step
+            vectors, start, count = self.variants
+            pick = (torch.rand(cfg.batch_size, device=dev) < cfg.alt_caption_p) & (count[idx] > 0)
+            j = start[idx] + (torch.rand(cfg.batch_size, device=dev) * count[idx]).long().clamp(
+                max=(count[idx] - 1).clamp(min=0))
+            cond = torch.where(pick[:, None], vectors[j.clamp(max=len(vectors) - 1)], cond)
+        return x, cond, keep
 
 
 def _forward_backward(model, x, cond, keep, cfg: DiffusionConfig, runtime: Runtime, opt) -> torch.Tensor:

@@ -25,7 +25,11 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 def _norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, c // 4) if c >= 8 else 1, c, eps=1e-6)
+    """32 groups (at least 4 channels each), or the most that divide c (widths such as 48 * 3)."""
+    groups = min(32, c // 4) if c >= 8 else 1
+    while c % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, c, eps=1e-6)
 
 
 class NoiseEmbedding(nn.Module):
@@ -89,8 +93,9 @@ class UNet(nn.Module):
             self.cond_emb = nn.Embedding(cfg.num_classes, emb_dim)
         elif cfg.conditioning == "text":
             self.cond_emb = nn.Sequential(nn.Linear(cfg.text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
-        self.stem = nn.Conv2d(cfg.channels, mc, 3, padding=1)
-        self.down, skips, c, res = nn.ModuleList(), [mc], mc, cfg.resolution
+        pixels = cfg.channels * cfg.patch ** 2  # channels of one patch
+        self.stem = nn.Conv2d(pixels, mc, 3, padding=1)
+        self.down, skips, c, res = nn.ModuleList(), [mc], mc, cfg.resolution // cfg.patch
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_blocks):
                 self.down.append(self._block(c, mc * mult, emb_dim, res))
@@ -111,7 +116,7 @@ class UNet(nn.Module):
                 self.up.append(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"),
                                              nn.Conv2d(c, c, 3, padding=1)))
                 res *= 2
-        self.out = nn.Sequential(_norm(c), nn.SiLU(), _zero(nn.Conv2d(c, cfg.channels, 3, padding=1)))
+        self.out = nn.Sequential(_norm(c), nn.SiLU(), _zero(nn.Conv2d(c, pixels, 3, padding=1)))
 
     def _block(self, c_in: int, c_out: int, emb_dim: int, res: int) -> nn.Module:
         block = ResBlock(c_in, c_out, emb_dim, self.cfg.dropout)
@@ -129,9 +134,11 @@ class UNet(nn.Module):
         if self.cfg.conditioning != "none":
             if cond is None:
                 raise ValueError(f"{self.cfg.conditioning}-conditional model needs cond")
-            c = self.cond_emb(cond if self.cfg.conditioning == "class" else cond.to(emb.dtype))
+            c = self.cond_emb(cond if self.cfg.conditioning == "class" else cond.to(emb.dtype) * self.cfg.text_gain)
             emb = emb + c * (keep.to(c.dtype)[:, None] if keep is not None else 1.0)
         emb = F.silu(emb)
+        if self.cfg.patch > 1:
+            x = F.pixel_unshuffle(x, self.cfg.patch)  # (N, C p^2, R/p, R/p)
         h = self.stem(x)
         hs = [h]
         for layer in self.down:
@@ -144,7 +151,8 @@ class UNet(nn.Module):
                 h = layer(h)
             else:
                 h = self._run(layer, torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+        out = self.out(h)
+        return F.pixel_shuffle(out, self.cfg.patch) if self.cfg.patch > 1 else out
 
 
 class Denoiser(nn.Module):
