@@ -25,13 +25,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.path not in slow)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """One parallel worker per core: each worker's torch gets its share of the cores, not all of them."""
+def _cores_per_worker() -> int:
+    """This process's share of the cores: all of them, or 1 of `make test`'s parallel workers' equal shares."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One parallel worker per core: each worker's torch gets its share of the cores, not all of them (two
+    workers with two OpenMP threads each on 2 cores ran a 50 s training test for over 9 minutes)."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
         import torch
 
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(_cores_per_worker())
+        os.environ.setdefault("OMP_NUM_THREADS", str(_cores_per_worker()))  # the runs, servers it starts too
 
 # One decoding process keeps tiny tests fast; the parallel path has its own test.
 SERIAL = {"ops": {"raw_images": {"config": {"workers": 1}}, "image_shards": {"config": {"workers": 1}}}}
@@ -41,7 +48,7 @@ def _torch_threads(n: int):
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(min(n, _cores_per_worker()))
     yield
     torch.set_num_threads(before)
 
@@ -54,7 +61,7 @@ def one_thread():
 
 @pytest.fixture
 def two_threads():
-    """Real-sized training steps (MNIST at demo width) use both cores."""
+    """Real-sized training steps (MNIST at demo width) use both cores (this worker's share under `make test`)."""
     yield from _torch_threads(2)
 
 
