@@ -50,8 +50,8 @@ def run_config(steps: int) -> dict:
                     "dcgan_checkpoint": {"config": {"device": "cpu", "steps": steps, "batch_size": 32, "ngf": 32,
                                                     "ndf": 32, "checkpoint_every": 25, "sample_every": 100,
                                                     "log_every": 25}},
-                    "evaluation_report": {"config": {"device": "cpu", "num_samples": 100, "num_real": 100,
-                                                     "per_class_min": 5, "detector_batch_size": 50}}}}
+                    "evaluation_report": {"config": {"device": "cpu", "num_samples": 20, "num_real": 20,
+                                                     "per_class_min": 2, "detector_batch_size": 20}}}}
 
 
 # ---- Dagster over GraphQL, as the UI talks to it --------------------------------------------------------------

@@ -107,5 +107,12 @@ class DataPaths:
         """Evaluation reports, galleries and cached detector statistics."""
         return self._per_dataset("reports", dataset)
 
+    def detector_cache(self, dataset: str) -> Path:
+        """Detector features of real splits (keyed by content and detector, so safe to share): under the dataset's
+        reports, or in `$IMAGEGEN_DETECTOR_CACHE` when set, one folder that several data roots (or a team's
+        runs on shared storage) fill and reuse instead of each scoring the same real images again."""
+        shared = os.environ.get("IMAGEGEN_DETECTOR_CACHE", "").strip()
+        return Path(shared).expanduser().resolve() if shared else self.reports(dataset) / "detector_cache"
+
     def promotion(self, dataset: str) -> Path:
         return self.reports(dataset) / PROMOTION_FILE

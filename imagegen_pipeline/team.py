@@ -35,7 +35,7 @@ from imagegen_pipeline.ui import venv_bin, start_group, wait_http
 DB_USER = "imagegen"
 DATABASES = ("dagster", "mlflow")
 GPU_POOL = "gpu"  # the pool of feature_extractor and dcgan_checkpoint
-SERVICES = ("mlflow", "dagster-webserver", "dagster-daemon")  # started in this order, stopped in reverse
+SERVICES = ("mlflow", "dagster-webserver", "dagster-daemon")  # started in this order; stopped together
 
 
 class TeamError(RuntimeError):
@@ -142,20 +142,25 @@ def up(paths: DataPaths, *, root: Path | None = None, host: str = LOOPBACK, pg_p
 
 
 def down(paths: DataPaths, *, root: Path | None = None, timeout: float = 30, log=print) -> None:
-    """Stop the three servers (their whole process groups) and then PostgreSQL. Idempotent."""
+    """Stop the three servers (their whole process groups, told together, so the wait is the slowest one's, not
+    the sum) and then PostgreSQL. Idempotent."""
     root = (root or default_root(paths)).resolve()
+    stopping: dict[str, int] = {}
     for name in reversed(SERVICES):
         pid_file = root / "run" / f"{name}.pid"
         if not pid_file.is_file():
             continue
         pgid = int(pid_file.read_text())
         if _ours(pgid, name) and _group_signal(pgid, signal.SIGTERM):
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _group_signal(pgid, 0):
-                time.sleep(0.2)
-            _group_signal(pgid, signal.SIGKILL)
-            log(f"{name} stopped")
-        pid_file.unlink()
+            stopping[name] = pgid
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_group_signal(pgid, 0) for pgid in stopping.values()):
+        time.sleep(0.2)
+    for name, pgid in stopping.items():
+        _group_signal(pgid, signal.SIGKILL)
+        log(f"{name} stopped")
+    for name in SERVICES:
+        (root / "run" / f"{name}.pid").unlink(missing_ok=True)
     if (root / "pgdata" / "postmaster.pid").is_file():
         _as_postgres([_pg_bin("pg_ctl"), "-D", str(root / "pgdata"), "-m", "fast", "-w", "stop"], root)
         log("postgres stopped")

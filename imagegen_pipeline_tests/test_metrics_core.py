@@ -217,6 +217,23 @@ class CountingDetector:
         return images_uint8.reshape(len(images_uint8), -1)[:, :8].double().numpy()  # (N, 8)
 
 
+def test_data_roots_share_the_detector_cache_named_by_the_environment(tmp_path, monkeypatch):
+    """`$IMAGEGEN_DETECTOR_CACHE`: a second data root scoring the same real images reads the first one's features;
+    unset, each dataset keeps its own cache under its reports."""
+    from imagegen_pipeline.paths import DataPaths
+
+    images = torch.randint(0, 256, (20, 1, 4, 4), dtype=torch.uint8)
+    a, b = DataPaths.from_home(tmp_path / "a"), DataPaths.from_home(tmp_path / "b")
+    monkeypatch.delenv("IMAGEGEN_DETECTOR_CACHE", raising=False)
+    assert a.detector_cache("mnist") == a.reports("mnist") / "detector_cache" != b.detector_cache("mnist")
+    monkeypatch.setenv("IMAGEGEN_DETECTOR_CACHE", str(tmp_path / "shared"))
+    det = CountingDetector()
+    first = cached_reference_stats(FeatureCache(a.detector_cache("mnist")), det, images)
+    second = cached_reference_stats(FeatureCache(b.detector_cache("emoji")), det, images)
+    assert det.calls == 1 and a.detector_cache("mnist") == (tmp_path / "shared").resolve()
+    np.testing.assert_array_equal(first.features, second.features)
+
+
 def test_feature_cache_hit_avoids_recomputation(tmp_path):
     """The second request for the same content and detector reads the disk; new content recomputes."""
     images = torch.randint(0, 256, (20, 1, 4, 4), dtype=torch.uint8)

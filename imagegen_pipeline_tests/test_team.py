@@ -65,22 +65,25 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture
-def team_up(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def team_up(tmp_path_factory):
+    """One team for the module (bringing it up is the slow part): the pipeline test runs on it, then the down test
+    takes it down and brings it up again."""
     # PostgreSQL runs as `postgres` when we are root: its folder must be reachable (pytest's tmp_path is 0700)
     root = Path(tempfile.mkdtemp(prefix="imagegen-team-"))
     root.chmod(0o755)
-    paths = DataPaths.from_home(tmp_path / "home")
+    paths = DataPaths.from_home(tmp_path_factory.mktemp("team") / "home")
     import_dataset("mnist", paths, limit=120)
     import_dataset("mnist", paths, name="digits", limit=120)
     t = team.up(paths, root=root / "team", pg_port=free_port(), mlflow_port=free_port(), dagster_port=free_port())
-    for k, v in t.env().items():
-        monkeypatch.setenv(k, v)
-    try:
-        yield t
-    finally:
-        team.down(paths, root=t.root)
-        shutil.rmtree(root, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for k, v in t.env().items():
+            monkeypatch.setenv(k, v)
+        try:
+            yield t
+        finally:
+            team.down(paths, root=t.root)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -134,22 +137,24 @@ def test_pipeline_runs_through_the_daemon_on_postgres_and_mlflow_server(team_up)
     assert wait_status(instance, second, DONE, 120) == dg.DagsterRunStatus.CANCELED
 
 
-def test_down_leaves_nothing_running(tmp_path):
-    root = Path(tempfile.mkdtemp(prefix="imagegen-team-"))
-    root.chmod(0o755)
-    paths = DataPaths.from_home(tmp_path / "home")
-    t = team.up(paths, root=root / "team", pg_port=free_port(), mlflow_port=free_port(), dagster_port=free_port())
+def _dagster_runs(t) -> int:
+    with psycopg2.connect(host="127.0.0.1", port=t.pg_port, user=team.DB_USER, dbname="dagster") as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM runs")
+            return cur.fetchone()[0]
+
+
+def test_down_leaves_nothing_running(team_up):
+    t = team_up
+    paths = DataPaths.from_home(t.home)
     pids = [int((t.root / "run" / f"{s}.pid").read_text()) for s in team.SERVICES]
     postmaster = int((t.pgdata / "postmaster.pid").read_text().split()[0])
     assert all(listening(p) for p in (t.pg_port, t.mlflow_port, t.dagster_port))
+    runs = _dagster_runs(t)  # two after the pipeline test; 0 when this test runs alone
     team.down(paths, root=t.root)
     team.down(paths, root=t.root)  # idempotent
     assert [pid for pid in [*pids, postmaster] if running(pid)] == []
     assert not any(listening(p) for p in (t.pg_port, t.mlflow_port, t.dagster_port))
-    # and the data stays: the next `up` finds its databases
-    t2 = team.up(paths, root=t.root, mlflow_port=free_port(), dagster_port=free_port())
-    try:
-        assert t2.pg_port == t.pg_port
-    finally:
-        team.down(paths, root=t.root)
-        shutil.rmtree(root, ignore_errors=True)
+    # and the data stays: the next `up` finds its databases and their rows (the module fixture takes it down)
+    t2 = team.up(paths, root=t.root, mlflow_port=t.mlflow_port, dagster_port=t.dagster_port)
+    assert t2.pg_port == t.pg_port and _dagster_runs(t2) == runs

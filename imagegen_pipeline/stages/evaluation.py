@@ -82,7 +82,7 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
             text = {k: v for k, v in captions.items() if k != SEEN_KEY} if cfg.conditioning == "text" else {}
             return core.evaluate_generator(
                 g, cfg, train=splits["train"], val=splits["val"], detector=detector,
-                cache=FeatureCache(paths.reports(dataset) / "detector_cache"), extractor=extractor,
+                cache=FeatureCache(paths.detector_cache(dataset)), extractor=extractor,
                 train_embeddings=train_emb, class_names=reader.class_names, eval_cfg=job.eval_cfg, runtime=runtime,
                 judge=judge, log=log, **text)
 

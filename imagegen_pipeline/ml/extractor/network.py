@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
 EMBED_DIM = 1280
@@ -25,6 +24,9 @@ class ExtractorNet(nn.Module):
         self.input_size = int(input_size)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        import torchvision  # here, not at import: it loads torch._dynamo (2 s), which processes that never build
+        # the extractor (code server, daemon, ingest runs, most CLI commands) need not pay for
+
         self.features = torchvision.models.mobilenet_v2(weights=None).features  # 19 blocks, 3 -> 1280 channels
         self.head = (nn.Sequential(nn.Dropout(dropout), nn.Linear(EMBED_DIM, self.num_classes))
                      if self.num_classes > 0 else None)
