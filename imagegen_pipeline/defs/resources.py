@@ -92,11 +92,16 @@ class TrainingLauncher(dg.ConfigurableResource):
                 return PipesK8sClient().run(context=context, extras=extras, image=self.image or None,
                                             command=self.command("python"),
                                             base_pod_spec=self.pod_spec()).get_materialize_result()
+            import tempfile
+
+            from imagegen_pipeline.defs.pipes_reader import WholeLineFileMessageReader
             from imagegen_pipeline.processes import ProcessRecord
 
-            client = dg.PipesSubprocessClient(forward_termination=True)  # forwards Dagster's termination only:
             extras = {**extras, "owner": str(ProcessRecord.of())}  # so the ranks die with this step process too
-            return client.run(command=self.command(), context=context, extras=extras).get_materialize_result()
+            with tempfile.TemporaryDirectory(prefix="imagegen-pipes-") as tmp:
+                client = dg.PipesSubprocessClient(  # forwards Dagster's termination only: see `owner` above
+                    forward_termination=True, message_reader=WholeLineFileMessageReader(f"{tmp}/messages"))
+                return client.run(command=self.command(), context=context, extras=extras).get_materialize_result()
         except DagsterPipesExecutionError as exc:
             raise dg.Failure(f"the training processes failed ({exc}); their log lines above say why. The next "
                              "materialization resumes from their last checkpoint") from exc
