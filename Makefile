@@ -42,7 +42,7 @@ test-data:
 	  f=data/downloads/emoji-datasource-$$s-16.0.0.tgz; [ -f $$f ] || npm pack -q emoji-datasource-$$s@16.0.0 --pack-destination data/downloads >/dev/null || echo "warning: npm pack failed for $$s; emoji tests will be skipped"; done
 
 # One pytest-xdist worker per core (at most 4), a whole test module at a time (its shared fixtures built once), slow
-# modules first (conftest); on the 2-core box 12 min 44 s against 20 min 10 s serially (docs/measurements.md).
+# modules first (conftest); on the 2-core box 12 min 19 s against 20 min 10 s serially (docs/measurements.md).
 # SERIAL=1 runs everything in one process (easier to read when a test fails).
 XDIST := -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 test: install system-deps test-data

@@ -104,3 +104,15 @@ def test_generate_by_label_says_nothing_about_prompt_re_ranking_unless_a_prompt_
     assert main(["--home", str(paths.home), "generate", "a round one", "--dataset", "toy", "--label", "one", "--n",
                  "2", "--out", str(paths.home / "b.png")]) == 0
     assert "note: not scored" in capfd.readouterr().err  # asked to re-rank by a prompt, and told why it could not
+
+
+def test_loading_the_definitions_prints_no_beta_warning_for_the_backfill_policy():
+    """Every process that loads the definitions (the CLI, the code server, each run) printed dagster's BetaWarning
+    for `backfill_policy` once per asset: 11 lines at the top of `make demo` that a user cannot act on."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-W", "default", "-c", "import imagegen_pipeline.definitions"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "backfill_policy" not in out.stderr, out.stderr[-2000:]

@@ -1,6 +1,12 @@
 """One dataset = one partition. Partitions are added by the CLI and by the landing sensor."""
 
+import warnings
+
 import dagster as dg
+
+# `backfill_policy` is a beta parameter of @asset in dagster 1.13. Its warning, printed once per asset by every
+# process that loads the definitions (11 lines at the top of `make demo`), is nothing a user can act on.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of function `asset`", category=dg.BetaWarning)
 
 dataset_partitions = dg.DynamicPartitionsDefinition(name="datasets")
 
