@@ -70,13 +70,9 @@ def _shared_detector_cache(tmp_path_factory: pytest.TempPathFactory):
     """One detector cache for the session (`$IMAGEGEN_DETECTOR_CACHE`, content-keyed, so sharing is exact): each
     test's data root is new, and without it every evaluation scored the same real MNIST images again (3.6 s each).
     Servers and runs the tests start inherit it."""
-    before = os.environ.get("IMAGEGEN_DETECTOR_CACHE")
-    os.environ["IMAGEGEN_DETECTOR_CACHE"] = str(tmp_path_factory.mktemp("detector-cache"))
-    yield
-    if before is None:
-        os.environ.pop("IMAGEGEN_DETECTOR_CACHE", None)
-    else:
-        os.environ["IMAGEGEN_DETECTOR_CACHE"] = before
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setenv("IMAGEGEN_DETECTOR_CACHE", str(tmp_path_factory.mktemp("detector-cache")))
+        yield
 
 
 @pytest.fixture

@@ -51,6 +51,14 @@ def wait_status(instance, run_id: str, until, timeout: float) -> dg.DagsterRunSt
     raise TimeoutError(f"run {run_id} still {status} after {timeout:.0f} s")
 
 
+def dagster_rows(t, query: str, *params) -> list[tuple]:
+    """The rows of one query on the team's `dagster` database in PostgreSQL."""
+    with psycopg2.connect(host="127.0.0.1", port=t.pg_port, user=team.DB_USER, dbname="dagster") as conn:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+
+
 def running(pid: int) -> bool:
     """Alive and not a zombie (the postmaster's parent is init, which in a container may never reap it)."""
     try:
@@ -104,13 +112,9 @@ def test_pipeline_runs_through_the_daemon_on_postgres_and_mlflow_server(team_up)
         instance.get_run_by_id(second).start_time >= instance.get_run_by_id(first).end_time
 
     # the run and its materializations are rows in PostgreSQL
-    with psycopg2.connect(host="127.0.0.1", port=t.pg_port, user=team.DB_USER, dbname="dagster") as conn:
-        with conn.cursor() as cur:
-            cur.execute("SELECT status FROM runs WHERE run_id = %s", (first,))
-            assert cur.fetchone() == ("SUCCESS",)
-            cur.execute("SELECT DISTINCT asset_key FROM event_logs WHERE run_id = %s AND "
-                        "dagster_event_type = 'ASSET_MATERIALIZATION'", (first,))
-            materialized = {row[0] for row in cur.fetchall()}
+    assert dagster_rows(t, "SELECT status FROM runs WHERE run_id = %s", first) == [("SUCCESS",)]
+    materialized = {row[0] for row in dagster_rows(t, "SELECT DISTINCT asset_key FROM event_logs WHERE run_id = %s "
+                                                      "AND dagster_event_type = 'ASSET_MATERIALIZATION'", first)}
     assert {'["raw_images"]', '["image_shards"]', '["dcgan_checkpoint"]', '["evaluation_report"]'} <= materialized
 
     # the generator is in the MLflow server's registry, read over REST by a plain client; its artifacts were
@@ -137,24 +141,17 @@ def test_pipeline_runs_through_the_daemon_on_postgres_and_mlflow_server(team_up)
     assert wait_status(instance, second, DONE, 120) == dg.DagsterRunStatus.CANCELED
 
 
-def _dagster_runs(t) -> int:
-    with psycopg2.connect(host="127.0.0.1", port=t.pg_port, user=team.DB_USER, dbname="dagster") as conn:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM runs")
-            return cur.fetchone()[0]
-
-
 def test_down_leaves_nothing_running(team_up):
     t = team_up
     paths = DataPaths.from_home(t.home)
     pids = [int((t.root / "run" / f"{s}.pid").read_text()) for s in team.SERVICES]
     postmaster = int((t.pgdata / "postmaster.pid").read_text().split()[0])
     assert all(listening(p) for p in (t.pg_port, t.mlflow_port, t.dagster_port))
-    runs = _dagster_runs(t)  # two after the pipeline test; 0 when this test runs alone
+    runs = dagster_rows(t, "SELECT count(*) FROM runs")  # two after the pipeline test; 0 when this test runs alone
     team.down(paths, root=t.root)
     team.down(paths, root=t.root)  # idempotent
     assert [pid for pid in [*pids, postmaster] if running(pid)] == []
     assert not any(listening(p) for p in (t.pg_port, t.mlflow_port, t.dagster_port))
     # and the data stays: the next `up` finds its databases and their rows (the module fixture takes it down)
     t2 = team.up(paths, root=t.root, mlflow_port=t.mlflow_port, dagster_port=t.dagster_port)
-    assert t2.pg_port == t.pg_port and _dagster_runs(t2) == runs
+    assert t2.pg_port == t.pg_port and dagster_rows(t2, "SELECT count(*) FROM runs") == runs
