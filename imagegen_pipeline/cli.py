@@ -23,7 +23,10 @@ def _progress(desc: str):
 def cmd_import(args: argparse.Namespace, paths: DataPaths) -> int:
     from imagegen_pipeline.datasets import import_dataset, import_folder
 
-    name = args.name or (Path(args.path).resolve().name.lower() if args.kind == "folder" and args.path else args.kind)
+    if args.compose and args.kind != "emoji":
+        raise SystemExit("--compose is for `imagegen datasets import emoji`")
+    default = "emoji-compose" if args.compose else args.kind
+    name = args.name or (Path(args.path).resolve().name.lower() if args.kind == "folder" and args.path else default)
     if args.exist_ok and paths.raw(name).is_dir():
         print(f"{name} already imported at {paths.raw(name)}; keeping it")
         return 0
@@ -34,6 +37,13 @@ def cmd_import(args: argparse.Namespace, paths: DataPaths) -> int:
                 raise SystemExit("usage: imagegen datasets import folder PATH --name NAME")
             out = import_folder(paths, Path(args.path), name=name, resolution=args.resolution or 64,
                                 overwrite=args.overwrite, progress=tick)
+        elif args.compose:
+            from imagegen_pipeline.datasets.emoji_compose import import_composed
+
+            out = import_composed(paths, name=validate_dataset_name(name),
+                                  source=Path(args.source) if args.source else None, copies=args.compose_copies,
+                                  limit=args.limit, overwrite=args.overwrite, progress=tick,
+                                  **({"styles": args.styles} if args.styles else {}))
         else:
             out = import_dataset(args.kind, paths, name=name, source=Path(args.source) if args.source else None,
                                  limit=args.limit, train_limit=args.train_limit, overwrite=args.overwrite,
@@ -415,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "whole official test split (small labelled sets)")
     imp.add_argument("--styles", help="emoji: comma-separated styles, from google, twitter, fluent-flat, "
                                       "fluent-3d (default google,twitter)")
+    imp.add_argument("--compose", action="store_true", help="emoji: also compose faces with hats, glasses and "
+                     "ties (\"a cat with a top hat\"), held-out pairs in val only (default name emoji-compose)")
+    imp.add_argument("--compose-copies", type=int, default=4, help="with --compose: jittered pictures per pair (4)")
     imp.add_argument("--resolution", type=int, help="with `folder`: default shard resolution (64)")
     imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     imp.add_argument("--exist-ok", action="store_true", help="do nothing if the dataset is already imported")

@@ -189,3 +189,31 @@ def test_a_text_model_that_ignores_its_prompts_is_rejected_with_the_reason():
     assert reason.startswith("pictures do not follow their prompts: R-precision 0.025 is 2% of real images' 1.000")
     faithful = text_r_precision(bank, img_c, txt_c, real_embeddings=img_c, neighbours=3)
     assert gate_failures({**HEALTHY, **faithful}, conditioning="text") == []
+
+
+def test_the_gate_asks_text_models_on_composed_pictures_to_draw_held_out_pairs():
+    """A text model whose results carry held-out-pair figures (the concept judge's heldout_both_right beside its
+    real ceiling heldout_both_right_real) fails under min_heldout_both_of_real (0.5) x the ceiling: at chance
+    (1/30) it is rejected with the reason, at 80% of the ceiling it passes; a missing ceiling fails and says so;
+    results without the figures, and class models, are judged as before."""
+    from imagegen_pipeline.ml.quality_gate import QualityGate, gate_failures
+
+    text = {**HEALTHY, "r_precision": 0.2, "r_precision_real": 0.26}  # passes every other check
+    assert gate_failures(text, conditioning="text") == []  # no composed pictures: unchanged
+    assert gate_failures({**text, "heldout_both_right": 0.76, "heldout_both_right_real": 0.95},
+                         conditioning="text") == []
+    [chance] = gate_failures({**text, "heldout_both_right": 1 / 30, "heldout_both_right_real": 0.95},
+                             conditioning="text")
+    assert chance == ("held-out pairs are not drawn: both right on 0.033 of held-out-pair samples, 4% of the "
+                      "judge's 0.950 on real pictures < 50% (a model that ignores its text scores about chance, one "
+                      "that only copies trained pairs about 0)")
+    [no_ceiling] = gate_failures({**text, "heldout_both_right": 0.76}, conditioning="text")
+    assert no_ceiling.startswith("held-out pairs without a real ceiling: heldout_both_right_real is None")
+    [no_samples] = gate_failures({**text, "heldout_both_right": None, "heldout_both_right_real": 0.95},
+                                 conditioning="text")
+    assert no_samples.startswith("composed pictures without a held-out figure")
+    assert gate_failures({**text, "heldout_both_right": 1 / 30, "heldout_both_right_real": 0.95},
+                         conditioning="class") == []
+    loose = QualityGate(min_heldout_both_of_real=0.03)
+    assert gate_failures({**text, "heldout_both_right": 1 / 30, "heldout_both_right_real": 0.95}, loose,
+                         conditioning="text") == []

@@ -23,6 +23,8 @@ from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
 from imagegen_pipeline.stages.artifacts import EXTRACTOR_FILE
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker, TrainingLauncher
 from imagegen_pipeline.ml import text_encoder
+from imagegen_pipeline.ml.caption_tokens import STORED_TOKENS, CaptionTokens
+from imagegen_pipeline.ml.text_encoder import pool_tokens
 from imagegen_pipeline.ml.embeddings_store import write_embeddings
 from imagegen_pipeline.ml.prompt_score import (VARIANTS_FILE, CaptionBank, best_of, encode_unique, r_precision,
                                                read_captions, vectors_for)
@@ -193,12 +195,13 @@ def test_caption_embeddings_write_one_row_per_image_and_encode_each_caption_once
     copy_slice(emoji_slice, paths)
     calls: list[list[str]] = []
     real_encode = text_encoder.TextEncoder.encode
+    real_pass = text_encoder.TextEncoder.encode_with_tokens
 
-    def spy(self, texts, **kw):
+    def spy(self, texts, **kw):  # the one encoder pass, which gives both pooled vectors and token states
         calls.append(list(texts))
-        return real_encode(self, texts, **kw)
+        return real_pass(self, texts, **kw)
 
-    monkeypatch.setattr(text_encoder.TextEncoder, "encode", spy)
+    monkeypatch.setattr(text_encoder.TextEncoder, "encode_with_tokens", spy)
     result = materialize([caption_embeddings], paths, instance)
     assert result.success
     reader = ShardReader(paths.shards("emoji"))
@@ -225,6 +228,15 @@ def test_caption_embeddings_write_one_row_per_image_and_encode_each_caption_once
     assert meta["dagster/row_count"] == 120 and meta["unique_captions"] == len(set(captions)) == 60
     assert meta["train_caption_variants"] == len(variants)
     assert "closest other caption" in meta["examples"]
+    # every distinct caption's token states, from the same pass: they pool back to its sentence vector
+    tokens = CaptionTokens.read(paths.embeddings("emoji"))
+    assert sorted(tokens.captions) == sorted(set(captions) | set(variants["caption"]))
+    states, found = tokens.lookup(table["caption"].tolist(), STORED_TOKENS)
+    mask = np.abs(states.astype(np.float32)).sum(-1) > 0
+    assert found.all() and states.shape == (120, STORED_TOKENS, 384) and mask[:, :3].all()
+    pooled = pool_tokens(torch.from_numpy(states.astype(np.float32)), torch.from_numpy(mask)).numpy()
+    short = mask.sum(1) < STORED_TOKENS  # captions the stored tokens hold whole
+    np.testing.assert_allclose(pooled[short], vectors[short], atol=2e-3)  # float16 storage
 
 
 def test_caption_embeddings_fail_clearly_without_captions(paths, instance):

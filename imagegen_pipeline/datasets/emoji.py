@@ -174,9 +174,22 @@ def _cldr(paths: DataPaths, source: Path | None) -> dict:
     return load_cldr(data)
 
 
-def import_emoji(paths: DataPaths, *, name: str = "emoji", styles=DEFAULT_STYLES, source: Path | None = None,
-                 limit: int | None = None, overwrite: bool = False, progress=None) -> Path:
-    """Import `styles` into data/raw/<name>/; `limit` keeps the first N emoji.json entries of each style."""
+@dataclass
+class EmojiSource:
+    """The opened style packages with emoji.json's entries and the CLDR table: what every emoji import reads."""
+
+    styles: tuple[str, ...]
+    packages: dict[str, tuple[PackageFiles, str]]  # style -> (its files, the licence it carries)
+    entries: list[Entry]
+    cldr: dict
+
+    def files_of(self, style_name: str):
+        """(entry, file name in the package) for each image of `style_name`, in emoji.json order."""
+        return _style_files(STYLES[style_name], self.entries, self.packages[style_name][0], style_name)
+
+
+def open_emoji(paths: DataPaths, styles=DEFAULT_STYLES, source: Path | None = None) -> EmojiSource:
+    """Locate, licence-check and read the packages of `styles` (and emoji.json, CLDR tags) before anything lands."""
     styles = parse_styles(styles)
     # as before, a datasource folder with emoji.json passes without package.json; a lobehub one needs its name
     has_meta = lambda d: (d / "emoji.json").is_file()  # noqa: E731
@@ -189,43 +202,60 @@ def import_emoji(paths: DataPaths, *, name: str = "emoji", styles=DEFAULT_STYLES
         entries = list(_entries(json.loads(meta_files.read("emoji.json") or b"null")))
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"{meta_files.spec} ({meta_files.location}) has no readable emoji.json: {exc!r}") from None
-    cldr = _cldr(paths, source)
+    return EmojiSource(styles, packages, entries, _cldr(paths, source))
+
+
+def write_plain(writer: LandingWriter, emoji: EmojiSource, *, limit: int | None = None, progress=None) -> None:
+    """Every emoji of every style as `import_emoji` lands it, and each package's licence file beside them."""
+    for style_name, (files, _pkg_license) in emoji.packages.items():
+        style = STYLES[style_name]
+        for i, (e, fname) in enumerate(emoji.files_of(style_name)):
+            if limit is not None and i >= limit:
+                break
+            data = files.read(fname)
+            if data is None:
+                continue
+            rel = f"{slug(e.category)}/{style_name}-{e.unified.lower()}"
+            row = dict(label=e.category, caption=e.caption, subcategory=e.subcategory, style=style_name,
+                       source_split=split_of_group(caption_group(e.caption)),
+                       captions=join_captions(captions_for(e.caption, list(e.short_names), e.tones,
+                                                           emoji.cldr.get(code_key(e.unified)))),
+                       source_package=files.spec, license=style.license)
+            try:
+                writer.add_image(f"{rel}.png", to_emoji_image(data, style.ext, SIZE), **row)
+            except BrokenImage as exc:
+                writer.add_refused(f"{rel}{style.ext}", data, f"{files.spec} {fname}: {exc}", **row)
+            if progress:
+                progress(1)
+        if (lic := files.license_file()) is not None:
+            writer.add_file(f"LICENSE-{slug(files.package.name)}.txt", lic[1])
+
+
+def dataset_defaults(emoji: EmojiSource, *, extra: dict | None = None) -> DatasetDefaults:
+    return DatasetDefaults(
+        resolution=SIZE, channels="RGB", license="; ".join(f"{s}: {STYLES[s].notice}" for s in emoji.styles),
+        source="npm " + ", ".join(emoji.packages[s][0].spec for s in emoji.styles),
+        extra={"styles": list(emoji.styles), "captions": "name, short names" + (
+            ", CLDR label and tags (" + EMOJIBASE.spec + ")" if emoji.cldr else ""), **(extra or {})})
+
+
+def import_emoji(paths: DataPaths, *, name: str = "emoji", styles=DEFAULT_STYLES, source: Path | None = None,
+                 limit: int | None = None, overwrite: bool = False, progress=None) -> Path:
+    """Import `styles` into data/raw/<name>/; `limit` keeps the first N emoji.json entries of each style."""
+    emoji = open_emoji(paths, styles, source)
     writer = LandingWriter(paths, name, overwrite=overwrite)
     try:
-        for style_name, (files, _pkg_license) in packages.items():
-            style = STYLES[style_name]
-            for i, (e, fname) in enumerate(_style_files(style, entries, files, style_name)):
-                if limit is not None and i >= limit:
-                    break
-                data = files.read(fname)
-                if data is None:
-                    continue
-                rel = f"{slug(e.category)}/{style_name}-{e.unified.lower()}"
-                row = dict(label=e.category, caption=e.caption, subcategory=e.subcategory, style=style_name,
-                           source_split=split_of_group(caption_group(e.caption)),
-                           captions=join_captions(captions_for(e.caption, list(e.short_names), e.tones,
-                                                               cldr.get(code_key(e.unified)))),
-                           source_package=files.spec, license=style.license)
-                try:
-                    writer.add_image(f"{rel}.png", to_emoji_image(data, style.ext, SIZE), **row)
-                except BrokenImage as exc:
-                    writer.add_refused(f"{rel}{style.ext}", data, f"{files.spec} {fname}: {exc}", **row)
-                if progress:
-                    progress(1)
-            if (lic := files.license_file()) is not None:
-                writer.add_file(f"LICENSE-{slug(files.package.name)}.txt", lic[1])
-        writer.add_file("LICENSE-images.md", _license_notes(styles, packages).encode())
-        return writer.commit(DatasetDefaults(
-            resolution=SIZE, channels="RGB", license="; ".join(f"{s}: {STYLES[s].notice}" for s in styles),
-            source="npm " + ", ".join(packages[s][0].spec for s in styles),
-            extra={"styles": list(styles), "captions": "name, short names" + (", CLDR label and tags (" +
-                                                                               EMOJIBASE.spec + ")" if cldr else "")}))
+        write_plain(writer, emoji, limit=limit, progress=progress)
+        writer.add_file("LICENSE-images.md", license_notes(emoji).encode())
+        return writer.commit(dataset_defaults(emoji))
     except BaseException:
         writer.abort()
         raise
 
 
-def _license_notes(styles: tuple[str, ...], packages: dict) -> str:
+def license_notes(emoji: EmojiSource, extra: tuple[str, ...] = ()) -> str:
+    """LICENSE-images.md: each style's notice and package licence, attribution for CC-BY, then `extra` lines."""
+    styles, packages = emoji.styles, emoji.packages
     lines = ["# Image licences", "", "Each image's package and licence are the `source_package` and `license` "
              "columns of labels.csv; the packages' own licence files are copied beside it (LICENSE-*.txt).", ""]
     lines += [f"- {s}: {STYLES[s].notice} (npm {packages[s][0].spec}, package licence {packages[s][1]})"
@@ -233,5 +263,6 @@ def _license_notes(styles: tuple[str, ...], packages: dict) -> str:
     if (cc := [s for s in styles if STYLES[s].license.startswith("CC-BY")]):
         lines += ["", "## Attribution", ""]
         lines += [f"- {STYLES[s].notice}." for s in cc]
+    lines += list(extra)
     return "\n".join(lines) + "\n"
 

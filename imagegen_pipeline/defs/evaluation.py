@@ -43,6 +43,10 @@ class EvaluationConfig(dg.Config):
     composite_candidates: int = Field(default=CORE.composite_candidates,
                                       description="Text models: each composite pick is the best of this many "
                                                   "candidates by the judge's prompt score.")
+    composition_images: int = Field(default=CORE.composition_images,
+                                    description="Text models on data with composed pictures: seeds per composition "
+                                                "prompt ('a cat with a hat', every held-out pair, a seen pair per "
+                                                "subject), judged by the concept judge; 0 leaves them out.")
     extra_metrics: list[str] = Field(default=[], description="Opt-in metrics computed besides the default set, "
                                                              "e.g. ['augmentation_gain'] (4 classifier trainings).")
     gate_min_diversity_ratio: float = Field(default=QualityGate.min_diversity_ratio,
@@ -56,6 +60,10 @@ class EvaluationConfig(dg.Config):
     gate_min_r_precision_of_real: float = Field(default=QualityGate.min_r_precision_of_real,
                                                 description="Quality gate, text models only: R-precision of samples "
                                                             "on held-out captions vs real images', at least.")
+    gate_min_heldout_both_of_real: float = Field(default=QualityGate.min_heldout_both_of_real,
+                                                 description="Quality gate, text models on composed data: held-out "
+                                                             "pairs drawn both right vs the judge on real pictures "
+                                                             "of them, at least.")
 
     def to_job(self) -> EvaluationJob:
         if self.protocol not in PROTOCOLS:
@@ -66,16 +74,18 @@ class EvaluationConfig(dg.Config):
         if unknown:
             raise dg.Failure(f"unknown metrics {unknown}; choose from {list_metrics(include_opt_in=True)}")
         metrics = tuple(list_metrics()) + tuple(self.extra_metrics) if self.extra_metrics else ()
-        if self.composite_images < 0 or self.composite_candidates < 1:
-            raise dg.Failure(f"composite_images must be >= 0 and composite_candidates >= 1, got "
-                             f"{self.composite_images} and {self.composite_candidates}")
+        if self.composite_images < 0 or self.composite_candidates < 1 or self.composition_images < 0:
+            raise dg.Failure(f"composite_images and composition_images must be >= 0 and composite_candidates >= 1, "
+                             f"got {self.composite_images}, {self.composition_images} and "
+                             f"{self.composite_candidates}")
         return EvaluationJob(
             EvalConfig(num_samples=n, num_real=self.num_real or named["num_real"], protocol=self.protocol,
                        per_class_min=self.per_class_min, kid_subset_size=min(1000, n), seed=self.seed,
                        metrics=metrics, composite_images=self.composite_images,
-                       composite_candidates=self.composite_candidates),
+                       composite_candidates=self.composite_candidates, composition_images=self.composition_images),
             QualityGate(self.gate_min_diversity_ratio, self.gate_min_recall, self.gate_max_fid_over_floor,
-                        self.gate_max_ms_ssim_ratio, self.gate_min_r_precision_of_real),
+                        self.gate_max_ms_ssim_ratio, self.gate_min_r_precision_of_real,
+                        self.gate_min_heldout_both_of_real),
             device=self.device, detector_batch_size=self.detector_batch_size)
 
 

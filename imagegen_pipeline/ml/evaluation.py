@@ -36,6 +36,9 @@ class EvalConfig:
     seed: int = 0  # noise seeds are seed + i; real subsets drawn with this seed
     composite_images: int = 2  # text models: picks per held-out composite prompt (16 prompts; 0 = leave them out)
     composite_candidates: int = 4  # text models: each pick is the best of this many by the judge's prompt score
+    # text models on data with composed pictures: seeds per composition prompt ("a cat with a hat", each held-out
+    # pair, a seen pair per subject), judged by the concept judge (0 = leave the composition figures out)
+    composition_images: int = 8
 
 
 @dataclass
@@ -105,11 +108,11 @@ def labels_like(reference: np.ndarray | torch.Tensor | None, n: int, num_classes
 
 
 def sample_for_eval(generator: torch.nn.Module, cfg: DCGANConfig, n: int, *, seed: int, runtime: Runtime,
-                    text_conds: np.ndarray | None = None,
+                    text_conds: np.ndarray | None = None, gen_conds: np.ndarray | None = None,
                     reference_labels: np.ndarray | torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """n images with seeds seed..seed+n-1; class models get labels in the reference's class proportions
     (`labels_like`), text models the held-out caption vectors `text_conds` (M, text_dim), rows picked by
-    `caption_rows`."""
+    `caption_rows`; a token-conditioned model reads `gen_conds` (M, L, D), the same captions' token states."""
     seeds = list(range(seed, seed + n))
     labels = labels_like(reference_labels, n, cfg.num_classes) if cfg.conditioning == "class" else None
     cond = labels
@@ -117,10 +120,11 @@ def sample_for_eval(generator: torch.nn.Module, cfg: DCGANConfig, n: int, *, see
         if text_conds is None:
             raise ValueError("a text-conditioned generator is evaluated on held-out captions: pass text_conds "
                              "(the val split's caption vectors from captions.parquet)")
-        text_conds = np.asarray(text_conds, dtype=np.float32)
-        if text_conds.ndim != 2 or text_conds.shape[1] != cfg.text_dim:
-            raise ValueError(f"text_conds must be (M, {cfg.text_dim}), got {text_conds.shape}")
-        cond = text_conds[caption_rows(n, len(text_conds), seed=seed)]  # (n, text_dim)
+        conds = np.asarray(text_conds if gen_conds is None else gen_conds, dtype=np.float32)
+        if conds.shape[1:] != cfg.text_shape or len(conds) != len(text_conds):
+            raise ValueError(f"the model reads captions of shape {cfg.text_shape}; got {conds.shape} for "
+                             f"{len(text_conds)} captions (a token model needs gen_conds)")
+        cond = conds[caption_rows(n, len(conds), seed=seed)]  # (n, *text_shape)
     images = generate(generator, cfg, seeds=seeds, cond=cond, runtime=runtime)
     return images, labels
 
@@ -161,12 +165,14 @@ def class_sampler(generator: torch.nn.Module, cfg: DCGANConfig, runtime: Runtime
 def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: RealSplit, val: RealSplit,
                        detector, cache: FeatureCache, extractor=None, train_embeddings: np.ndarray | None = None,
                        class_names: list[str] | None = None, eval_cfg: EvalConfig, runtime: Runtime,
-                       text_conds: np.ndarray | None = None, caption_ids: list[str] | None = None,
+                       text_conds: np.ndarray | None = None, gen_conds: np.ndarray | None = None,
+                       caption_ids: list[str] | None = None,
                        caption_groups: list[str] | None = None, caption_bank: CaptionBank | None = None,
                        judge: str | None = None, log: Callable[[str], None] = lambda _: None) -> EvalResult:
     """FID/KID against the val split, the train-vs-val floor, precision/recall, extractor-based scores.
 
-    Text models are sampled on held-out captions: `text_conds` (M, text_dim) with `caption_ids` (M,), the sha256
+    Text models are sampled on held-out captions: `text_conds` (M, text_dim) (token models: `gen_conds` (M, L, D),
+    the same captions' token states; R-precision reads `text_conds`) with `caption_ids` (M,), the sha256
     of the val image each caption belongs to (its class becomes the sample's asked-for class), and optionally
     `caption_groups` (M,): which captions are one item (an emoji's skin tones), never each other's R-precision
     negatives. With the extractor and `caption_bank` (training images' embeddings and captions) they also get
@@ -177,7 +183,8 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
     train_sub = train.subset_like(val_sub.labels, eval_cfg.seed)  # the floor: same size, same class mix
     t = time.perf_counter()
     samples, labels = sample_for_eval(generator, cfg, eval_cfg.num_samples, seed=eval_cfg.seed, runtime=runtime,
-                                      text_conds=text_conds, reference_labels=val_sub.labels)
+                                      text_conds=text_conds, gen_conds=gen_conds,
+                                      reference_labels=val_sub.labels)
     rows = source = None
     if cfg.conditioning == "text":
         rows = caption_rows(eval_cfg.num_samples, len(text_conds), seed=eval_cfg.seed)  # as sample_for_eval drew
@@ -277,7 +284,9 @@ HEADLINE = ("fid", "fid_std", "kid", "precision", "recall", "conditional_accurac
             "memorization_nn_distance_mean", "lpips_diversity_ratio", "lpips_memorization_ratio", "projection_gap",
             "r_precision", "r_precision_real", "composite_prompt_score", "composite_subject_share",
             "composite_accessory_share", "composite_concept_share", "composite_nn_distance",
-            "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate")
+            "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate",
+            "heldout_both_right", "heldout_both_right_real", "seen_both_right", "seen_both_right_real",
+            "cat_with_hat_right")
 
 
 def headline(results: dict) -> dict[str, float]:

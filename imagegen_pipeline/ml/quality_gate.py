@@ -4,7 +4,9 @@ Promotion compares a candidate with the champion; the gate compares it with the 
 one picture per label (diversity far below real, or same-class pairs far more alike in MS-SSIM than real
 pairs), covers none of the real images (recall about 0) or sits many times above the real train-vs-val FID floor is registered with the reason and the tag `rejected`, and
 never becomes champion, the first model included. A text-conditioned generator must also draw what it is asked
-for: its R-precision on held-out captions must reach a share of what real images score under the same judge.
+for: its R-precision on held-out captions must reach a share of what real images score under the same judge, and,
+where its data are composed pictures (a subject with an accessory), the concept judge must find both in its
+pictures of held-out pairs a share as often as in real pictures of them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ class QualityGate:
     #   A model that ignores its text scores about chance (0.01 against 99 distractors) where real images score
     #   ~0.26 under the same judge: ~4% of real. The CPU target is 40% of real; 0.3 rejects anything near chance
     #   with a wide margin and leaves room below the target for the judge's noise at N=1000.
+    min_heldout_both_of_real: float = 0.5  # text models on composed pictures only (results with
+    #   heldout_both_right): the share of samples of held-out (subject, accessory) pairs whose subject and accessory
+    #   the concept judge both names, / the judge's own both-right on real pictures of those pairs. A model that
+    #   ignores its text scores chance, 1/(S*A) (3% of a 0.95 ceiling at 6 x 5 pairs), and one that only draws the
+    #   pairs it trained on scores ~0; 0.5 asks held-out pairs to come out right half as often as the judge
+    #   recognises real ones, far above both, and leaves room for the judge's noise on a few hundred samples.
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,8 +40,9 @@ class QualityGate:
 def gate_failures(results: dict, gate: QualityGate = QualityGate(), *, conditioning: str | None = None) -> list[str]:
     """Why `results` (an evaluation's metric dict) fail the gate; [] when they pass. A missing or non-finite
     figure fails too: a model is not let through on a metric nobody could compute. `conditioning` is the judged
-    generator's (its DCGANConfig.conditioning): "text" adds the prompt-fidelity check; class and unconditional
-    models have no captions, so no R-precision is asked of them."""
+    generator's (its DCGANConfig.conditioning): "text" adds the prompt-fidelity check, and the composition check
+    where the results carry held-out-pair figures (data without composed pictures are judged as before); class and
+    unconditional models have no captions, so neither is asked of them."""
     def value(key: str) -> float | None:
         v = results.get(key)
         return float(v) if isinstance(v, (int, float)) and math.isfinite(float(v)) else None
@@ -59,6 +68,8 @@ def gate_failures(results: dict, gate: QualityGate = QualityGate(), *, condition
         failures.append(f"FID {fid:.1f} > {gate.max_fid_over_floor} x real floor {floor:.1f}")
     if conditioning == "text":
         failures += _prompt_fidelity_failures(value("r_precision"), value("r_precision_real"), gate)
+        if "heldout_both_right" in results or "heldout_both_right_real" in results:  # composed pictures only
+            failures += _composition_failures(value("heldout_both_right"), value("heldout_both_right_real"), gate)
     return failures
 
 
@@ -70,4 +81,19 @@ def _prompt_fidelity_failures(r: float | None, real: float | None, gate: Quality
         return [f"pictures do not follow their prompts: R-precision {r:.3f} is {r / real:.0%} of "
                 f"real images' {real:.3f} < {gate.min_r_precision_of_real:.0%} (a model that ignores its text "
                 "scores about chance)"]
+    return []
+
+
+def _composition_failures(both: float | None, real: float | None, gate: QualityGate) -> list[str]:
+    if both is None:
+        return ["composed pictures without a held-out figure: heldout_both_right missing (no samples of held-out "
+                "pairs were judged by the concept judge)"]
+    if real is None or real <= 0:
+        return [f"held-out pairs without a real ceiling: heldout_both_right_real is {real} (the concept judge "
+                "kept back no real pictures of held-out pairs, or names none of them right), so a held-out "
+                f"both-right of {both:.3f} cannot be judged"]
+    if both < gate.min_heldout_both_of_real * real:
+        return [f"held-out pairs are not drawn: both right on {both:.3f} of held-out-pair samples, {both / real:.0%} "
+                f"of the judge's {real:.3f} on real pictures < {gate.min_heldout_both_of_real:.0%} (a model that "
+                "ignores its text scores about chance, one that only copies trained pairs about 0)"]
     return []

@@ -198,21 +198,46 @@ class TextEncoder:
     def dim(self) -> int:
         return self.model.cfg.hidden_size
 
-    @torch.inference_mode()
-    def encode(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
-        """float32 (N, dim), rows L2-normalised; texts are batched by length so little compute goes to padding."""
+    def _batches(self, texts: list[str], batch_size: int):
+        """(row indices, token states (B, T, dim), mask (B, T)) per batch; texts batched by length so little
+        compute goes to padding."""
         if isinstance(texts, str):
             raise TypeError("encode takes a list of texts; wrap a single prompt in a list")
         texts = [str(t) for t in texts]
-        out = np.zeros((len(texts), self.dim), np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             enc = self.tokenizer.encode_batch([texts[i] for i in idx])
             ids = torch.tensor([e.ids for e in enc], dtype=torch.int64, device=self.device)  # (B, T)
             mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.int64, device=self.device)  # (B, T)
-            tokens = self.model(ids, mask)  # (B, T, dim)
-            m = mask.unsqueeze(-1).to(tokens.dtype)
-            mean = (tokens * m).sum(1) / m.sum(1).clamp(min=1e-9)  # (B, dim)
-            out[idx] = F.normalize(mean, p=2, dim=1).float().cpu().numpy()
-        return out
+            yield idx, self.model(ids, mask), mask
+
+    def encode(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
+        """float32 (N, dim), rows L2-normalised: the mean of each text's token states (sentence-transformers)."""
+        return self.encode_with_tokens(texts, max_tokens=0, batch_size=batch_size)[0]
+
+    def encode_tokens(self, texts: list[str], *, max_tokens: int, batch_size: int = 64) -> np.ndarray:
+        """float32 (N, max_tokens, dim): each text's last-layer token states ([CLS] and [SEP] included), the rest
+        zero rows (a real token state is a LayerNorm output, never all zero, so zero rows are the padding mask).
+        What a cross-attending generator reads: "cat" and "hat" stay two vectors, where the pooled mean blurs them."""
+        return self.encode_with_tokens(texts, max_tokens=max_tokens, batch_size=batch_size)[1]
+
+    @torch.inference_mode()
+    def encode_with_tokens(self, texts: list[str], *, max_tokens: int, batch_size: int = 64
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """Both in one pass: (sentence vectors (N, dim), token states (N, max_tokens, dim)) as above."""
+        pooled = np.zeros((len(texts), self.dim), np.float32)
+        states = np.zeros((len(texts), max_tokens, self.dim), np.float32)
+        for idx, tokens, mask in self._batches(texts, batch_size):
+            pooled[idx] = pool_tokens(tokens, mask).float().cpu().numpy()
+            if max_tokens:
+                t = (tokens * mask.unsqueeze(-1).to(tokens.dtype))[:, :max_tokens]
+                states[idx, :t.shape[1]] = t.float().cpu().numpy()
+        return pooled, states
+
+
+def pool_tokens(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token states (N, T, D) and mask (N, T) -> the unit-norm mean over real tokens (N, D): MiniLM's sentence
+    vector, also how a token-conditioned generator derives its pooled condition from stored token states."""
+    m = mask.unsqueeze(-1).to(tokens.dtype)
+    return F.normalize((tokens * m).sum(1) / m.sum(1).clamp(min=1e-9), p=2, dim=1)

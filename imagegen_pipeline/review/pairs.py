@@ -95,11 +95,13 @@ def _file_source(weights: Path) -> GeneratorSource:
         if cfg.conditioning == "class":
             cond = [class_index(p, class_names, cfg.num_classes) for p in prompts]
         elif cfg.conditioning == "text":
+            from imagegen_pipeline.ml.caption_tokens import prompt_conditions
+
             if encoder is None:
                 from imagegen_pipeline.ml.text_encoder import TextEncoder
 
                 encoder = TextEncoder()
-            cond = encoder.encode([str(p) for p in prompts])
+            cond = prompt_conditions(cfg, prompts, encoder=encoder)
         else:
             cond = None
         return dcgan_generate(generator, cfg, seeds=list(seeds), cond=cond)

@@ -59,8 +59,11 @@ class GeneratorModel(PythonModel):
 
                 self.text_encoder = TextEncoder()
             parts = concepts(prompt) if hasattr(self.generator, "guidance") else [prompt]
-            vectors = torch.from_numpy(self.text_encoder.encode(parts))  # (K, D)
-            return vectors.repeat(n, 1) if len(parts) == 1 else vectors[None].repeat(n, 1, 1)  # (n, D) | (n, K, D)
+            from imagegen_pipeline.ml.caption_tokens import prompt_conditions
+
+            vectors = torch.from_numpy(prompt_conditions(self.cfg, parts, encoder=self.text_encoder))  # (K, *shape)
+            each = vectors if len(parts) == 1 else vectors[None]  # one condition, or K concepts composed
+            return each.expand(n, *each.shape[1:]).clone()  # (n, *shape) | (n, K, *shape)
         return None
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame | np.ndarray:

@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from imagegen_pipeline.ml import text_encoder
+from imagegen_pipeline.ml.caption_tokens import STORED_TOKENS, write_caption_tokens
 from imagegen_pipeline.ml.prompt_score import VARIANTS_FILE, encode_unique, write_captions
 from imagegen_pipeline.paths import DataPaths
 from imagegen_pipeline.stages.artifacts import ENCODER_NAME
@@ -18,8 +19,9 @@ from imagegen_pipeline.stages.outputs import FilePath, Markdown, StageFailed, ma
 
 def embed_captions(paths: DataPaths, dataset: str, *, device: str, batch_size: int,
                    log: Callable[[str], None]) -> dict:
-    """Encode each distinct caption once; write captions.parquet (one name per image) and, where the manifest
-    has them, caption_variants.parquet (the train images' other captions); the metadata of what was made."""
+    """Encode each distinct caption once; write captions.parquet (one name per image), caption_tokens.parquet
+    (each distinct caption's token states) and, where the manifest has them, caption_variants.parquet (the train
+    images' other captions); the metadata of what was made."""
     reader = open_shards(paths, dataset)
     rows: dict[str, tuple[list[str], list[str]]] = {}
     missing = 0
@@ -41,9 +43,16 @@ def embed_captions(paths: DataPaths, dataset: str, *, device: str, batch_size: i
     except text_encoder.MissingTextModelError as exc:
         raise StageFailed(str(exc)) from exc
     t0 = time.perf_counter()
-    unique, vectors, index = encode_unique(all_captions + variants[1],
-                                           lambda texts: encoder.encode(texts, batch_size=batch_size))
+    states: list[np.ndarray] = []  # the token states of the same pass, for token-conditioned generators
+
+    def encode(texts: list[str]) -> np.ndarray:
+        pooled, tokens = encoder.encode_with_tokens(texts, max_tokens=STORED_TOKENS, batch_size=batch_size)
+        states.append(tokens)
+        return pooled
+
+    unique, vectors, index = encode_unique(all_captions + variants[1], encode)
     seconds = time.perf_counter() - t0
+    tokens_file = write_caption_tokens(paths.embeddings(dataset), unique, states[0])
     log(f"{dataset}: {len(unique)} distinct captions for {len(all_captions)} images and {len(variants[1])} "
         f"other captions of train images encoded in {seconds:.1f}s ({missing} images without a caption left out)")
     parts, start = [], 0
@@ -70,6 +79,7 @@ def embed_captions(paths: DataPaths, dataset: str, *, device: str, batch_size: i
         "captions_per_second": round(len(unique) / seconds, 1) if seconds else 0.0,
         "examples": Markdown(_examples(unique, vectors)),
         "path": FilePath(str(out)),
+        "tokens_path": FilePath(str(tokens_file)),  # each distinct caption's token states (token-conditioned models)
     }
 
 

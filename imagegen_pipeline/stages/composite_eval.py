@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from imagegen_pipeline.atomic import write_bytes_atomic
+from imagegen_pipeline.ml.caption_tokens import prompt_conditions
 from imagegen_pipeline.ml.composite_prompts import COMPOSITE_PROMPTS, concept_shares
 from imagegen_pipeline.ml.embeddings_store import rows_by_sha256
 from imagegen_pipeline.ml.grids import image_grid, png_bytes
@@ -50,8 +51,10 @@ def evaluate_composites(generator, cfg, scorer: PromptScorer, *, train_images, t
     figures and the settings. The candidates of all prompts go through the extractor in one pass: on CPU a call's
     setup outweighs a few images (16 calls of 2 images took 6.5 s, one of 48 0.8 s, 2 shared cores)."""
     n, k = images_per_prompt, candidates
-    vectors = scorer.encoder.encode([p for p, _, _ in COMPOSITE_PROMPTS])  # (P, D)
-    drawn = [generate(generator, cfg, seeds=range(seed, seed + n * k), cond=v, runtime=runtime) for v in vectors]
+    prompts = [p for p, _, _ in COMPOSITE_PROMPTS]
+    vectors = scorer.encoder.encode(prompts)  # (P, D): what the judge scores against
+    drawn = [generate(generator, cfg, seeds=range(seed, seed + n * k), cond=c, runtime=runtime)
+             for c in prompt_conditions(cfg, prompts, encoder=scorer.encoder)]  # what the model reads
     embedded = scorer.embed(np.concatenate(drawn)).reshape(len(drawn), n * k, -1)  # (P, n*k, E)
     bank = scorer.bank
     tile = max(64, cfg.resolution)

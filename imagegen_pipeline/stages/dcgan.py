@@ -65,8 +65,11 @@ def train_generator(paths: DataPaths, dataset: str, job: GeneratorJob, *, tracke
     conditioning = job.conditioning
     if conditioning == "auto":
         conditioning = "class" if len(reader.class_names) >= 2 else "none"
-    with_variants = job.model.get("family") == "diffusion" and float(job.diffusion.get("alt_caption_p", 0)) > 0
-    captions = _train_captions(paths, dataset, reader, variants=with_variants) if conditioning == "text" else None
+    diffusion = job.model.get("family") == "diffusion"
+    with_variants = diffusion and float(job.diffusion.get("alt_caption_p", 0)) > 0
+    tokens = int(job.diffusion.get("text_tokens", 0)) if diffusion else 0
+    captions = _train_captions(paths, dataset, reader, variants=with_variants, tokens=tokens) \
+        if conditioning == "text" else None
     cfg = _model_config(job, reader, dataset, conditioning, captions)
     if cfg.family != "dcgan" and job.init_from:
         raise StageFailed(f"{dataset}: init_from starts a DCGAN from another DCGAN; the {cfg.family} family trains "
@@ -228,7 +231,7 @@ def _model_config(job: GeneratorJob, reader, dataset: str, conditioning: str, ca
     if captions is None:
         return cfg
     # the vectors fix text_dim; the caption file's stamp makes it a different run
-    return cfg.replace(text_dim=captions.vectors.shape[1],
+    return cfg.replace(text_dim=captions.vectors.shape[-1],
                        extra={**cfg.extra, "text_encoder": ENCODER_NAME, "captions": captions.stamp,
                               "example_prompts": captions.examples})
 
@@ -346,17 +349,21 @@ def _init_from(tracker: Tracker, source: str) -> tuple[dict | None, str]:
 
 @dataclass
 class TrainCaptions:
-    vectors: np.ndarray  # float32 (N_train, D) in the train split's row order; zero rows where found is False
+    vectors: np.ndarray  # (N_train, D) float32 in the train split's row order, or (N_train, L, D) float16 token
+    #                      states (tokens=L); zero rows where found is False
     found: np.ndarray  # bool (N_train,): the image has a caption vector
     stamp: str  # content hash of captions.parquet: other caption vectors = another experiment
     examples: list[str]  # a few training captions, e.g. as prompts to try
-    variant_vectors: np.ndarray | None = None  # float32 (M, D): the train images' other captions (variants=True)
+    variant_vectors: np.ndarray | None = None  # (M, D) | (M, L, D): the train images' other captions (variants=True)
     variant_rows: np.ndarray | None = None  # int64 (M,): the train-split row each variant belongs to
 
 
-def _train_captions(paths: DataPaths, dataset: str, reader, *, variants: bool = False) -> TrainCaptions:
+def _train_captions(paths: DataPaths, dataset: str, reader, *, variants: bool = False,
+                    tokens: int = 0) -> TrainCaptions:
     """caption_embeddings' vectors aligned to the train split's row order by sha256; with `variants`, also the
-    train images' other captions (caption_variants.parquet, where the data has them), part of the stamp."""
+    train images' other captions (caption_variants.parquet, where the data has them), part of the stamp. With
+    `tokens` > 0 each caption is its first `tokens` token states (caption_tokens.parquet) instead."""
+    from imagegen_pipeline.ml.embeddings_store import embedding_matrix, rows_by_sha256
     from imagegen_pipeline.ml.prompt_score import CAPTIONS_FILE, VARIANTS_FILE, read_captions, vectors_for
 
     f = paths.embeddings(dataset) / CAPTIONS_FILE
@@ -365,6 +372,11 @@ def _train_captions(paths: DataPaths, dataset: str, reader, *, variants: bool = 
                           "caption_embeddings first")
     frame = read_captions(paths.embeddings(dataset), split="train")
     vectors, found = vectors_for(reader.read_column("train", "sha256"), frame)
+    as_tokens = _token_lookup(paths, dataset, tokens)
+    if as_tokens is not None:
+        rows = rows_by_sha256(reader.read_column("train", "sha256"), frame["sha256"].tolist())
+        vectors, known = as_tokens([frame["caption"].iloc[r] if r >= 0 else "" for r in rows])
+        found &= known
     if not found.any():
         raise StageFailed(f"{dataset}: {f} has no caption for any training image (stale? the shards changed "
                           "since): rematerialize caption_embeddings")
@@ -374,13 +386,32 @@ def _train_captions(paths: DataPaths, dataset: str, reader, *, variants: bool = 
     variant_vectors = variant_rows = None
     vf = paths.embeddings(dataset) / VARIANTS_FILE
     if variants and vf.is_file():
-        from imagegen_pipeline.ml.embeddings_store import embedding_matrix, rows_by_sha256
-
         table = read_captions(paths.embeddings(dataset), split="train", name=VARIANTS_FILE)
         rows = rows_by_sha256(table["sha256"].tolist(), reader.read_column("train", "sha256"))
         variant_vectors, variant_rows = embedding_matrix(table)[rows >= 0], rows[rows >= 0].astype(np.int64)
+        if as_tokens is not None:
+            variant_vectors, known = as_tokens(table["caption"][rows >= 0].tolist())
+            variant_vectors, variant_rows = variant_vectors[known], variant_rows[known]
         stamp.update(vf.read_bytes())
     return TrainCaptions(vectors, found, stamp.hexdigest()[:16], examples[::step][:8], variant_vectors, variant_rows)
+
+
+def _token_lookup(paths: DataPaths, dataset: str, tokens: int):
+    """captions -> (token states (N, tokens, D), known (N,)) from caption_tokens.parquet; None for tokens = 0."""
+    if not tokens:
+        return None
+    from imagegen_pipeline.ml.caption_tokens import CaptionTokens
+
+    try:
+        table = CaptionTokens.read(paths.embeddings(dataset))
+    except FileNotFoundError as exc:
+        raise StageFailed(f"{dataset}: a token-conditioned model (text_tokens={tokens}) trains on caption token "
+                          f"states: {exc}") from None
+    try:
+        table.lookup([], tokens)
+    except ValueError as exc:
+        raise StageFailed(f"{dataset}: {exc}") from None
+    return lambda captions: table.lookup(captions, tokens)
 
 
 def _extractor_version(paths: DataPaths, dataset: str) -> str | None:

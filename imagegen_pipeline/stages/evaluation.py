@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from imagegen_pipeline.atomic import write_bytes_atomic, write_json_atomic
 from imagegen_pipeline.ml import evaluation as core
+from imagegen_pipeline.ml.caption_tokens import reads_tokens
 from imagegen_pipeline.ml.dcgan import load_generator
 from imagegen_pipeline.ml.embeddings_store import EMBEDDINGS_FILE, embedding_matrix, read_embeddings
 from imagegen_pipeline.ml.extractor import load_extractor
@@ -27,6 +30,8 @@ from imagegen_pipeline.review import review_summary, reviews_db
 from imagegen_pipeline.stages.artifacts import (EXTRACTOR_VERSION_TAG, FAMILY_TAG, fine_tuned_extractor,
                                                 generator_summary)
 from imagegen_pipeline.stages.common import curves_png, open_shards
+from imagegen_pipeline.stages.composition_eval import (composed_labels, composed_real, composition_html,
+                                                      composition_markdown, evaluate_composition)
 from imagegen_pipeline.stages.composite_eval import (composite_html, composite_markdown, evaluate_composites,
                                                      with_human)
 from imagegen_pipeline.stages.outputs import FilePath, Link, Markdown, Png, StageFailed, markdown_table
@@ -79,7 +84,10 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
             """Each model under its own conditioning: a text model (candidate or champion) on held-out captions."""
             if cfg.conditioning == "text" and not captions:
                 captions.update(_held_out_captions(paths, dataset, train_emb is not None))
-            text = {k: v for k, v in captions.items() if k != SEEN_KEY} if cfg.conditioning == "text" else {}
+            text = {k: v for k, v in captions.items() if k not in (SEEN_KEY, VAL_CAPTIONS_KEY)} \
+                if cfg.conditioning == "text" else {}
+            if reads_tokens(cfg):  # the same held-out captions, as the token states this model reads
+                text["gen_conds"] = _held_out_tokens(paths, dataset, captions[VAL_CAPTIONS_KEY], cfg.text_tokens)
             return core.evaluate_generator(
                 g, cfg, train=splits["train"], val=splits["val"], detector=detector,
                 cache=FeatureCache(paths.detector_cache(dataset)), extractor=extractor,
@@ -89,8 +97,14 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
         t0 = time.perf_counter()
         result = judge_generator(generator, gcfg, log)
         seconds = time.perf_counter() - t0
-        composite = None
+        composite = composition = None
         if gcfg.conditioning == "text":
+            composition = _composition(job, paths, dataset, generator, gcfg, splits, result, runtime,
+                                       report_dir(paths, dataset, version), log)
+        if composition is not None:
+            result.skipped["composite_prompts"] = "the data has composed pictures: the concept judge's composition " \
+                                                  "figures stand in for the caption-bank composite prompts"
+        elif gcfg.conditioning == "text":
             composite = _composite_prompts(job, generator, gcfg, extractor, captions.get("caption_bank"),
                                            splits["train"], result, runtime, report_dir(paths, dataset, version), log)
         # must be 0: held-out captions are never trained on
@@ -106,12 +120,14 @@ def evaluate_latest(paths: DataPaths, dataset: str, job: EvaluationJob, *, track
     if composite is not None:
         with_human(composite, human["prompt_questions"]["by_prompt"])
         result.results.update(composite["summary"])
+    if composition is not None:
+        result.results.update(composition["summary"])
     failures = gate_failures(result.results, job.gate, conditioning=gcfg.conditioning)
     head = core.headline(result.results)
     families = family_table(tracker, name, result.protocol["key"], current={"version": version, **head})
     report = _write_report(paths, dataset, job, summary, result, head, failures, human, judge_version, rescored,
                            families, resolution=gcfg.resolution, device=runtime.describe()["device_name"],
-                           run_tag=run_tag, composite=composite)
+                           run_tag=run_tag, composite=composite, composition=composition)
     # a run of its own, not the training run reopened: MLflow marks the run an exception leaves FAILED, and a
     # failed evaluation says nothing about the training
     with tracker.run(dataset, run_name=f"eval-v{version}",
@@ -165,6 +181,36 @@ def report_dir(paths: DataPaths, dataset: str, version: str) -> Path:
     return paths.reports(dataset) / f"eval-v{version}"
 
 
+def _composition(job: EvaluationJob, paths: DataPaths, dataset: str, generator, gcfg, splits: dict,
+                 result: core.EvalResult, runtime, out_dir: Path, log) -> dict | None:
+    """A text model's composition record (stages/composition_eval.py) where the data has composed pictures;
+    None otherwise (or with the reason in skipped)."""
+    labels = composed_labels(paths.manifest(dataset))
+    real = composed_real(labels, [splits["train"], splits["val"]]) if labels else None
+    if real is None:
+        return None
+    if job.eval_cfg.composition_images < 1:
+        result.skipped["composition"] = "composition_images is 0"
+        return None
+    from imagegen_pipeline.ml.text_encoder import MissingTextModelError, TextEncoder
+
+    t = time.perf_counter()
+    try:
+        record = evaluate_composition(generator, gcfg, real, encoder=TextEncoder(),
+                                      train_images=splits["train"].images.numpy(),
+                                      images_per_prompt=job.eval_cfg.composition_images, seed=job.eval_cfg.seed,
+                                      runtime=runtime, out_dir=out_dir)
+    except (MissingTextModelError, ValueError) as exc:  # the gate then says the figures are missing
+        result.skipped["composition"] = str(exc)[:500]
+        return None
+    result.seconds["composition"] = round(time.perf_counter() - t, 4)
+    s = record["summary"]
+    log(f"composition: held-out pairs both right {s.get('heldout_both_right', float('nan')):.2f} (real "
+        f"{s.get('heldout_both_right_real', float('nan')):.2f}), \"a cat with a hat\" {s['cat_with_hat_right']}/"
+        f"{s['cat_with_hat_of']}")
+    return record
+
+
 def _composite_prompts(job: EvaluationJob, generator, gcfg, extractor, bank, train: core.RealSplit,
                        result: core.EvalResult, runtime, out_dir: Path, log) -> dict | None:
     """A text model's composite-prompt record (stages/composite_eval.py), or None with the reason in skipped."""
@@ -207,7 +253,8 @@ def evaluation_tags(name: str, version: str, training_run: str | None, run_tag: 
 
 def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: dict, result, head: dict,
                   failures: list[str], human: dict, judge_version, rescored, families: list[dict], *,
-                  resolution: int, device: str, run_tag: str, composite: dict | None = None) -> dict:
+                  resolution: int, device: str, run_tag: str, composite: dict | None = None,
+                  composition: dict | None = None) -> dict:
     """report.json/.md/.html, the sample grid and the by-version history under reports/<dataset>/eval-v<N>/."""
     name, version = summary["registered_model"], str(summary["version"])
     ablations = read_ablations(paths, dataset)
@@ -225,6 +272,8 @@ def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: d
         record["champion_rescored"] = rescored
     if composite is not None:
         record["composite_prompts"] = composite
+    if composition is not None:
+        record["composition"] = composition
     write_json_atomic(out_dir / "report.json", record)
     history_file = paths.reports(dataset) / HISTORY_FILE
     history = [r for r in (read_jsonl(history_file) if history_file.is_file() else []) if r.get("version") != version]
@@ -242,10 +291,13 @@ def _write_report(paths: DataPaths, dataset: str, job: EvaluationJob, summary: d
                                     protocol=result.protocol) + "".join("\n\n" + md for md in sections.values())
     if composite is not None:
         markdown += "\n\n" + composite_markdown(composite)
+    if composition is not None:
+        markdown += "\n\n" + composition_markdown(composition)
     write_bytes_atomic(out_dir / "report.md", markdown.encode())
     write_bytes_atomic(out_dir / "report.html", core.report_html(
         title, result.results, result.skipped, images={"fixed-seed samples": "samples.png"}, tables=tables,
-        sections=composite_html(composite) if composite is not None else "",
+        sections=(composite_html(composite) if composite is not None else "")
+        + (composition_html(composition) if composition is not None else ""),
         history_png="history.png", meta={"dataset": dataset, "generator steps": summary.get("steps"),
                                          "samples": job.eval_cfg.num_samples,
                                          "real images per split": job.eval_cfg.num_real, "device": device}).encode())
@@ -331,6 +383,22 @@ def record_scores(tracker: Tracker, name: str, version: str, head: dict, protoco
 
 
 SEEN_KEY = "val_captions_seen_in_train"  # share of val captions also in train: reported, not passed to the core
+VAL_CAPTIONS_KEY = "val_captions"  # the held-out captions' texts, for a token model's token states
+
+
+def _held_out_tokens(paths: DataPaths, dataset: str, val_captions: list[str], tokens: int) -> np.ndarray:
+    """The held-out captions' token states (M, tokens, D), rows as `_held_out_captions`' text_conds."""
+    from imagegen_pipeline.ml.caption_tokens import CaptionTokens
+
+    try:
+        states, found = CaptionTokens.read(paths.embeddings(dataset)).lookup(val_captions, tokens)
+    except (FileNotFoundError, ValueError) as exc:
+        raise StageFailed(f"{dataset}: a token-conditioned model is evaluated on the held-out captions' token "
+                          f"states: {exc}") from None
+    if not found.all():
+        raise StageFailed(f"{dataset}: {int((~found).sum())} held-out captions have no token states (stale "
+                          "caption_tokens.parquet): rematerialize caption_embeddings")
+    return states
 
 
 def _held_out_captions(paths: DataPaths, dataset: str, with_bank: bool) -> dict:
@@ -355,6 +423,7 @@ def _held_out_captions(paths: DataPaths, dataset: str, with_bank: bool) -> dict:
         except ValueError:  # embeddings and captions from different shards: r_precision is skipped, says why
             bank = None
     return {"text_conds": embedding_matrix(val), "caption_ids": val["sha256"].tolist(), "caption_bank": bank,
+            VAL_CAPTIONS_KEY: val["caption"].tolist(),
             "caption_groups": [caption_group(c) for c in val["caption"]], SEEN_KEY: seen}
 
 

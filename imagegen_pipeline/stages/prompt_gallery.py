@@ -14,6 +14,7 @@ import numpy as np
 from imagegen_pipeline.atomic import write_bytes_atomic, write_json_atomic
 from imagegen_pipeline.ml.dcgan import generate
 from imagegen_pipeline.ml.grids import image_grid, png_bytes
+from imagegen_pipeline.ml.caption_tokens import prompt_conditions
 from imagegen_pipeline.ml.prompt_score import PromptScorer, keep_best
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.ml.text_encoder import MissingTextModelError, TextEncoder
@@ -100,7 +101,7 @@ def draw_prompts(paths: DataPaths, dataset: str, prompts: list[str], *, images_p
     except (MissingTextModelError, FileNotFoundError, ValueError) as exc:
         raise StageFailed(f"{dataset}: cannot score prompts ({exc}); materialize feature_extractor, image_embeddings "
                          "and caption_embeddings") from exc
-    vectors = encoder.encode(prompts)  # (P, 384)
+    vectors = prompt_conditions(cfg, prompts, encoder=encoder)  # (P, 384) pooled, (P, L, 384) token states
     out_dir = paths.reports(dataset) / PROMPTS_DIR / f"v{version}"
     n, k = images_per_prompt, candidates
     log(f"{dataset}: {len(prompts)} prompts x best of {k} for {n} images from {name} v{version} "

@@ -95,6 +95,11 @@ class DCGANConfig:
     def augment_policy(self) -> list[str]:
         return [p.strip() for p in self.diffaugment.split(",") if p.strip()]
 
+    @property
+    def text_shape(self) -> tuple[int, ...]:
+        """One caption's condition: a pooled vector (the diffusion family may read token states instead)."""
+        return (self.text_dim,)
+
     def to_dict(self) -> dict:
         """Plain JSON/`weights_only` types (the tuple becomes a list)."""
         d = dataclasses.asdict(self)

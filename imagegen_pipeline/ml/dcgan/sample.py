@@ -26,15 +26,16 @@ def noise_for_seed(seed: int, z_dim: int) -> torch.Tensor:
 
 
 def as_cond(cfg: DCGANConfig, cond: CondLike, n: int) -> torch.Tensor | None:
-    """Labels (int, list, array, tensor) or text embeddings ((D,) or (N, D); (N, K, D): K concepts composed, for
-    diffusion) -> the tensor G wants; one value is repeated for all n images."""
+    """Labels (int, list, array, tensor) or text conditions (one or N of `cfg.text_shape`; (N, K, *text_shape):
+    K concepts composed, for diffusion) -> the tensor G wants; one value is repeated for all n images."""
     if cfg.conditioning == "none" or cond is None:
         return None
     if cfg.conditioning == "class":
         t = torch.as_tensor(cond, dtype=torch.int64).reshape(-1)
     else:
         t = torch.as_tensor(np.asarray(cond, dtype=np.float32))
-        t = t if t.ndim == 3 else t.reshape(-1, cfg.text_dim)
+        shape = cfg.text_shape  # (D,) pooled or (L, D) tokens; one more axis is K concepts composed
+        t = t if t.ndim == len(shape) + 2 else t.reshape(-1, *shape)
     if len(t) == 1:
         t = t.expand(n, *t.shape[1:])
     if len(t) != n:

@@ -30,6 +30,11 @@ class DiffusionConfig:
     # share of training images conditioned on one of their other captions (short names, tags; drawn uniformly)
     # instead of their name, where the data has them: "cat", "hat", "face" teach the parts a new prompt combines
     alt_caption_p: float = 0.0
+    # token conditioning: > 0 reads each caption as up to this many MiniLM token states (N, text_tokens, text_dim)
+    # instead of one pooled vector; the pooled vector (their mean) still drives the noise embedding, and the
+    # pixels at cross_attn_resolutions attend to the tokens, so "cat" and "hat" stay apart (0 = pooled only)
+    text_tokens: int = 0
+    cross_attn_resolutions: tuple[int, ...] = ()  # cross-attention to the tokens at these sides (and the middle)
     cond_drop: float = 0.1  # share of training images that see the null condition (classifier-free guidance)
     # UNet (Ho et al. 2020 / ADM layout): widths per resolution level, residual blocks per level, attention
     patch: int = 1  # the UNet sees patch x patch pixel blocks as channels (pixel-unshuffle): patch^2 x fewer FLOPs
@@ -68,6 +73,7 @@ class DiffusionConfig:
     def __post_init__(self):
         self.channel_mult = tuple(int(m) for m in self.channel_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
+        self.cross_attn_resolutions = tuple(int(r) for r in self.cross_attn_resolutions)
         checks = [
             (self.channels in (1, 3), f"channels must be 1 or 3, not {self.channels}"),
             (self.conditioning in CONDITIONING, f"conditioning must be one of {CONDITIONING}"),
@@ -76,6 +82,8 @@ class DiffusionConfig:
             (self.resolution % (self.patch * 2 ** (len(self.channel_mult) - 1)) == 0
              and self.resolution // self.patch >= 4,
              f"resolution {self.resolution} must be divisible by patch * 2^(levels-1) (patch {self.patch})"),
+            (self.text_tokens >= 0 and (self.text_tokens == 0 or self.conditioning == "text"),
+             "text_tokens needs conditioning 'text' (and is >= 0)"),
             (0.0 <= self.cond_drop < 1.0, "cond_drop must be in [0, 1)"),
             (0.0 <= self.alt_caption_p <= 1.0, "alt_caption_p must be in [0, 1]"),
             (min(self.batch_size, self.sample_every, self.checkpoint_every, self.log_every, self.num_samples,
@@ -98,6 +106,11 @@ class DiffusionConfig:
         return False
 
     @property
+    def text_shape(self) -> tuple[int, ...]:
+        """One caption's condition: (text_dim,) pooled, or (text_tokens, text_dim) token states."""
+        return (self.text_tokens, self.text_dim) if self.text_tokens else (self.text_dim,)
+
+    @property
     def z_dim(self) -> int:
         """A sample's starting noise, flattened: what `noise_for_seed` draws for one seed."""
         return self.channels * self.resolution * self.resolution
@@ -105,6 +118,7 @@ class DiffusionConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["channel_mult"], d["attn_resolutions"] = list(self.channel_mult), list(self.attn_resolutions)
+        d["cross_attn_resolutions"] = list(self.cross_attn_resolutions)
         return d
 
     @classmethod

@@ -23,7 +23,7 @@ def guided(denoiser: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: torc
     """D(x; sigma) under classifier-free guidance: D_null + w (D_cond - D_null), both in one batch. cond None
     on a conditional model samples its null condition (the unconditional model it learnt on the side).
 
-    A text cond of shape (N, K, D) is K concepts composed with AND (Composable Diffusion, Liu et al. 2022):
+    A text cond of shape (N, K, *cfg.text_shape) is K concepts composed with AND (Composable Diffusion, Liu et al. 2022):
     D_null + w sum_k (D_k - D_null), all K + 1 in one batch."""
     cfg: DiffusionConfig = denoiser.cfg
     n = len(x)
@@ -32,11 +32,11 @@ def guided(denoiser: nn.Module, x: torch.Tensor, sigma: torch.Tensor, cond: torc
         return denoiser(x, sig)
     if cond is None:
         dummy = torch.zeros(n, dtype=torch.int64, device=x.device) if cfg.conditioning == "class" \
-            else torch.zeros(n, cfg.text_dim, device=x.device)
+            else torch.zeros(n, *cfg.text_shape, device=x.device)
         return denoiser(x, sig, dummy, torch.zeros(n, device=x.device))
-    if cond.ndim == 3:  # (N, K, D): K concepts
+    if cfg.conditioning == "text" and cond.ndim == len(cfg.text_shape) + 2:  # (N, K, *text_shape): K concepts
         k = cond.shape[1]
-        conds = torch.cat([cond.transpose(0, 1).reshape(k * n, -1), cond[:, 0]])  # concept-major, then null
+        conds = torch.cat([cond.transpose(0, 1).reshape(k * n, *cfg.text_shape), cond[:, 0]])  # concept-major, null
         keep = torch.cat([torch.ones(k * n, device=x.device), torch.zeros(n, device=x.device)])
         out = denoiser(x.repeat(k + 1, 1, 1, 1), sig.repeat(k + 1), conds, keep)
         d_null = out[k * n:]

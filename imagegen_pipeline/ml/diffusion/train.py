@@ -45,8 +45,8 @@ def check_data(cfg: DiffusionConfig, data: TrainData) -> None:
     if cfg.conditioning == "class" and (data.labels is None or int(data.labels.min()) < 0
                                         or int(data.labels.max()) >= cfg.num_classes):
         raise ValueError(f"class conditioning needs labels in [0, {cfg.num_classes}) for every image")
-    if cfg.conditioning == "text" and (data.text is None or data.text.shape[1:] != (cfg.text_dim,)):
-        raise ValueError(f"text conditioning needs data.text of shape (N, {cfg.text_dim})")
+    if cfg.conditioning == "text" and (data.text is None or tuple(data.text.shape[1:]) != cfg.text_shape):
+        raise ValueError(f"text conditioning needs data.text of shape (N, {', '.join(map(str, cfg.text_shape))})")
 
 
 class Batches:
@@ -56,15 +56,17 @@ class Batches:
         self.cfg, self.runtime = cfg, runtime
         dev = runtime.device
         self.images = data.images.to(dev)
+        # text stays in its stored dtype (token states travel as float16: 16x the pooled vectors' size) and
+        # becomes float32 per batch
         self.cond = data.labels.to(dev) if cfg.conditioning == "class" else \
-            data.text.to(dev, torch.float32) if cfg.conditioning == "text" else None
+            data.text.to(dev) if cfg.conditioning == "text" else None
         self.variants = None
         if cfg.conditioning == "text" and cfg.alt_caption_p > 0 and data.text_variants is not None \
                 and len(data.variant_of):
             order = torch.argsort(data.variant_of, stable=True)  # each image's variants contiguous
             count = torch.bincount(data.variant_of, minlength=len(data.images))
             start = torch.cumsum(count, 0) - count
-            self.variants = (data.text_variants[order].to(dev, torch.float32), start.to(dev), count.to(dev))
+            self.variants = (data.text_variants[order].to(dev), start.to(dev), count.to(dev))
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         cfg, dev = self.cfg, self.runtime.device
@@ -76,12 +78,14 @@ class Batches:
             return x, None, None
         keep = (torch.rand(cfg.batch_size, device=dev) >= cfg.cond_drop).float()
         cond = self.cond[idx]
+        cond = cond.float() if cond.is_floating_point() else cond
         if self.variants is not None:  # some images speak under another of their captions this step
             vectors, start, count = self.variants
             pick = (torch.rand(cfg.batch_size, device=dev) < cfg.alt_caption_p) & (count[idx] > 0)
             j = start[idx] + (torch.rand(cfg.batch_size, device=dev) * count[idx]).long().clamp(
                 max=(count[idx] - 1).clamp(min=0))
-            cond = torch.where(pick[:, None], vectors[j.clamp(max=len(vectors) - 1)], cond)
+            pick = pick.reshape(-1, *[1] * (cond.ndim - 1))
+            cond = torch.where(pick, vectors[j.clamp(max=len(vectors) - 1)].float(), cond)
         return x, cond, keep
 
 

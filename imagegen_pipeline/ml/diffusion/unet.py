@@ -3,7 +3,10 @@ c_out F(c_in x; c_noise) (Karras et al. 2022, table 1), so F sees unit-variance 
 noise level.
 
 The condition (a label or a caption embedding) is mapped to the width of the noise embedding and added to it;
-`keep` (N,) multiplies it first, so keep = 0 is the null condition that classifier-free guidance needs.
+`keep` (N,) multiplies it first, so keep = 0 is the null condition that classifier-free guidance needs. A
+token-conditioned model (cfg.text_tokens > 0) takes a caption as its token states (N, L, D), zero rows padding:
+their mean is the pooled vector above, and the pixels at cfg.cross_attn_resolutions attend to the tokens
+(Rombach et al. 2022), beside a learnt null token that is all a dropped caption (keep = 0) leaves them.
 """
 
 from __future__ import annotations
@@ -80,6 +83,48 @@ class Attention(nn.Module):
         return (x + self.proj(out)) * (1 / math.sqrt(2))
 
 
+class CrossAttention(nn.Module):
+    """Multi-head attention from the pixels of a map to the caption's tokens, as a residual branch."""
+
+    def __init__(self, c: int, ctx_dim: int, head_dim: int = 64):
+        super().__init__()
+        self.heads = max(1, c // head_dim)
+        self.norm, self.q, self.proj = _norm(c), nn.Conv2d(c, c, 1), _zero(nn.Conv2d(c, c, 1))
+        self.kv = nn.Linear(ctx_dim, 2 * c)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_keep: torch.Tensor) -> torch.Tensor:
+        """x (N, C, H, W); ctx (N, T, ctx_dim); ctx_keep bool (N, T): which tokens may be attended."""
+        n, c, h, w = x.shape
+        d = c // self.heads
+        q = self.q(self.norm(x)).reshape(n, self.heads, d, h * w).transpose(-1, -2)  # (N, heads, HW, d)
+        k, v = self.kv(ctx).reshape(n, ctx.shape[1], 2, self.heads, d).permute(2, 0, 3, 1, 4)  # (N, heads, T, d)
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=ctx_keep[:, None, None, :])
+        out = out.transpose(-1, -2).reshape(n, c, h, w)
+        return (x + self.proj(out)) * (1 / math.sqrt(2))
+
+
+class TokenContext(nn.Module):
+    """Caption token states (N, L, D), zero rows padding, and keep (N,) -> (pooled (N, D) unit vector, context
+    (N, 1 + L, ctx_dim), attendable (N, 1 + L)): a learnt null token first, always attendable, so a dropped
+    caption (keep = 0) still gives every query somewhere to look."""
+
+    def __init__(self, text_dim: int, ctx_dim: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, ctx_dim))
+        self.null = nn.Parameter(torch.zeros(1, 1, ctx_dim))
+
+    def forward(self, tokens: torch.Tensor, keep: torch.Tensor | None):
+        from imagegen_pipeline.ml.text_encoder import pool_tokens
+
+        tokens = tokens.float()
+        mask = tokens.abs().sum(-1) > 0  # (N, L)
+        pooled = pool_tokens(tokens, mask)
+        if keep is not None:
+            mask = mask & (keep[:, None] > 0)
+        ctx = torch.cat([self.null.expand(len(tokens), -1, -1), self.proj(tokens)], dim=1)
+        return pooled, ctx, torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+
+
 class UNet(nn.Module):
     """F(x (N, C, R, R), c_noise (N,), cond, keep (N,)) -> (N, C, R, R)."""
 
@@ -93,6 +138,8 @@ class UNet(nn.Module):
             self.cond_emb = nn.Embedding(cfg.num_classes, emb_dim)
         elif cfg.conditioning == "text":
             self.cond_emb = nn.Sequential(nn.Linear(cfg.text_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            if cfg.text_tokens:
+                self.tokens = TokenContext(cfg.text_dim, emb_dim)
         pixels = cfg.channels * cfg.patch ** 2  # channels of one patch
         self.stem = nn.Conv2d(pixels, mc, 3, padding=1)
         self.down, skips, c, res = nn.ModuleList(), [mc], mc, cfg.resolution // cfg.patch
@@ -106,6 +153,7 @@ class UNet(nn.Module):
                 skips.append(c)
                 res //= 2
         self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, cfg.dropout), Attention(c),
+                                  *([CrossAttention(c, emb_dim)] if cfg.text_tokens else []),
                                   ResBlock(c, c, emb_dim, cfg.dropout)])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -120,20 +168,31 @@ class UNet(nn.Module):
 
     def _block(self, c_in: int, c_out: int, emb_dim: int, res: int) -> nn.Module:
         block = ResBlock(c_in, c_out, emb_dim, self.cfg.dropout)
-        return nn.ModuleList([block, Attention(c_out)]) if res in self.cfg.attn_resolutions else block
+        extra = [Attention(c_out)] if res in self.cfg.attn_resolutions else []
+        if self.cfg.text_tokens and res in self.cfg.cross_attn_resolutions:
+            extra.append(CrossAttention(c_out, emb_dim))
+        return nn.ModuleList([block, *extra]) if extra else block
 
     @staticmethod
-    def _run(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def _run(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor, ctx) -> torch.Tensor:
+        """One layer: a residual block, (self-, cross-) attention, a resampling conv, or a ModuleList of them."""
         if isinstance(layer, nn.ModuleList):  # a residual block followed by attention
-            return layer[1](layer[0](h, emb))
-        return layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            for sub in layer:
+                h = UNet._run(sub, h, emb, ctx)
+            return h
+        if isinstance(layer, ResBlock):
+            return layer(h, emb)
+        return layer(h, *ctx) if isinstance(layer, CrossAttention) else layer(h)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: torch.Tensor | None = None,
                 keep: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.emb_mlp(self.noise_emb(c_noise))  # (N, 4 mc)
+        ctx = None
         if self.cfg.conditioning != "none":
             if cond is None:
                 raise ValueError(f"{self.cfg.conditioning}-conditional model needs cond")
+            if self.cfg.text_tokens:
+                cond, *ctx = self.tokens(cond, keep)  # the pooled vector, and the tokens to attend to
             c = self.cond_emb(cond if self.cfg.conditioning == "class" else cond.to(emb.dtype) * self.cfg.text_gain)
             emb = emb + c * (keep.to(c.dtype)[:, None] if keep is not None else 1.0)
         emb = F.silu(emb)
@@ -142,15 +201,14 @@ class UNet(nn.Module):
         h = self.stem(x)
         hs = [h]
         for layer in self.down:
-            h = self._run(layer, h, emb)
+            h = self._run(layer, h, emb, ctx)
             hs.append(h)
-        for layer in self.mid:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+        h = self._run(self.mid, h, emb, ctx)
         for layer in self.up:
             if isinstance(layer, nn.Sequential):  # upsampling
                 h = layer(h)
             else:
-                h = self._run(layer, torch.cat([h, hs.pop()], dim=1), emb)
+                h = self._run(layer, torch.cat([h, hs.pop()], dim=1), emb, ctx)
         out = self.out(h)
         return F.pixel_shuffle(out, self.cfg.patch) if self.cfg.patch > 1 else out
 

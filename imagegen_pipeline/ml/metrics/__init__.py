@@ -10,8 +10,8 @@ A new metric is a new module with an `@register_metric` function, imported below
 from imagegen_pipeline.ml.metrics.registry import (MetricContext, MetricUnavailable, append_jsonl, compute_metrics,
                                                    list_metrics, read_jsonl, register_metric)
 from imagegen_pipeline.ml.metrics import (  # noqa: F401  (importing registers the metrics)
-    augmentation, cas, conditional_accuracy, diversity, fid, is_domain, kid, lpips_diversity, lpips_memorization,
-    memorization, ms_ssim, per_class_fid, precision_recall, projection_gap, real_floor)
+    augmentation, cas, concept_judge, conditional_accuracy, diversity, fid, is_domain, kid, lpips_diversity,
+    lpips_memorization, memorization, ms_ssim, per_class_fid, precision_recall, projection_gap, real_floor)
 from imagegen_pipeline.ml.metrics.fid import fid_from_features, frechet_distance, feature_stats
 from imagegen_pipeline.ml.metrics.kid import kid_from_features
 from imagegen_pipeline.ml.metrics.real_floor import real_floor_from_features

@@ -49,6 +49,13 @@ class MetricContext:
     sample: Callable[[np.ndarray, int], np.ndarray] | None = None
     generator: Any = None  # the generator itself (nn.Module in eval mode, `.cfg`), for metrics that optimise through it
     class_names: list[str] | None = None  # index -> name, for per-class keys; str(index) without it
+    # composed pictures (a subject face with an accessory or "none"), as concept_judge.ConceptSet bundles: the real
+    # set shows every pair, held-out ones included (the concept judge fits on it, the generator never does); the
+    # fake set is generated pictures with the pair each was asked for; the held-out pairs are the (subject,
+    # accessory) names the generator never trained on
+    concept_real: Any = None
+    concept_fake: Any = None
+    concept_heldout_pairs: Sequence[tuple[str, str]] | None = None
     fid_bootstrap: int = 8  # FID: resamples of the generated set for fid_std (0 = skip)
     kid_subsets: int = 100  # KID: number of random subsets (stylegan2-ada default)
     kid_subset_size: int = 1000  # KID: max images per subset
