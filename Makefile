@@ -6,7 +6,7 @@ export IMAGEGEN_HOME ?= $(CURDIR)
 export DAGSTER_HOME ?= $(IMAGEGEN_HOME)/.dagster
 DATASET ?= mnist
 
-.PHONY: install system-deps test-data demo test ui team-up team-down bench-ingest
+.PHONY: install system-deps test-data demo demo-text test ui team-up team-down bench-ingest
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,18 @@ system-deps:
 demo: install
 	$(BIN)/imagegen datasets import $(DATASET) --exist-ok
 	$(BIN)/imagegen pipeline $(DATASET)
+
+# The text-to-image chain on CPU (at most 45 min on 2 cores): emoji with composed pictures (a face wearing a hat,
+# glasses or a tie; some pairs held out), 32 px shards, the token-conditioned diffusion model judged by the
+# concept judge and the gate, then "a cat with a hat" from the registered @champion.
+TEXT_DATASET ?= emoji-compose
+CAT_PNG := data/reports/$(TEXT_DATASET)/a-cat-with-a-hat.png
+demo-text: install
+	$(BIN)/imagegen datasets import emoji --compose --compose-copies 8 --name $(TEXT_DATASET) --exist-ok
+	$(BIN)/imagegen ingest $(TEXT_DATASET) --resolution 32
+	$(BIN)/imagegen pipeline $(TEXT_DATASET) --preset cpu-emoji-compose
+	$(BIN)/imagegen generate "a cat with a hat" --dataset $(TEXT_DATASET) --n 8 --candidates 1 --out $(CAT_PNG)
+	@echo "a cat with a hat, from imagegen-generator-$(TEXT_DATASET)@champion: $(CAT_PNG)"
 
 # The emoji npm tarballs the emoji tests read (real package files, fetched once).
 test-data:

@@ -52,10 +52,12 @@ PRESETS: dict[str, dict] = {
                        "dcgan_checkpoint": {**_CPU_TEXT_TRAINING, "diffusion": _CPU_TEXT_DIFFUSION}},
     # composed emoji on 2 CPU cores (`make demo-text`): token-conditioned, at most 30 minutes of training
     "cpu-emoji-compose": {"feature_extractor": {"finetune_epochs": 3},
-                          "dcgan_checkpoint": {**_CPU_TEXT_TRAINING, "diffusion": _CPU_COMPOSE_DIFFUSION}},
+                          "dcgan_checkpoint": {**_CPU_TEXT_TRAINING, "steps": 6000, "sample_every": 2000,
+                                               "diffusion": _CPU_COMPOSE_DIFFUSION}},
     # the same on one pooled caption vector: what cpu-emoji-compose is measured against (docs/measurements.md)
     "cpu-emoji-compose-pooled": {"feature_extractor": {"finetune_epochs": 3},
-                                 "dcgan_checkpoint": {**_CPU_TEXT_TRAINING, "diffusion": {
+                                 "dcgan_checkpoint": {**_CPU_TEXT_TRAINING, "steps": 6000, "sample_every": 2000,
+                                                      "diffusion": {
                                      **_CPU_COMPOSE_DIFFUSION, "text_tokens": 0, "cross_attn_resolutions": []}}},
     # the DCGAN that `cpu-emoji-text` was until issue 27 (fp32, lr 4e-4; the README's DCGAN emoji figures)
     "cpu-emoji-text-dcgan": {"feature_extractor": {"finetune_epochs": 3},

@@ -164,6 +164,10 @@ def test_a_real_composed_import_keeps_held_out_pairs_out_of_the_train_shards(pat
     alone = {r["subject"]: r["source_split"] for r in composed.values() if r["accessory"] == "none"}
     assert alone == {s: split_of_group(caption_group(SUBJECTS[s].name)) for s in SUBJECTS} and "val" in alone.values()
     assert "a cat with a top hat" in reader.read_column("train", "caption")
+    # the review page asks people about the pictures the concept judge scores: the user's prompt, then held-out pairs
+    from imagegen_pipeline.review.pairs import composite_questions
+
+    assert composite_questions(reader) == ["a cat with a hat", *(p for p, _, _ in held_out_prompts())]
     calls = no_npm.read_text().splitlines() if no_npm.exists() else []
     assert all("emojibase-data" in c for c in calls), calls  # the images came from the tarballs, offline
 

@@ -169,17 +169,29 @@ def build_pairs(source: GeneratorSource, reader: ShardReader, n: int, *, rng: ra
 
 def question_prompts(source: GeneratorSource, reader: ShardReader, n: int, rng: random.Random
                      ) -> list[tuple[str, bool]]:
-    """n (prompt, composite) pairs: for a text model the composite prompts first, then captions of real images;
-    for a class model labels of real images; none for an unconditional model."""
-    from imagegen_pipeline.ml.composite_prompts import prompts as composite_prompts
-
+    """n (prompt, composite) pairs: for a text model the composite prompts first (on composed data "a cat with a
+    hat" and the held-out pairs the concept judge scores, elsewhere ml/composite_prompts.py's), then captions of
+    real images; for a class model labels of real images; none for an unconditional model."""
     if source.conditioning not in ("class", "text") or n < 1:
         return []
-    chosen = [(p, True) for p in composite_prompts()][:n] if source.conditioning == "text" else []
+    chosen = [(p, True) for p in composite_questions(reader)][:n] if source.conditioning == "text" else []
     if len(chosen) < n:
         field = "caption" if source.conditioning == "text" else "label"
         chosen += [(str(r[field] or r["label"]), False) for r in sample_real(reader, n - len(chosen), rng)]
     return chosen
+
+
+def composite_questions(reader: ShardReader) -> list[str]:
+    """The prompts a text model is asked about first: the composition prompts where the shards hold composed
+    pictures (a held-out pair's caption in val), else the caption-bank composite prompts."""
+    from imagegen_pipeline.datasets.composition_pairs import held_out_prompts
+    from imagegen_pipeline.ml.composite_prompts import prompts as composite_prompts
+    from imagegen_pipeline.stages.composition_eval import USER_PROMPT
+
+    held = [p for p, _, _ in held_out_prompts()]
+    if reader.num_rows("val") and set(held) & set(reader.read_column("val", "caption")):
+        return [USER_PROMPT, *held]
+    return composite_prompts()
 
 
 def build_questions(source: GeneratorSource, reader: ShardReader, n: int, *, rng: random.Random | None = None

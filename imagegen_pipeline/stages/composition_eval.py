@@ -111,7 +111,9 @@ def evaluate_composition(generator, cfg, real: ComposedReal, *, encoder, train_i
                          images_per_prompt: int, seed: int, runtime, out_dir: Path,
                          judge_config: JudgeConfig = JudgeConfig()) -> dict:
     """The record for report.json: the metric's figures (`summary`), one row per prompt with its candidates'
-    seeds and judge scores, and where each prompt's grid is. Seeds seed..seed+n-1 for every prompt."""
+    seeds and judge scores, and where each prompt's grid is. Seeds seed..seed+n-1 for every prompt.
+    `train_images` (N, C, H, W): where each candidate's nearest training picture is looked for (the stage passes
+    the composed training pictures: against the whole split, pixel distance picks near-white emoji for any blur)."""
     subject_names = sorted(set(real.subjects))
     accessory_names = sorted(set(real.accessories))
     real_set = ConceptSet(real.images, np.array([subject_names.index(s) for s in real.subjects]),

@@ -187,7 +187,8 @@ def _composition(job: EvaluationJob, paths: DataPaths, dataset: str, generator, 
     None otherwise (or with the reason in skipped)."""
     labels = composed_labels(paths.manifest(dataset))
     real = composed_real(labels, [splits["train"], splits["val"]]) if labels else None
-    if real is None:
+    seen = composed_real(labels, [splits["train"]]) if labels else None
+    if real is None or seen is None:
         return None
     if job.eval_cfg.composition_images < 1:
         result.skipped["composition"] = "composition_images is 0"
@@ -197,7 +198,7 @@ def _composition(job: EvaluationJob, paths: DataPaths, dataset: str, generator, 
     t = time.perf_counter()
     try:
         record = evaluate_composition(generator, gcfg, real, encoder=TextEncoder(),
-                                      train_images=splits["train"].images.numpy(),
+                                      train_images=seen.images,
                                       images_per_prompt=job.eval_cfg.composition_images, seed=job.eval_cfg.seed,
                                       runtime=runtime, out_dir=out_dir)
     except (MissingTextModelError, ValueError) as exc:  # the gate then says the figures are missing
