@@ -16,6 +16,8 @@ from imagegen_pipeline.ml.diffusion import DiffusionConfig, load_diffusion, trai
 from imagegen_pipeline.ml.diffusion.unet import Denoiser
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.ml.text_encoder import TextEncoder
+from imagegen_pipeline_tests.test_text import (copy_slice, emoji_slice, materialize,  # noqa: F401 (a fixture)
+                                               write_untrained_extractor)
 
 R = 16
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 60, 220)}
@@ -102,6 +104,7 @@ def _train(tokens: bool, encoder: TextEncoder, tmp_path) -> float:
     return float(np.mean([d == HELD_OUT for d in drawn]))
 
 
+@pytest.mark.slow
 def test_tokens_bind_words_to_their_objects_where_the_pool_cannot(one_thread, encoder, tmp_path):
     """The held-out "a blue square and a red circle" (its swap seen): the token model draws it; the pooled model
     (same data, budget, width) mostly draws something else. 400 steps each, about 25 + 35 s on one core; seen at
@@ -111,3 +114,77 @@ def test_tokens_bind_words_to_their_objects_where_the_pool_cannot(one_thread, en
     print(f"held-out pair drawn right: tokens {token_share:.2f}, pooled {pooled_share:.2f}")
     assert token_share >= 0.8, f"the token model drew the held-out pair in {token_share:.0%} of 32 seeds"
     assert token_share - pooled_share >= 0.4, (token_share, pooled_share)
+
+
+# ---- through the pipeline: caption token states, training, the registered model, evaluation -------------------
+
+TINY_TOKENS = {"device": "cpu", "conditioning": "text", "family": "diffusion", "steps": 4, "batch_size": 8,
+               "checkpoint_every": 4, "sample_every": 4, "log_every": 2,
+               "diffusion": {"patch": 2, "model_channels": 16, "channel_mult": [1, 2], "num_blocks": 1,
+                             "attn_resolutions": [], "text_tokens": 16, "cross_attn_resolutions": [16],
+                             "alt_caption_p": 0.5, "sample_steps": 2, "guidance": 2.0}}
+
+
+@pytest.fixture(scope="module")
+def token_model(emoji_slice, tmp_path_factory, _mlflow_template):
+    """caption_embeddings, then a 4-step token-conditioned diffusion dcgan_checkpoint on the real emoji slice."""
+    import shutil
+
+    import dagster as dg
+
+    from imagegen_pipeline.defs.captions import caption_embeddings
+    from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
+    from imagegen_pipeline.paths import DataPaths
+
+    paths = copy_slice(emoji_slice, DataPaths.from_home(tmp_path_factory.mktemp("tokens")))
+    paths.mlruns.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_mlflow_template, paths.mlruns / "mlflow.db")
+    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        mp.setenv("IMAGEGEN_HOME", str(paths.home))
+        assert materialize([caption_embeddings], paths, instance).success
+        result = materialize([dcgan_checkpoint], paths, instance, {"dcgan_checkpoint": {"config": TINY_TOKENS}})
+        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    write_untrained_extractor(paths)  # the judge R-precision describes samples with
+    return paths
+
+
+def test_a_token_model_trains_on_caption_token_states_and_its_served_model_reads_prompts_as_tokens(token_model,
+                                                                                                   monkeypatch):
+    """The registered pyfunc encodes a prompt (and an AND of two) as token states: a prompt is not a pooled vector
+    to it, and the same seed and prompt give the same pixels."""
+    import json
+
+    import mlflow
+    import pandas as pd
+
+    from imagegen_pipeline.tracking.store import tracking_uri, use_store
+
+    paths = token_model
+    summary = json.loads((paths.models("emoji") / "generator_summary.json").read_text())
+    assert summary["config"]["text_tokens"] == 16 and summary["config"]["cross_attn_resolutions"] == [16]
+    monkeypatch.setenv("IMAGEGEN_HOME", str(paths.home))
+    use_store(tracking_uri(paths))
+    model = mlflow.pyfunc.load_model("models:/imagegen-generator-emoji/1")
+    ask = lambda prompt, seed: model.predict(pd.DataFrame({"prompt": [prompt], "seed": [seed], "count": [2]}),  # noqa: E731
+                                             params={"format": "array"})
+    one, again = ask("a cat with a hat", 3), ask("a cat with a hat", 3)
+    side = summary["config"]["resolution"]
+    assert one.shape == (2, side, side, 3) and one.dtype == np.uint8 and np.array_equal(one, again)
+    assert ask("a cat face AND a top hat", 3).shape == (2, side, side, 3)
+    # what a request becomes before the sampler: token states, one set per concept of an AND
+    served = model.unwrap_python_model()
+    assert tuple(served._cond(pd.Series({"prompt": "a cat with a hat"}), 2).shape) == (2, 16, 384)
+    assert tuple(served._cond(pd.Series({"prompt": "a cat face AND a top hat"}), 2).shape) == (2, 2, 16, 384)
+
+
+def test_a_token_model_is_evaluated_on_the_held_out_captions_token_states(token_model):
+    import dagster as dg
+
+    from imagegen_pipeline.defs.evaluation import evaluation_report
+    from imagegen_pipeline_tests.test_prompt_gallery import TINY_EVAL, failure_message
+
+    with dg.instance_for_test() as instance:
+        result = materialize([evaluation_report], token_model, instance, {"evaluation_report": {"config": TINY_EVAL}})
+    assert result.success, failure_message(result)
+    [mat] = result.asset_materializations_for_node("evaluation_report")
+    assert 0 <= mat.metadata["r_precision"].value <= 1 and mat.metadata["fid"].value > 0

@@ -168,12 +168,14 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
                        text_conds: np.ndarray | None = None, gen_conds: np.ndarray | None = None,
                        caption_ids: list[str] | None = None,
                        caption_groups: list[str] | None = None, caption_bank: CaptionBank | None = None,
+                       caption_subsets: dict[str, np.ndarray] | None = None,
                        judge: str | None = None, log: Callable[[str], None] = lambda _: None) -> EvalResult:
     """FID/KID against the val split, the train-vs-val floor, precision/recall, extractor-based scores.
 
     Text models are sampled on held-out captions: `text_conds` (M, text_dim) (token models: `gen_conds` (M, L, D),
     the same captions' token states; R-precision reads `text_conds`) with `caption_ids` (M,), the sha256
     of the val image each caption belongs to (its class becomes the sample's asked-for class), and optionally
+    `caption_subsets` {name: bool (M,)} also scores R-precision on those captions alone (r_precision_<name>),
     `caption_groups` (M,): which captions are one item (an emoji's skin tones), never each other's R-precision
     negatives. With the extractor and `caption_bank` (training images' embeddings and captions) they also get
     `r_precision`.
@@ -229,6 +231,17 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
                           bank=caption_bank, extractor=extractor, val=val, source=source, runtime=runtime,
                           seed=eval_cfg.seed,
                           groups=None if caption_groups is None else [caption_groups[r] for r in rows])
+        for name, mask in (caption_subsets or {}).items():  # e.g. the plain emoji beside composed pictures
+            keep = np.asarray(mask, bool)[rows]
+            part = {"results": {}, "skipped": {}}
+            if keep.sum() >= 2 and fake_emb is not None:
+                _add_text_metrics(part, text_conds=np.asarray(text_conds, np.float32)[rows][keep],
+                                  fake_emb=fake_emb[keep], bank=caption_bank, extractor=extractor, val=val,
+                                  source=None if source is None else source[keep], runtime=runtime,
+                                  seed=eval_cfg.seed, groups=None if caption_groups is None else
+                                  [caption_groups[r] for r in rows[keep]])
+            out["results"].update({k.replace("r_precision", f"r_precision_{name}"): v
+                                   for k, v in part["results"].items()})
         out["seconds"]["r_precision"] = round(time.perf_counter() - t, 4)
     nearest = None
     if fake_emb is not None and train_embeddings is not None:
@@ -282,7 +295,7 @@ def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray
 HEADLINE = ("fid", "fid_std", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity",
             "diversity_ratio", "ms_ssim_ratio", "cas_accuracy", "cas_ratio", "real_floor_fid", "real_floor_kid",
             "memorization_nn_distance_mean", "lpips_diversity_ratio", "lpips_memorization_ratio", "projection_gap",
-            "r_precision", "r_precision_real", "composite_prompt_score", "composite_subject_share",
+            "r_precision", "r_precision_real", "r_precision_plain", "r_precision_plain_real", "composite_prompt_score", "composite_subject_share",
             "composite_accessory_share", "composite_concept_share", "composite_nn_distance",
             "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate",
             "heldout_both_right", "heldout_both_right_real", "seen_both_right", "seen_both_right_real",

@@ -97,25 +97,31 @@ def fit_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, *,
     device = torch.device(device)
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
     y = torch.from_numpy(labels).to(device)
-    batch = min(cfg.batch_size, len(x))
     with seeded(seed, device) as gen, cpu_threads(cfg.cpu_threads, device):
         model = SmallCNN(images.shape[1], num_classes, size=images.shape[2:], width=cfg.width,
                          dropout=cfg.dropout).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
-        model.train()
-        order, pos = torch.randperm(len(x), generator=gen), 0
-        for _ in range(cfg.steps):
-            if pos + batch > len(x):  # a new epoch: a fresh permutation, no ragged batch
-                order, pos = torch.randperm(len(x), generator=gen), 0
-            idx = order[pos:pos + batch].to(device)
-            pos += batch
-            loss = nn.functional.cross_entropy(model(_to_float(x[idx])), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        train_steps(model, len(x), cfg, gen, lambda idx: nn.functional.cross_entropy(model(_to_float(x[idx])), y[idx]))
     return model.eval()
+
+
+def train_steps(model: nn.Module, n: int, cfg, gen: torch.Generator, loss_of) -> None:
+    """The classifiers' loop: AdamW (cfg.lr, cfg.weight_decay) cosine-decayed over cfg.steps batches of
+    cfg.batch_size row indices drawn epoch by epoch from seeded permutations of range(n); loss_of(idx) -> loss."""
+    device, batch = next(model.parameters()).device, min(cfg.batch_size, n)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.steps))
+    model.train()
+    order, pos = torch.randperm(n, generator=gen), 0
+    for _ in range(cfg.steps):
+        if pos + batch > n:  # a new epoch: a fresh permutation, no ragged batch
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + batch].to(device)
+        pos += batch
+        loss = loss_of(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
 
 
 @torch.no_grad()

@@ -402,6 +402,15 @@ def _held_out_tokens(paths: DataPaths, dataset: str, val_captions: list[str], to
     return states
 
 
+def _plain_subset(paths: DataPaths, dataset: str, val_sha256: list[str]) -> dict:
+    """On data with composed pictures, the plain pictures' captions as an R-precision subset of their own
+    (r_precision_plain): the composed ones are the concept judge's to score. {} elsewhere."""
+    labels = composed_labels(paths.manifest(dataset))
+    if not labels:
+        return {}
+    return {"caption_subsets": {"plain": np.array([sha not in labels for sha in val_sha256])}}
+
+
 def _held_out_captions(paths: DataPaths, dataset: str, with_bank: bool) -> dict:
     """A text model is judged on the val split's captions; the train split's captions + image embeddings are
     the caption bank that R-precision describes generated images with. A caption's group (without skin tones)
@@ -425,7 +434,8 @@ def _held_out_captions(paths: DataPaths, dataset: str, with_bank: bool) -> dict:
             bank = None
     return {"text_conds": embedding_matrix(val), "caption_ids": val["sha256"].tolist(), "caption_bank": bank,
             VAL_CAPTIONS_KEY: val["caption"].tolist(),
-            "caption_groups": [caption_group(c) for c in val["caption"]], SEEN_KEY: seen}
+            "caption_groups": [caption_group(c) for c in val["caption"]], SEEN_KEY: seen,
+            **_plain_subset(paths, dataset, val["sha256"].tolist())}
 
 
 def _registered_judge(paths: DataPaths, dataset: str, tracker: Tracker, version: str | None, dst: Path,

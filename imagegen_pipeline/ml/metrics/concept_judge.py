@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from imagegen_pipeline.ml.metrics.registry import MetricContext, MetricUnavailable, register_metric
-from imagegen_pipeline.ml.small_classifier import SmallCNN, _to_float, cpu_threads, seeded
+from imagegen_pipeline.ml.small_classifier import SmallCNN, _to_float, cpu_threads, seeded, train_steps
 
 
 @dataclass(frozen=True)
@@ -193,25 +193,15 @@ def fit_concept_judge(images: np.ndarray, subjects: np.ndarray, accessories: np.
     device = torch.device(device)
     x = torch.from_numpy(np.ascontiguousarray(images[~back])).to(device)
     ys, ya = torch.from_numpy(subjects[~back]).to(device), torch.from_numpy(accessories[~back]).to(device)
-    batch = min(config.batch_size, len(x))
     with seeded(seed, device) as gen, cpu_threads(config.cpu_threads, device):
         model = TwoHeadCNN(images.shape[1], S, A, size=images.shape[2:], width=config.width,
                            dropout=config.dropout).to(device)
-        opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.steps))
-        model.train()
-        order, pos = torch.randperm(len(x), generator=gen), 0
-        for _ in range(config.steps):
-            if pos + batch > len(x):  # a new epoch: a fresh permutation, no ragged batch
-                order, pos = torch.randperm(len(x), generator=gen), 0
-            idx = order[pos:pos + batch].to(device)
-            pos += batch
+
+        def loss_of(idx: torch.Tensor) -> torch.Tensor:
             s_logits, a_logits = model(shifted(_to_float(x[idx]), config.max_shift, gen))
-            loss = nn.functional.cross_entropy(s_logits, ys[idx]) + nn.functional.cross_entropy(a_logits, ya[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            return nn.functional.cross_entropy(s_logits, ys[idx]) + nn.functional.cross_entropy(a_logits, ya[idx])
+
+        train_steps(model, len(x), config, gen, loss_of)
     judge = ConceptJudge(model.eval(), tuple(subject_names), tuple(accessory_names), {}, config, seed,
                          int((~back).sum()))
     s_pred, a_pred = judge.predict(images[back])
@@ -270,5 +260,6 @@ def concept_judge(ctx: MetricContext) -> dict:
         out.update(heldout_both_right=h["both_right"], heldout_subject_accuracy=h["subject_accuracy"],
                    heldout_accessory_accuracy=h["accessory_accuracy"], heldout_images=int(held.sum()),
                    heldout_both_right_real=ceiling["heldout"]["both_right"], seen_both_right=seen["both_right"],
-                   seen_both_right_real=ceiling["seen"]["both_right"])
+                   seen_subject_accuracy=seen["subject_accuracy"], seen_accessory_accuracy=seen["accessory_accuracy"],
+                   seen_images=int((~held).sum()), seen_both_right_real=ceiling["seen"]["both_right"])
     return out
