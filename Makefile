@@ -46,7 +46,7 @@ demo-text: install
 	$(BIN)/imagegen ingest $(TEXT_DATASET) --resolution 32
 	$(BIN)/imagegen pipeline $(TEXT_DATASET) --preset cpu-emoji-compose
 	$(BIN)/imagegen generate "a cat with a hat" --dataset $(TEXT_DATASET) --n 8 --candidates 1 --out $(CAT_PNG)
-	@echo "a cat with a hat, from imagegen-generator-$(TEXT_DATASET)@champion: $(CAT_PNG)"
+	@echo "a cat with a hat, from imagegen-generator-$(TEXT_DATASET) (@champion, else the newest @candidate): $(CAT_PNG)"
 
 # The emoji npm tarballs the emoji tests read (real package files, fetched once).
 test-data:
