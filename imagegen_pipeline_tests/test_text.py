@@ -253,21 +253,26 @@ def test_caption_embeddings_fail_clearly_without_captions(paths, instance):
 
 # ---- a text-conditioned DCGAN and `imagegen generate` --------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def text_model(emoji_slice, tmp_path_factory, _mlflow_template):
-    """caption_embeddings, then a 4-step text-conditioned dcgan_checkpoint, registered in a fresh MLflow store;
-    plus an untrained extractor and its image embeddings, so `generate` has something to score with."""
-    paths = copy_slice(emoji_slice, DataPaths.from_home(tmp_path_factory.mktemp("text-model")))
+def train_text_model(emoji_slice: DataPaths, home: Path, mlflow_template: Path, config: dict) -> tuple[DataPaths, dict]:
+    """caption_embeddings, then dcgan_checkpoint with `config`, registered in a fresh MLflow store; plus an untrained
+    extractor and its image embeddings, so `generate` and R-precision have something to score with."""
+    paths = copy_slice(emoji_slice, DataPaths.from_home(home))
     paths.mlruns.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_mlflow_template, paths.mlruns / "mlflow.db")
+    shutil.copyfile(mlflow_template, paths.mlruns / "mlflow.db")
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
         mp.setenv("IMAGEGEN_HOME", str(paths.home))
         assert materialize([caption_embeddings], paths, instance).success
-        result = materialize([dcgan_checkpoint], paths, instance, {"dcgan_checkpoint": {"config": TINY_TEXT_GAN}})
+        result = materialize([dcgan_checkpoint], paths, instance, {"dcgan_checkpoint": {"config": config}})
         assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         [mat] = result.asset_materializations_for_node("dcgan_checkpoint")
     write_untrained_extractor(paths)
     return paths, {k: v.value for k, v in mat.metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def text_model(emoji_slice, tmp_path_factory, _mlflow_template):
+    """A 4-step text-conditioned DCGAN (train_text_model)."""
+    return train_text_model(emoji_slice, tmp_path_factory.mktemp("text-model"), _mlflow_template, TINY_TEXT_GAN)
 
 
 def write_untrained_extractor(paths: DataPaths) -> None:

@@ -16,8 +16,7 @@ from imagegen_pipeline.ml.diffusion import DiffusionConfig, load_diffusion, trai
 from imagegen_pipeline.ml.diffusion.unet import Denoiser
 from imagegen_pipeline.ml.runtime import resolve_runtime
 from imagegen_pipeline.ml.text_encoder import TextEncoder
-from imagegen_pipeline_tests.test_text import (copy_slice, emoji_slice, materialize,  # noqa: F401 (a fixture)
-                                               write_untrained_extractor)
+from imagegen_pipeline_tests.test_text import emoji_slice, materialize, train_text_model  # noqa: F401 (a fixture)
 
 R = 16
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 60, 220)}
@@ -127,25 +126,8 @@ TINY_TOKENS = {"device": "cpu", "conditioning": "text", "family": "diffusion", "
 
 @pytest.fixture(scope="module")
 def token_model(emoji_slice, tmp_path_factory, _mlflow_template):
-    """caption_embeddings, then a 4-step token-conditioned diffusion dcgan_checkpoint on the real emoji slice."""
-    import shutil
-
-    import dagster as dg
-
-    from imagegen_pipeline.defs.captions import caption_embeddings
-    from imagegen_pipeline.defs.dcgan import dcgan_checkpoint
-    from imagegen_pipeline.paths import DataPaths
-
-    paths = copy_slice(emoji_slice, DataPaths.from_home(tmp_path_factory.mktemp("tokens")))
-    paths.mlruns.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_mlflow_template, paths.mlruns / "mlflow.db")
-    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
-        mp.setenv("IMAGEGEN_HOME", str(paths.home))
-        assert materialize([caption_embeddings], paths, instance).success
-        result = materialize([dcgan_checkpoint], paths, instance, {"dcgan_checkpoint": {"config": TINY_TOKENS}})
-        assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    write_untrained_extractor(paths)  # the judge R-precision describes samples with
-    return paths
+    """A 4-step token-conditioned diffusion dcgan_checkpoint on the real emoji slice (train_text_model)."""
+    return train_text_model(emoji_slice, tmp_path_factory.mktemp("tokens"), _mlflow_template, TINY_TOKENS)[0]
 
 
 def test_a_token_model_trains_on_caption_token_states_and_its_served_model_reads_prompts_as_tokens(token_model,
