@@ -6,7 +6,7 @@ export IMAGEGEN_HOME ?= $(CURDIR)
 export DAGSTER_HOME ?= $(IMAGEGEN_HOME)/.dagster
 DATASET ?= mnist
 
-.PHONY: install system-deps test-data demo demo-text test ui team-up team-down bench-ingest
+.PHONY: install system-deps test-data demo demo-text test test-quick ui team-up team-down bench-ingest
 
 install: $(VENV)/.installed
 
@@ -59,6 +59,12 @@ test-data:
 XDIST := -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 test: install system-deps test-data
 	$(BIN)/python -m pytest -q $(if $(SERIAL),,$(XDIST))
+
+# The edit-test loop: every test not marked slow (the maths, ingestion, configs, CLI, servers and the lighter
+# Dagster runs) on the same workers; the slow ones (training, evaluating or serving through Dagster, the soak, the
+# team) are left to `make test`, which is what CI runs.
+test-quick: install test-data
+	$(BIN)/python -m pytest -q -m "not slow" $(if $(SERIAL),,$(XDIST))
 
 # Dagster UI on http://127.0.0.1:3000 and MLflow UI on http://127.0.0.1:5000 (loopback); Ctrl-C stops both.
 UI_ARGS ?=

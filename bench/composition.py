@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -64,6 +65,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="override the presets' steps (same for each)")
     p.add_argument("--images", type=int, default=8, help="seeds per composition prompt")
     p.add_argument("--generator", default=None, help="judge this diffusion export instead of training")
+    p.add_argument("--guidance", default=None,
+                   help="comma-separated guidance weights to judge each generator at (default: its own)")
     args = p.parse_args()
     paths = DataPaths(Path(os.environ.get("IMAGEGEN_HOME", REPO)))
     reader = open_shards(paths, args.dataset)
@@ -79,21 +82,31 @@ def main() -> None:
             weights, seconds = Path(args.generator), None
         else:
             weights, seconds = train(paths, args.dataset, name, args.steps, out / "run")
-        generator, cfg = load_diffusion(weights)
-        t = time.perf_counter()
-        torch.set_num_threads(max(1, os.cpu_count() // 2))
-        record = evaluate_composition(generator, cfg, real, encoder=encoder, train_images=splits[0].images.numpy(),
-                                      images_per_prompt=args.images, seed=0, runtime=resolve_runtime("cpu"),
-                                      out_dir=out)
-        record.update(preset=name, train_seconds=seconds, judge_seconds=time.perf_counter() - t,
-                      config=cfg.to_dict(), generator=str(weights))
-        (results / f"composition-{name}.json").write_text(json.dumps(record, indent=2, default=str))
-        s = record["summary"]
-        print(f"{name}: train {seconds or 0:.0f} s; held-out both right {s.get('heldout_both_right'):.3f} "
-              f"(real {s.get('heldout_both_right_real'):.3f}, chance {s.get('concept_chance_both'):.4f}); seen "
-              f"{s.get('seen_both_right'):.3f} (real {s.get('seen_both_right_real'):.3f}); subject / accessory on "
-              f"held-out {s.get('heldout_subject_accuracy'):.3f} / {s.get('heldout_accessory_accuracy'):.3f}; "
-              f"'a cat with a hat' {s['cat_with_hat_right']}/{s['cat_with_hat_of']}", flush=True)
+        generator, trained_cfg = load_diffusion(weights)
+        weights_to_try = [float(w) for w in args.guidance.split(",")] if args.guidance else [trained_cfg.guidance]
+        for w in weights_to_try:
+            generator.guidance = w  # the sampler reads the generator's own weight (as serving sets it per request)
+            judge(name, replace(trained_cfg, guidance=w), generator, real, encoder, splits, args.images,
+                  out / f"w{w:g}" if args.guidance else out, results, seconds, weights)
+
+
+def judge(name, cfg, generator, real, encoder, splits, images, out, results, seconds, weights) -> None:
+    """Judge one generator at one guidance weight; write its record and print its row."""
+    t = time.perf_counter()
+    torch.set_num_threads(max(1, os.cpu_count() // 2))
+    record = evaluate_composition(generator, cfg, real, encoder=encoder, train_images=splits[0].images.numpy(),
+                                  images_per_prompt=images, seed=0, runtime=resolve_runtime("cpu"),
+                                  out_dir=out)
+    record.update(preset=name, train_seconds=seconds, judge_seconds=time.perf_counter() - t,
+                  config=cfg.to_dict(), generator=str(weights))
+    tag = f"{name}-w{cfg.guidance:g}"
+    (results / f"composition-{tag}.json").write_text(json.dumps(record, indent=2, default=str))
+    s = record["summary"]
+    print(f"{tag}: train {seconds or 0:.0f} s; held-out both right {s.get('heldout_both_right'):.3f} "
+          f"(real {s.get('heldout_both_right_real'):.3f}, chance {s.get('concept_chance_both'):.4f}); seen "
+          f"{s.get('seen_both_right'):.3f} (real {s.get('seen_both_right_real'):.3f}); subject / accessory on "
+          f"held-out {s.get('heldout_subject_accuracy'):.3f} / {s.get('heldout_accessory_accuracy'):.3f}; "
+          f"'a cat with a hat' {s['cat_with_hat_right']}/{s['cat_with_hat_of']}", flush=True)
 
 
 if __name__ == "__main__":

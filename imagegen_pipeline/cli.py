@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from imagegen_pipeline.paths import DataPaths, InvalidDatasetName, validate_dataset_name
-from imagegen_pipeline.ml.protocols import PROTOCOLS
+from imagegen_pipeline.ml.protocols import METRIC_SETS, PROTOCOLS
 from imagegen_pipeline.presets import PRESETS, preset_run_config
 
 
@@ -240,7 +240,8 @@ def pipeline_summary(result, instance, dataset: str) -> list[str]:
 def cmd_evaluate(args: argparse.Namespace, paths: DataPaths) -> int:
     """Judge the latest generator under a named protocol (evaluate_job), then print the figures with it."""
     dataset = validate_dataset_name(args.dataset)
-    run_config = _run_config(args, {"evaluation_report": ("device", "protocol", "num_samples", "num_real")})
+    run_config = _run_config(args, {"evaluation_report": ("device", "protocol", "num_samples", "num_real",
+                                                             "metric_set")})
     result = run_job("evaluate_job", dataset, paths, run_config)
     meta = _materialized(result, "evaluation_report")
     if meta:
@@ -477,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default); paper: 10,000 vs 10,000 (MNIST's official test images), as published FIDs")
     ev.add_argument("--num-samples", type=int, help="override the protocol's sample count (recorded as 'custom')")
     ev.add_argument("--num-real", type=int, help="override the protocol's real-image count")
+    ev.add_argument("--metric-set", choices=sorted(METRIC_SETS), help="quick: what the gate reads and the cheap "
+                    "headline figures (the quick protocol's); full: also CAS and the LPIPS scores (the paper's)")
     ev.add_argument("--device", choices=["auto", "cpu", "cuda"])
     ev.add_argument("--config", help="run config file (YAML/JSON with an `ops:` section), flags override it")
     ev.add_argument("--preset", choices=sorted(PRESETS), help="named sizes (see `imagegen presets`)")

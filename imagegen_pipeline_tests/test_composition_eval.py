@@ -82,6 +82,7 @@ def test_the_judge_names_subject_and_accessory_of_real_composed_pictures_far_abo
     assert ceiling["both_right"] > 0.6 and ceiling["heldout"]["both_right"] > 0.5
 
 
+@pytest.mark.slow
 def test_a_text_model_that_ignores_its_caption_fails_the_gate_and_one_that_composes_passes(real, encoder, tmp_path):
     runtime = resolve_runtime("cpu")
     records = {}

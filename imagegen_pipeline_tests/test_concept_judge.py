@@ -135,9 +135,9 @@ HEALTHY = {"diversity_ratio": 0.88, "recall": 0.6, "fid": 23.0, "real_floor_fid"
            "r_precision": 0.2, "r_precision_real": 0.26}  # a text model that passes every other check
 
 
-def judged(judge, real, fake_images, s, a) -> dict:
+def judged(judge, real, fake_images, s, a, **extra) -> dict:
     ctx = MetricContext(concept_real=real, concept_fake=ConceptSet(fake_images, s, a, SUBJECTS, ACCESSORIES),
-                        concept_heldout_pairs=HELDOUT, extra={"concept_judge": judge})
+                        concept_heldout_pairs=HELDOUT, extra={"concept_judge": judge, **extra})
     out = compute_metrics(["concept_judge"], ctx, skip_unavailable=False)
     return out["results"]
 
@@ -167,6 +167,23 @@ def test_a_text_model_that_cannot_draw_held_out_pairs_fails_the_gate_with_the_re
     plain = compute_metrics(["concept_judge"], unnamed, skip_unavailable=False)["results"]
     assert "heldout_both_right" not in plain and "concept_both_right" in plain
     assert gate_failures({**HEALTHY, **plain}, conditioning="text") == []
+
+
+def test_the_right_kind_of_accessory_in_its_place_is_counted_apart_from_the_exact_one(judge, real):
+    """A model that puts a hat on every asked-for head but the other hat (top hat <-> crown) has every held-out
+    pair wrong by both-right and right by subject-and-kind; one that swaps a hat for a tie is wrong by both."""
+    s, a = asked()
+    groups = {"top hat": "head", "crown": "head", "sunglasses": "eyes", "necktie": "neck"}
+    other_hat = np.select([a == 1, a == 2], [2, 1], a)  # top hat (1) <-> crown (2)
+    swapped = judged(judge, real, compose(s, other_hat, seed=11), s, a, concept_accessory_groups=groups)
+    hats = np.isin(a, [1, 2])
+    assert swapped["concept_accessory_accuracy"] <= 1 - hats.mean() + 0.05
+    assert swapped["heldout_subject_and_kind_right"] > 0.8 and swapped["seen_subject_and_kind_right"] > 0.8
+    tie_for_hat = np.where(hats, 4, a)
+    wrong = judged(judge, real, compose(s, tie_for_hat, seed=11), s, a, concept_accessory_groups=groups)
+    held = heldout_rows(s, a)
+    assert wrong["heldout_subject_and_kind_right"] <= 1 - hats[held].mean() + 0.1
+    assert "heldout_subject_and_kind_right" not in judged(judge, real, compose(s, a, seed=11), s, a)
 
 
 def test_training_pictures_are_moved_by_a_few_pixels_each_their_own_way():

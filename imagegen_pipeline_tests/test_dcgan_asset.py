@@ -111,6 +111,7 @@ def train_until_first_checkpoint(paths, tmp_path, steps: int, **env) -> tuple[su
     return proc, cmd, env
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_then_rematerialize_resumes_to_the_same_final_step(mnist_shards, tmp_path):
     """SIGKILL during training loses at most the steps since the last checkpoint; the rerun finishes the job."""
     paths = mnist_shards
@@ -148,6 +149,7 @@ def test_init_from_a_model_whose_checkpoint_the_store_lost_names_it_and_the_fix(
     assert "cannot be read from the artifact store" in error and "train 'mnist' again" in error
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_the_source_champion_checkpoint_not_the_newest_local_one(mnist_shards, instance,
                                                                                          mlflow_uri):
     """Issue 13.11: init_from took the newest checkpoint folder by mtime; the README promises the registered

@@ -195,6 +195,7 @@ def test_abort_fn_stops_early_with_a_checkpoint_that_resumes(tmp_path):
     assert train_dcgan(cfg, tiny_data(cfg), out_dir=tmp_path, runtime=CPU).final_step == 6
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_an_uninterrupted_run_bit_for_bit(tmp_path):
     """Kill -9 the CLI after its first checkpoint; re-running the same command finishes at exactly --steps, with
     the very weights, optimizer state and RNG state of a run that was never killed (CPU, one thread)."""
@@ -303,6 +304,7 @@ def test_init_from_starts_from_another_runs_weights_and_can_freeze_d_blocks(tmp_
         train_dcgan(big, tiny_data(big), out_dir=tmp_path / "e", runtime=CPU, init_from=first)
 
 
+@pytest.mark.slow
 def test_ddp_nan_on_one_rank_stops_every_rank_instead_of_hanging(tmp_path):
     """Issue 13.10: rank 1 alone saw the NaN and raised; rank 0 then waited in the next all-reduce for the
     30-minute process-group timeout. The ranks now agree on divergence at every check."""
@@ -320,6 +322,7 @@ def test_ddp_nan_on_one_rank_stops_every_rank_instead_of_hanging(tmp_path):
     assert done.stderr.count("training diverged at step 3") >= 2, done.stderr[-3000:]  # both ranks say so
 
 
+@pytest.mark.slow
 def test_ddp_with_two_gloo_processes_finishes_and_writes_one_checkpoint(tmp_path):
     """torchrun with 2 CPU ranks: DDP over gloo trains to the end and only rank 0 writes."""
     shards = write_tiny_shards(tmp_path)

@@ -37,6 +37,7 @@ def two_modes(n: int = 512) -> TrainData:
     return TrainData(images, labels)
 
 
+@pytest.mark.slow
 def test_diffusion_learns_a_two_mode_distribution_and_follows_its_label(tmp_path, two_threads):
     """A class model draws the asked-for mode; its null condition (what guidance contrasts with) draws both."""
     cfg = tiny(conditioning="class", num_classes=2)

@@ -27,6 +27,7 @@ TINY_EVAL = {"device": "cpu", "num_samples": 20, "num_real": 20, "per_class_min"
 OPEN_GATE = {"gate_min_diversity_ratio": 0.0, "gate_min_recall": 0.0, "gate_max_fid_over_floor": 1e9,
              "gate_max_ms_ssim_ratio": 1e9}
 GENERATOR = "imagegen-generator-mnist"
+pytestmark = pytest.mark.slow  # every test trains, registers and evaluates through Dagster (10-25 s each)
 
 
 @pytest.fixture
@@ -69,6 +70,8 @@ def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, 
     report = json.loads((paths.reports("mnist") / "eval-v1" / "report.json").read_text())
     assert report["headline"]["fid"] == pytest.approx(meta["fid"], rel=1e-4)
     assert "memorization_nn_distance_mean" in report["results"]
+    for name in ("cas", "lpips_diversity", "lpips_memorization"):  # issue 35.1: the quick protocol names what it left
+        assert "quick protocol" in report["skipped"][name] and name not in report["seconds"], name
     assert (paths.reports("mnist") / "eval-v1" / "report.html").read_text().count("<tr>") > 5
     assert promotion(result) == (True, "first model: version 1 passed the quality gate and becomes champion")
     assert meta["quality_gate"] == "passed" and report["quality_gate"]["passed"]
@@ -103,7 +106,6 @@ def test_report_is_written_logged_and_the_first_model_becomes_champion(trained, 
     assert champion.tags[PROTOCOL_TAG] == protocol["key"] == meta["protocol"]
 
 
-@pytest.mark.slow
 def test_champion_moves_only_to_a_measurably_better_evaluated_generator(trained, instance, mlflow_uri):
     """Every version is trained and scored for real: 6 steps, then 300 (clearly better: takes the alias), then
     6 steps with another seed (worse: v2 stays champion, and the reason names the FIDs and the margin)."""

@@ -106,6 +106,7 @@ def test_unconditional_generator_gets_one_grid_and_mismatched_names_are_refused(
         build_gallery(Generator(ccfg), ccfg, out_dir=tmp_path / "c", runtime=runtime, class_names=["a", "b"])
 
 
+@pytest.mark.slow
 def test_sample_gallery_asset_writes_a_versioned_gallery_and_a_latest_pointer(paths, instance, mlflow_uri):
     """After ingest, DCGAN and embeddings, sample_gallery writes reports/mnist/gallery/v1/ with every file linked,
     latest.json pointing at it, and metadata with the preview, counts and neighbour distance."""

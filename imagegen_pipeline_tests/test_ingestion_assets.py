@@ -187,6 +187,7 @@ def _shard_in_a_process(landing: str, manifest: str, out_dir: str, go) -> None:
                                                                       target_shard_mb=1))
 
 
+@pytest.mark.slow
 def test_two_shard_writers_on_one_dataset_take_turns_and_leave_readable_shards(mnist_slice, instance):
     """Issue 13.9: each image_shards run deleted every Parquet file that was not its own, so two runs at once
     left a description.json naming deleted files. Writers now hold a cross-process lock; readers of the

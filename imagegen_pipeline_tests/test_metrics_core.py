@@ -395,6 +395,39 @@ def test_class_model_is_sampled_and_floored_in_the_reference_class_mix(tmp_path)
     assert train.subset_like(val.labels, 0).labels.bincount().tolist() == [24, 4, 2]
 
 
+def test_the_quick_protocol_runs_what_decides_and_names_what_it_left_out(tmp_path):
+    """Issue 35.1: the quick protocol computes what the gate and the promotion read (FID and its floor, recall,
+    MS-SSIM, asked-for-class accuracy) and the cheap headline figures; the metrics that run networks of their own
+    (CAS trains a classifier, LPIPS runs AlexNet) are listed under skipped with how to ask for them, and the paper
+    protocol runs them."""
+    from imagegen_pipeline.ml.dcgan import DCGANConfig, Generator
+    from imagegen_pipeline.ml.evaluation import EvalConfig, RealSplit, evaluate_generator, run_metric_names
+    from imagegen_pipeline.ml.metrics import list_metrics
+    from imagegen_pipeline.ml.protocols import GATE_METRICS
+    from imagegen_pipeline.ml.runtime import resolve_runtime
+
+    assert set(GATE_METRICS) <= set(run_metric_names(EvalConfig())) < set(list_metrics())
+    assert run_metric_names(EvalConfig(protocol="paper")) == list_metrics()
+    cfg = DCGANConfig(resolution=32, channels=1, ngf=8, ndf=8, z_dim=8, conditioning="class", num_classes=2)
+    rng = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    split = RealSplit(torch.randint(0, 256, (40, 1, 32, 32), generator=rng, dtype=torch.uint8), labels,
+                      [f"{i:064x}" for i in range(40)])
+    gen = Generator(cfg).eval()
+    runs = {protocol: evaluate_generator(gen, cfg, train=split, val=split,
+                                         detector=CountingDetector(), cache=FeatureCache(tmp_path),
+                                         eval_cfg=EvalConfig(num_samples=20, num_real=20, protocol=protocol),
+                                         runtime=resolve_runtime("cpu"))
+            for protocol in ("quick", "paper")}
+    quick, paper = runs["quick"], runs["paper"]
+    assert {"fid", "real_floor_fid", "recall", "ms_ssim_ratio", "kid"} <= set(quick.results)
+    for name in ("cas", "lpips_diversity", "lpips_memorization"):
+        assert "quick protocol" in quick.skipped[name] and name not in quick.seconds, name
+        assert name in paper.seconds and "protocol" not in paper.skipped.get(name, ""), name
+    assert "cas_accuracy" in paper.results and "cas_accuracy" not in quick.results
+    assert quick.results["fid"] == pytest.approx(paper.results["fid"])  # the same figures where both compute one
+
+
 def test_ms_ssim_matches_torchmetrics_and_a_collapsed_set_scores_worse_than_real():
     """Issue 16.1: MS-SSIM (plain PyTorch) is 1 for identical images, falls as noise grows, agrees with torchmetrics
     within its border handling (it also scores reflect-padded borders), and the AC-GAN diversity figure separates

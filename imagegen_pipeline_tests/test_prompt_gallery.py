@@ -133,6 +133,7 @@ def test_prompt_gallery_refuses_a_generator_that_is_not_text_conditioned(text_mo
     assert "not on text" in failure_message(result) and "--conditioning text" in failure_message(result)
 
 
+@pytest.mark.slow
 @needs_emoji
 def test_text_model_evaluation_samples_held_out_captions_and_reports_r_precision(text_model, instance):
     """evaluate_job's assets on a text model: FID as for any model, plus R-precision against 99 distractors, the

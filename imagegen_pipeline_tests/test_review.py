@@ -86,6 +86,7 @@ def rows(db, table: str = "answers") -> list[dict]:
         conn.close()
 
 
+@pytest.mark.slow
 @needs_browser
 def test_clicked_answers_are_stored_in_sqlite_and_counted_by_the_summary(review_server, mnist_shards, tmp_path):
     """Clicking "left/right is real" and "matches the prompt" in Chromium stores one row per pair, with the

@@ -35,6 +35,7 @@ def post(url: str, body: dict, *, timeout: float = 60) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
+@pytest.mark.slow
 def test_served_champion_returns_the_same_pngs_for_the_same_seed_and_json_errors_for_bad_input(
         mnist_shards, instance, mlflow_uri, capsys):
     """POST /invocations on `imagegen serve mnist` gives `count` 32x32 PNGs per row, byte-identical on repeat;

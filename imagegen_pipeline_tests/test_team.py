@@ -141,6 +141,7 @@ def test_pipeline_runs_through_the_daemon_on_postgres_and_mlflow_server(team_up)
     assert wait_status(instance, second, DONE, 120) == dg.DagsterRunStatus.CANCELED
 
 
+@pytest.mark.slow
 def test_down_leaves_nothing_running(team_up):
     t = team_up
     paths = DataPaths.from_home(t.home)

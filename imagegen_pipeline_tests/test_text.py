@@ -352,6 +352,7 @@ def test_generate_cli_writes_best_of_k_images_with_their_prompt_scores(text_mode
     assert Image.open(tmp_path / "sep" / "plane-00.png").size == (64, 64)
 
 
+@pytest.mark.slow
 @needs_emoji
 def test_a_text_champion_is_rescored_on_its_own_captions_when_a_plain_candidate_is_evaluated(
         emoji_slice, paths, instance, mlflow_uri):

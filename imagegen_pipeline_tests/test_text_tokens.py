@@ -130,6 +130,7 @@ def token_model(emoji_slice, tmp_path_factory, _mlflow_template):
     return train_text_model(emoji_slice, tmp_path_factory.mktemp("tokens"), _mlflow_template, TINY_TOKENS)[0]
 
 
+@pytest.mark.slow
 def test_a_token_model_trains_on_caption_token_states_and_its_served_model_reads_prompts_as_tokens(token_model,
                                                                                                    monkeypatch):
     """The registered pyfunc encodes a prompt (and an AND of two) as token states: a prompt is not a pooled vector
@@ -159,6 +160,7 @@ def test_a_token_model_trains_on_caption_token_states_and_its_served_model_reads
     assert tuple(served._cond(pd.Series({"prompt": "a cat face AND a top hat"}), 2).shape) == (2, 2, 16, 384)
 
 
+@pytest.mark.slow
 def test_a_token_model_is_evaluated_on_the_held_out_captions_token_states(token_model):
     import dagster as dg
 

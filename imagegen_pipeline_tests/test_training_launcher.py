@@ -26,6 +26,7 @@ from imagegen_pipeline_tests.test_dcgan_asset import (TINY_GAN, mnist_shards,  #
 TORCHRUN = TrainingLauncher(mode="torchrun", nproc_per_node=2)
 
 
+@pytest.mark.slow
 def test_torchrun_through_pipes_reports_the_same_materialization_and_mlflow_run(mnist_shards, instance, mlflow_uri):  # noqa: F811
     paths = mnist_shards
     result = dg.materialize([dcgan_checkpoint], partition_key="mnist", instance=instance, raise_on_error=False,

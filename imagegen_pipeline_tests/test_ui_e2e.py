@@ -126,6 +126,7 @@ mlflow.models.set_model(Echo())
 '''
 
 
+@pytest.mark.slow
 def test_registered_generator_is_listed_in_the_mlflow_ui(paths, mlflow_uri, tmp_path):
     """A real `mlflow server` over the pipeline's store lists imagegen-generator-mnist on its registered-models page."""
     import mlflow

@@ -14,6 +14,7 @@ from imagegen_pipeline.defs.metadata import materialized, stage_failures
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml.evaluation import PROTOCOLS, EvalConfig
+from imagegen_pipeline.ml.protocols import METRIC_SETS, metric_set, protocol_metrics
 from imagegen_pipeline.ml.metrics import list_metrics
 from imagegen_pipeline.ml.quality_gate import QualityGate
 from imagegen_pipeline.stages.evaluation import EvaluationJob, evaluate_latest, promote_judged
@@ -47,6 +48,9 @@ class EvaluationConfig(dg.Config):
                                     description="Text models on data with composed pictures: seeds per composition "
                                                 "prompt ('a cat with a hat', every held-out pair, a seen pair per "
                                                 "subject), judged by the concept judge; 0 leaves them out.")
+    metric_set: str = Field(default="", description="Which metrics run: '' = the protocol's ('quick': the gate's and "
+                                                    "the cheap headline ones; 'paper': all), 'quick' or 'full' "
+                                                    "(adds CAS and the LPIPS scores).")
     extra_metrics: list[str] = Field(default=[], description="Opt-in metrics computed besides the default set, "
                                                              "e.g. ['augmentation_gain'] (4 classifier trainings).")
     gate_min_diversity_ratio: float = Field(default=QualityGate.min_diversity_ratio,
@@ -73,7 +77,12 @@ class EvaluationConfig(dg.Config):
         unknown = sorted(set(self.extra_metrics) - set(list_metrics(include_opt_in=True)))
         if unknown:
             raise dg.Failure(f"unknown metrics {unknown}; choose from {list_metrics(include_opt_in=True)}")
-        metrics = tuple(list_metrics()) + tuple(self.extra_metrics) if self.extra_metrics else ()
+        if self.metric_set and self.metric_set not in METRIC_SETS:
+            raise dg.Failure(f"unknown metric_set {self.metric_set!r}; choose from {sorted(METRIC_SETS)}")
+        base = (metric_set(self.metric_set, list_metrics()) if self.metric_set
+                else protocol_metrics(self.protocol, list_metrics()))
+        metrics = base + tuple(m for m in self.extra_metrics if m not in base) \
+            if self.extra_metrics or self.metric_set else ()
         if self.composite_images < 0 or self.composite_candidates < 1 or self.composition_images < 0:
             raise dg.Failure(f"composite_images and composition_images must be >= 0 and composite_candidates >= 1, "
                              f"got {self.composite_images}, {self.composition_images} and "

@@ -20,7 +20,7 @@ from imagegen_pipeline.ml.extractor import embed_images
 from imagegen_pipeline.ml.metrics import MetricContext, compute_metrics, list_metrics
 from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache, cached_reference_stats, hash_images
 from imagegen_pipeline.ml.prompt_score import CaptionBank, r_precision, r_precision_negatives
-from imagegen_pipeline.ml.protocols import PROTOCOLS
+from imagegen_pipeline.ml.protocols import PROTOCOLS, protocol_metrics
 from imagegen_pipeline.ml.runtime import Runtime
 from imagegen_pipeline.pages import key_value_table, page
 
@@ -30,7 +30,7 @@ class EvalConfig:
     num_samples: int = 1000  # generated images (balanced over classes for conditional models); 10k for papers
     num_real: int = 1000  # cap on real images per split fed to the detector (seeded subset)
     protocol: str = "quick"  # the name recorded with every figure; "custom" when N differs from the named one
-    metrics: tuple[str, ...] = ()  # empty = every registered metric
+    metrics: tuple[str, ...] = ()  # empty = the protocol's set (protocols.py: quick's few, paper's full)
     per_class_min: int = 50  # per-class FID only where both sides have this many images
     kid_subset_size: int = 1000  # KID subset size (smaller sets use all images)
     seed: int = 0  # noise seeds are seed + i; real subsets drawn with this seed
@@ -224,7 +224,10 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
         device=str(runtime.device))
     if labels is None:
         ctx.fake_labels = None
-    out = compute_metrics(list(eval_cfg.metrics) or list_metrics(), ctx)
+    names = run_metric_names(eval_cfg)
+    out = compute_metrics(names, ctx)
+    out["skipped"].update({m: f"not in the {eval_cfg.protocol} protocol's metric set (metric_set: full runs it)"
+                           for m in list_metrics() if m not in names})
     if rows is not None:
         t = time.perf_counter()
         _add_text_metrics(out, text_conds=np.asarray(text_conds, np.float32)[rows], fake_emb=fake_emb,
@@ -253,6 +256,11 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
                                judge=judge if extractor is not None else None)
     return EvalResult(out["results"], out["skipped"], {**seconds, **out["seconds"]}, samples, labels, nearest,
                       protocol=protocol)
+
+
+def run_metric_names(eval_cfg: EvalConfig) -> list[str]:
+    """What an evaluation computes: its named metrics, else its protocol's set."""
+    return list(eval_cfg.metrics) or list(protocol_metrics(eval_cfg.protocol, list_metrics()))
 
 
 def protocol_record(eval_cfg: EvalConfig, *, num_samples: int, reference: RealSplit, reference_key: str,
@@ -295,11 +303,11 @@ def _add_text_metrics(out: dict, *, text_conds: np.ndarray, fake_emb: np.ndarray
 HEADLINE = ("fid", "fid_std", "kid", "precision", "recall", "conditional_accuracy", "is_domain", "diversity",
             "diversity_ratio", "ms_ssim_ratio", "cas_accuracy", "cas_ratio", "real_floor_fid", "real_floor_kid",
             "memorization_nn_distance_mean", "lpips_diversity_ratio", "lpips_memorization_ratio", "projection_gap",
-            "r_precision", "r_precision_real", "r_precision_plain", "r_precision_plain_real", "composite_prompt_score", "composite_subject_share",
-            "composite_accessory_share", "composite_concept_share", "composite_nn_distance",
-            "val_captions_seen_in_train", "human_fooling_rate", "human_prompt_match_rate",
-            "heldout_both_right", "heldout_both_right_real", "seen_both_right", "seen_both_right_real",
-            "cat_with_hat_right")
+            "r_precision", "r_precision_real", "r_precision_plain", "r_precision_plain_real",
+            "composite_prompt_score", "composite_subject_share", "composite_accessory_share",
+            "composite_concept_share", "composite_nn_distance", "val_captions_seen_in_train", "human_fooling_rate",
+            "human_prompt_match_rate", "heldout_both_right", "heldout_both_right_real",
+            "heldout_subject_and_kind_right", "seen_both_right", "seen_both_right_real", "cat_with_hat_right")
 
 
 def headline(results: dict) -> dict[str, float]:

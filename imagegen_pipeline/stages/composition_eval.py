@@ -140,7 +140,8 @@ def evaluate_composition(generator, cfg, real: ComposedReal, *, encoder, train_i
                       subject_names, accessory_names)
     figures = concept_judge(MetricContext(concept_real=real_set, concept_fake=fake,
                                           concept_heldout_pairs=[(s, a) for _, s, a in held], seed=seed,
-                                          extra={"concept_judge": judge}))
+                                          extra={"concept_judge": judge, "concept_accessory_groups":
+                                                 {word: a.kind for word, a in ACCESSORIES.items()}}))
     nn_rows, nn_dist = _nearest(drawn.reshape(-1, *drawn.shape[2:]), train_images)
     guidance = float(getattr(generator, "guidance", getattr(cfg, "guidance", 1.0)))
     rows = []
@@ -197,6 +198,10 @@ def _intro(record: dict) -> str:
             f"guidance {st['guidance']:g}; judged by a two-head classifier fit on {st['judge_fit_images']} of the "
             f"{st['real_composed_pictures']} real composed pictures (the rest: its ceiling). "
             f"\"{USER_PROMPT}\": {s['cat_with_hat_right']} of {s['cat_with_hat_of']} judged a cat under a hat. "
+            + (f"The right subject with an accessory of the asked-for kind in its place (any hat on the head, any "
+               f"glasses over the eyes, any tie, scarf or ribbon below), if not the exact one: held-out pairs "
+               f"{s['heldout_subject_and_kind_right']:.3f}, seen {s['seen_subject_and_kind_right']:.3f}. "
+               if s.get("heldout_subject_and_kind_right") is not None else "") +
             "Each grid: the candidates, and under each its nearest training image (pixel RMSE in the table).")
 
 

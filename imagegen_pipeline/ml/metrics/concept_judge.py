@@ -262,4 +262,11 @@ def concept_judge(ctx: MetricContext) -> dict:
                    heldout_both_right_real=ceiling["heldout"]["both_right"], seen_both_right=seen["both_right"],
                    seen_subject_accuracy=seen["subject_accuracy"], seen_accessory_accuracy=seen["accessory_accuracy"],
                    seen_images=int((~held).sum()), seen_both_right_real=ceiling["seen"]["both_right"])
+        groups = ctx.extra.get("concept_accessory_groups")  # {accessory name: where it sits}, e.g. "head"
+        if groups:  # the right subject with an accessory of the asked-for kind: composed, if not the exact one
+            kinds = [groups.get(n, n) for n in judge.accessory_names]  # "none" is a kind of its own
+            g = np.array([sorted(set(kinds)).index(k) for k in kinds])
+            for name, rows in (("heldout", held), ("seen", ~held)):
+                out[f"{name}_subject_and_kind_right"] = rates(s_pred[rows], g[a_pred[rows]], s_true[rows],
+                                                              g[a_true[rows]])["both_right"]
     return out
