@@ -36,6 +36,11 @@ PAIRS = [(DcganTrainConfig, [GeneratorJob, DCGANConfig]), (FeatureExtractorConfi
 PROTOCOL_OVERRIDES = {"num_samples", "num_real"}  # None on the Config = the named protocol's figure
 
 
+def _as_tuple(value):
+    """Dagster config holds lists where the core's dataclasses hold tuples."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def defaults(cls) -> dict:
     out = {}
     for f in dataclasses.fields(cls):
@@ -53,7 +58,8 @@ def test_the_dagster_config_takes_its_defaults_from_the_core(config, sources):
     for source in sources:
         shared = (set(dagster) & set(defaults(source))) - seen - PROTOCOL_OVERRIDES
         assert shared, source
-        wrong = {k: (dagster[k], defaults(source)[k]) for k in shared if dagster[k] != defaults(source)[k]}
+        wrong = {k: (dagster[k], defaults(source)[k]) for k in shared
+                 if _as_tuple(dagster[k]) != _as_tuple(defaults(source)[k])}
         assert not wrong, f"{config.__name__} vs {source.__name__}: {wrong}"
         seen |= shared
 

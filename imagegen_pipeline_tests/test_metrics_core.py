@@ -401,13 +401,17 @@ def test_the_quick_protocol_runs_what_decides_and_names_what_it_left_out(tmp_pat
     (CAS trains a classifier, LPIPS runs AlexNet) are listed under skipped with how to ask for them, and the paper
     protocol runs them."""
     from imagegen_pipeline.ml.dcgan import DCGANConfig, Generator
-    from imagegen_pipeline.ml.evaluation import EvalConfig, RealSplit, evaluate_generator, run_metric_names
+    from imagegen_pipeline.ml.evaluation import (EvalConfig, RealSplit, evaluate_generator, left_out_reason,
+                                                   run_metric_names)
     from imagegen_pipeline.ml.metrics import list_metrics
     from imagegen_pipeline.ml.protocols import GATE_METRICS
     from imagegen_pipeline.ml.runtime import resolve_runtime
 
     assert set(GATE_METRICS) <= set(run_metric_names(EvalConfig())) < set(list_metrics())
-    assert run_metric_names(EvalConfig(protocol="paper")) == list_metrics()
+    assert run_metric_names(EvalConfig(protocol="paper")) == list_metrics() == run_metric_names(
+        EvalConfig(metric_set="full"))
+    assert run_metric_names(EvalConfig(extra_metrics=("augmentation_gain",)))[-1] == "augmentation_gain"
+    assert "asked for" in left_out_reason(EvalConfig(metrics=("fid",)))
     cfg = DCGANConfig(resolution=32, channels=1, ngf=8, ndf=8, z_dim=8, conditioning="class", num_classes=2)
     rng = torch.Generator().manual_seed(0)
     labels = torch.arange(40) % 2

@@ -14,7 +14,7 @@ from imagegen_pipeline.defs.metadata import materialized, stage_failures
 from imagegen_pipeline.defs.partitions import ONE_DATASET_PER_RUN, dataset_partitions
 from imagegen_pipeline.defs.resources import ImagegenStorage, MlflowTracker
 from imagegen_pipeline.ml.evaluation import PROTOCOLS, EvalConfig
-from imagegen_pipeline.ml.protocols import METRIC_SETS, metric_set, protocol_metrics
+from imagegen_pipeline.ml.protocols import METRIC_SETS
 from imagegen_pipeline.ml.metrics import list_metrics
 from imagegen_pipeline.ml.quality_gate import QualityGate
 from imagegen_pipeline.stages.evaluation import EvaluationJob, evaluate_latest, promote_judged
@@ -48,10 +48,10 @@ class EvaluationConfig(dg.Config):
                                     description="Text models on data with composed pictures: seeds per composition "
                                                 "prompt ('a cat with a hat', every held-out pair, a seen pair per "
                                                 "subject), judged by the concept judge; 0 leaves them out.")
-    metric_set: str = Field(default="", description="Which metrics run: '' = the protocol's ('quick': the gate's and "
+    metric_set: str = Field(default=CORE.metric_set, description="Which metrics run: '' = the protocol's ('quick': the gate's and "
                                                     "the cheap headline ones; 'paper': all), 'quick' or 'full' "
                                                     "(adds CAS and the LPIPS scores).")
-    extra_metrics: list[str] = Field(default=[], description="Opt-in metrics computed besides the default set, "
+    extra_metrics: list[str] = Field(default=list(CORE.extra_metrics), description="Opt-in metrics computed besides the default set, "
                                                              "e.g. ['augmentation_gain'] (4 classifier trainings).")
     gate_min_diversity_ratio: float = Field(default=QualityGate.min_diversity_ratio,
                                             description="Quality gate: within-label diversity vs real, at least.")
@@ -79,10 +79,6 @@ class EvaluationConfig(dg.Config):
             raise dg.Failure(f"unknown metrics {unknown}; choose from {list_metrics(include_opt_in=True)}")
         if self.metric_set and self.metric_set not in METRIC_SETS:
             raise dg.Failure(f"unknown metric_set {self.metric_set!r}; choose from {sorted(METRIC_SETS)}")
-        base = (metric_set(self.metric_set, list_metrics()) if self.metric_set
-                else protocol_metrics(self.protocol, list_metrics()))
-        metrics = base + tuple(m for m in self.extra_metrics if m not in base) \
-            if self.extra_metrics or self.metric_set else ()
         if self.composite_images < 0 or self.composite_candidates < 1 or self.composition_images < 0:
             raise dg.Failure(f"composite_images and composition_images must be >= 0 and composite_candidates >= 1, "
                              f"got {self.composite_images}, {self.composition_images} and "
@@ -90,7 +86,8 @@ class EvaluationConfig(dg.Config):
         return EvaluationJob(
             EvalConfig(num_samples=n, num_real=self.num_real or named["num_real"], protocol=self.protocol,
                        per_class_min=self.per_class_min, kid_subset_size=min(1000, n), seed=self.seed,
-                       metrics=metrics, composite_images=self.composite_images,
+                       metric_set=self.metric_set, extra_metrics=tuple(self.extra_metrics),
+                       composite_images=self.composite_images,
                        composite_candidates=self.composite_candidates, composition_images=self.composition_images),
             QualityGate(self.gate_min_diversity_ratio, self.gate_min_recall, self.gate_max_fid_over_floor,
                         self.gate_max_ms_ssim_ratio, self.gate_min_r_precision_of_real,

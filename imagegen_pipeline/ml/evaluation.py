@@ -20,7 +20,7 @@ from imagegen_pipeline.ml.extractor import embed_images
 from imagegen_pipeline.ml.metrics import MetricContext, compute_metrics, list_metrics
 from imagegen_pipeline.ml.metrics.feature_cache import FeatureCache, cached_reference_stats, hash_images
 from imagegen_pipeline.ml.prompt_score import CaptionBank, r_precision, r_precision_negatives
-from imagegen_pipeline.ml.protocols import PROTOCOLS, protocol_metrics
+from imagegen_pipeline.ml.protocols import PROTOCOLS, metric_set, protocol_metric_set
 from imagegen_pipeline.ml.runtime import Runtime
 from imagegen_pipeline.pages import key_value_table, page
 
@@ -30,7 +30,9 @@ class EvalConfig:
     num_samples: int = 1000  # generated images (balanced over classes for conditional models); 10k for papers
     num_real: int = 1000  # cap on real images per split fed to the detector (seeded subset)
     protocol: str = "quick"  # the name recorded with every figure; "custom" when N differs from the named one
-    metrics: tuple[str, ...] = ()  # empty = the protocol's set (protocols.py: quick's few, paper's full)
+    metrics: tuple[str, ...] = ()  # exactly these metrics; empty = metric_set's, plus extra_metrics
+    metric_set: str = ""  # "quick" or "full" (protocols.py); empty = the protocol's (quick's, paper's full)
+    extra_metrics: tuple[str, ...] = ()  # opt-in ones on top of the set (e.g. augmentation_gain)
     per_class_min: int = 50  # per-class FID only where both sides have this many images
     kid_subset_size: int = 1000  # KID subset size (smaller sets use all images)
     seed: int = 0  # noise seeds are seed + i; real subsets drawn with this seed
@@ -226,8 +228,7 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
         ctx.fake_labels = None
     names = run_metric_names(eval_cfg)
     out = compute_metrics(names, ctx)
-    out["skipped"].update({m: f"not in the {eval_cfg.protocol} protocol's metric set (metric_set: full runs it)"
-                           for m in list_metrics() if m not in names})
+    out["skipped"].update({m: left_out_reason(eval_cfg) for m in list_metrics() if m not in names})
     if rows is not None:
         t = time.perf_counter()
         _add_text_metrics(out, text_conds=np.asarray(text_conds, np.float32)[rows], fake_emb=fake_emb,
@@ -259,8 +260,21 @@ def evaluate_generator(generator: torch.nn.Module, cfg: DCGANConfig, *, train: R
 
 
 def run_metric_names(eval_cfg: EvalConfig) -> list[str]:
-    """What an evaluation computes: its named metrics, else its protocol's set."""
-    return list(eval_cfg.metrics) or list(protocol_metrics(eval_cfg.protocol, list_metrics()))
+    """What an evaluation computes: its named metrics, else its metric set (the protocol's unless named) and
+    the opt-in extras."""
+    if eval_cfg.metrics:
+        return list(eval_cfg.metrics)
+    base = list(metric_set(eval_cfg.metric_set or protocol_metric_set(eval_cfg.protocol), list_metrics()))
+    return base + [m for m in eval_cfg.extra_metrics if m not in base]
+
+
+def left_out_reason(eval_cfg: EvalConfig) -> str:
+    """What the report says of a default metric this evaluation did not compute."""
+    if eval_cfg.metrics:
+        return "not among the metrics this evaluation was asked for"
+    name = eval_cfg.metric_set or protocol_metric_set(eval_cfg.protocol)
+    whose = "" if eval_cfg.metric_set else f", the {eval_cfg.protocol} protocol's"
+    return f"not in the {name} metric set{whose} (metric_set: full, or --metric-set full, runs it)"
 
 
 def protocol_record(eval_cfg: EvalConfig, *, num_samples: int, reference: RealSplit, reference_key: str,

@@ -33,6 +33,6 @@ def metric_set(name: str, every: list[str]) -> tuple[str, ...]:
     return tuple(every) if named is None else tuple(m for m in named if m in every)
 
 
-def protocol_metrics(protocol: str, every: list[str]) -> tuple[str, ...]:
-    """The metrics a protocol runs unless told otherwise (an unknown name: the full set)."""
-    return metric_set(PROTOCOLS.get(protocol, {}).get("metrics", FULL), every)
+def protocol_metric_set(protocol: str) -> str:
+    """The metric set a protocol runs unless told otherwise (an unknown name: the full set)."""
+    return PROTOCOLS.get(protocol, {}).get("metrics", FULL)
