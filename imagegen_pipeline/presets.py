@@ -38,7 +38,7 @@ def _gpu(**dcgan) -> dict:
 
 
 PRESETS: dict[str, dict] = {
-    "cpu-demo": {},  # the defaults of every asset's Config: 2 CPU cores, 12-15 minutes for MNIST
+    "cpu-demo": {},  # the defaults of every asset's Config: 2 CPU cores, 11-12 minutes for MNIST after the install
     "gpu-mnist": _gpu(conditioning="class"),
     "gpu-mnist-uncond": _gpu(conditioning="none"),
     "gpu-fashion-mnist": _gpu(conditioning="class", steps=30_000),
