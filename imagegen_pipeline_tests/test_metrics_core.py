@@ -468,3 +468,53 @@ def test_ms_ssim_matches_torchmetrics_and_a_collapsed_set_scores_worse_than_real
     assert 0.85 < varied["ms_ssim_ratio"] < 1.15 and same["ms_ssim_fake"] > 0.99
     assert same["ms_ssim_ratio"] > 1.5 * varied["ms_ssim_ratio"]
     assert set(same["ms_ssim_per_class"]) == {"0", "1"} and same["ms_ssim_scales"] == 3
+
+
+def test_r_precision_on_a_caption_subset_scores_those_samples_alone(tmp_path):
+    """Issue 33: beside composed pictures, r_precision_plain is R-precision over the samples drawn for the plain
+    captions only (with their own real-image ceiling and chance): the figure text_r_precision gives those rows,
+    and not the whole set's. An empty subset adds nothing."""
+    from imagegen_pipeline.ml.dcgan import DCGANConfig, Generator
+    from imagegen_pipeline.ml.evaluation import (EvalConfig, RealSplit, caption_rows, evaluate_generator,
+                                                 text_r_precision)
+    from imagegen_pipeline.ml.extractor import build_extractor, embed_images
+    from imagegen_pipeline.ml.prompt_score import CaptionBank
+    from imagegen_pipeline.ml.runtime import resolve_runtime
+
+    cpu = resolve_runtime("cpu")
+    torch.manual_seed(0)
+    cfg = DCGANConfig(resolution=32, channels=3, ngf=8, ndf=8, z_dim=8, conditioning="text", text_dim=16)
+    gen, extractor = Generator(cfg).eval(), build_extractor(2, pretrained=False, input_size=32)
+    rng = torch.Generator().manual_seed(1)
+
+    def split(n, tag):
+        return RealSplit(torch.randint(0, 256, (n, 3, 32, 32), generator=rng, dtype=torch.uint8),
+                         torch.full((n,), -1), [f"{tag}{i:063x}" for i in range(n)])
+
+    train, val = split(30, "a"), split(24, "b")
+    text = torch.nn.functional.normalize(torch.randn(24, 16, generator=rng), dim=1).numpy()
+    train_emb, _ = embed_images(extractor, train.images, runtime=cpu)
+    bank = CaptionBank(train_emb, torch.randn(30, 16, generator=rng).numpy(), [f"c{i}" for i in range(30)])
+    plain = np.arange(24) % 3 == 0  # 8 of the 24 held-out captions
+    ecfg = EvalConfig(num_samples=24, num_real=24, metrics=("fid",))
+    run = lambda subsets: evaluate_generator(  # noqa: E731
+        gen, cfg, train=train, val=val, detector=CountingDetector(), cache=FeatureCache(tmp_path),
+        extractor=extractor, eval_cfg=ecfg, runtime=cpu, text_conds=text, caption_ids=val.sha256,
+        caption_bank=bank, caption_subsets=subsets).results
+    r = run({"plain": plain})
+    rows = caption_rows(24, 24, seed=0)
+    fake = torch.from_numpy(np.ascontiguousarray(r_samples(gen, cfg, text[rows], cpu)))
+    fake_emb, _ = embed_images(extractor, fake, runtime=cpu)
+    keep = plain[rows]
+    real_emb, _ = embed_images(extractor, val.images[torch.from_numpy(rows[keep])], runtime=cpu)
+    alone = text_r_precision(bank, fake_emb[keep], text[rows][keep], real_embeddings=real_emb, seed=0)
+    assert r["r_precision_plain"] == alone["r_precision"] and r["r_precision_plain_real"] == alone["r_precision_real"]
+    assert r["r_precision_plain_chance"] == alone["r_precision_chance"] > r["r_precision_chance"]
+    assert not any(k.startswith("r_precision_plain") for k in run({"plain": np.zeros(24, bool)}))
+
+
+def r_samples(gen, cfg, conds, runtime) -> np.ndarray:
+    """What evaluate_generator draws for these caption vectors: seeds 0.., uint8 (N, C, H, W)."""
+    from imagegen_pipeline.ml.dcgan import generate
+
+    return generate(gen, cfg, seeds=range(len(conds)), cond=conds, runtime=runtime).transpose(0, 3, 1, 2)
