@@ -27,6 +27,8 @@ _CPU_TEXT_DIFFUSION = {"patch": 2, "model_channels": 32, "channel_mult": [1, 2, 
 # embedding), and half the images speaking under another of their captions ("a cat in a hat" for every hat)
 _CPU_COMPOSE_DIFFUSION = {**_CPU_TEXT_DIFFUSION, "text_tokens": 16, "cross_attn_resolutions": [8, 4],
                           "alt_caption_p": 0.5}
+# the emoji presets keep the 64 px extractor their figures (docs/measurements.md) were measured with
+_CPU_TEXT_FEATURES = {"finetune_epochs": 3, "input_size": 64}
 _CPU_TEXT_TRAINING = {"conditioning": "text", "family": "diffusion", "steps": 4500, "batch_size": 64, "lr_g": 2e-3,
                       "cpu_threads": 1, "sample_every": 1500, "checkpoint_every": 500, "log_every": 100}
 
@@ -48,19 +50,19 @@ PRESETS: dict[str, dict] = {
     # scaled to unit variance (text_gain), 15% caption dropout for classifier-free guidance (served at w=3), one
     # torch thread (on the shared 2-core box 2 threads ran 6-12x slower). It replaced the DCGAN below, which
     # reached 20% of real images' R-precision and was rejected by the gate (MS-SSIM collapse).
-    "cpu-emoji-text": {"feature_extractor": {"finetune_epochs": 3},
+    "cpu-emoji-text": {"feature_extractor": _CPU_TEXT_FEATURES,
                        "dcgan_checkpoint": {**_CPU_TEXT_TRAINING, "diffusion": _CPU_TEXT_DIFFUSION}},
     # composed emoji on 2 CPU cores (`make demo-text`): token-conditioned, at most 30 minutes of training
-    "cpu-emoji-compose": {"feature_extractor": {"finetune_epochs": 3},
+    "cpu-emoji-compose": {"feature_extractor": _CPU_TEXT_FEATURES,
                           "dcgan_checkpoint": {**_CPU_TEXT_TRAINING, "steps": 6000, "sample_every": 2000,
                                                "diffusion": _CPU_COMPOSE_DIFFUSION}},
     # the same on one pooled caption vector: what cpu-emoji-compose is measured against (docs/measurements.md)
-    "cpu-emoji-compose-pooled": {"feature_extractor": {"finetune_epochs": 3},
+    "cpu-emoji-compose-pooled": {"feature_extractor": _CPU_TEXT_FEATURES,
                                  "dcgan_checkpoint": {**_CPU_TEXT_TRAINING, "steps": 6000, "sample_every": 2000,
                                                       "diffusion": {
                                      **_CPU_COMPOSE_DIFFUSION, "text_tokens": 0, "cross_attn_resolutions": []}}},
     # the DCGAN that `cpu-emoji-text` was until issue 27 (fp32, lr 4e-4; the README's DCGAN emoji figures)
-    "cpu-emoji-text-dcgan": {"feature_extractor": {"finetune_epochs": 3},
+    "cpu-emoji-text-dcgan": {"feature_extractor": _CPU_TEXT_FEATURES,
                              "dcgan_checkpoint": {"conditioning": "text", "steps": 20_000, "lr_g": 4e-4,
                                                   "lr_d": 4e-4, "cpu_bf16": False, "sample_every": 1000,
                                                   "checkpoint_every": 1000, "log_every": 200,

@@ -22,6 +22,8 @@ from imagegen_pipeline_tests.conftest import run_ingest
 from imagegen_pipeline_tests.test_dcgan_asset import TINY_GAN
 from imagegen_pipeline_tests.test_features_assets import TINY_EXTRACTOR
 
+# The from-scratch baseline is test_features_assets' subject; here it would only double the extractor's time.
+EXTRACTOR = {**TINY_EXTRACTOR, "train_baseline": False}
 TINY_EVAL = {"device": "cpu", "num_samples": 20, "num_real": 20, "per_class_min": 2, "detector_batch_size": 20}
 # A 6-step GAN cannot pass the real quality gate; the promotion-mechanics tests open it wide on purpose.
 OPEN_GATE = {"gate_min_diversity_ratio": 0.0, "gate_min_recall": 0.0, "gate_max_fid_over_floor": 1e9,
@@ -38,7 +40,7 @@ def trained(paths, instance, mlflow_uri):
 
 
 def run(paths, instance, assets, **ops) -> dg.ExecuteInProcessResult:
-    config = {"feature_extractor": TINY_EXTRACTOR, "image_embeddings": {"device": "cpu"},
+    config = {"feature_extractor": EXTRACTOR, "image_embeddings": {"device": "cpu"},
               "dcgan_checkpoint": TINY_GAN, "evaluation_report": {**TINY_EVAL, **OPEN_GATE}}
     config.update(ops)
     result = dg.materialize(assets, partition_key="mnist", instance=instance, raise_on_error=False,
@@ -201,7 +203,7 @@ def test_evaluation_scores_the_registered_version_with_the_judge_it_was_trained_
     with safe_open(str(local), framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
     save_file({k: (v + 0.5 if v.is_floating_point() else v) for k, v in tensors.items()}, str(local), metadata=meta)
-    run(paths, instance, [feature_extractor], feature_extractor={**TINY_EXTRACTOR, "seed": 1})  # extractor v2
+    run(paths, instance, [feature_extractor], feature_extractor={**EXTRACTOR, "seed": 1})  # extractor v2
     again = run(paths, instance, [evaluation_report])
     [mat] = again.asset_materializations_for_node("evaluation_report")
     second = json.loads((paths.reports("mnist") / "eval-v1" / "report.json").read_text())

@@ -118,7 +118,7 @@ def test_sample_gallery_asset_writes_a_versioned_gallery_and_a_latest_pointer(pa
     result = dg.materialize(
         [feature_extractor, image_embeddings, dcgan_checkpoint, *gallery_assets], partition_key="mnist",
         instance=instance, resources=resources,
-        run_config={"ops": {"feature_extractor": {"config": TINY_EXTRACTOR},
+        run_config={"ops": {"feature_extractor": {"config": {**TINY_EXTRACTOR, "train_baseline": False}},
                             "image_embeddings": {"config": {"device": "cpu", "batch_size": 64}},
                             "dcgan_checkpoint": {"config": TINY_GAN},
                             "sample_gallery": gallery_config}})

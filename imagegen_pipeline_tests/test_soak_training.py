@@ -25,10 +25,12 @@ def train_job():
     return defs.resolve_job_def("train_job")
 
 if __name__ == "__main__":
+    every = int(sys.argv[3])  # checkpoint and log cadence: may change between a kill and its resume
     config = {"execution": {"config": {"multiprocess": {}}},
               "ops": {"dcgan_checkpoint": {"config": {"device": "cpu", "steps": int(sys.argv[2]), "batch_size": 16,
-                                                      "ngf": 8, "ndf": 8, "checkpoint_every": 5, "sample_every": 50,
-                                                      "log_every": 5, "ema_start_step": 2}}}}
+                                                      "ngf": 8, "ndf": 8, "checkpoint_every": every,
+                                                      "sample_every": 10 * every, "log_every": every,
+                                                      "ema_start_step": 2}}}}
     with dg.DagsterInstance.from_config(sys.argv[1]) as instance:
         result = dg.execute_job(dg.reconstructable(train_job), instance=instance, run_config=config,
                                 tags={"dagster/partition": "mnist"})
@@ -123,7 +125,11 @@ def test_a_training_whose_orchestrator_is_killed_leaves_one_trainer_and_the_resu
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         env = {**os.environ, "IMAGEGEN_TRAINING": training, "IMAGEGEN_TRAINING_PROCS": "2", "OMP_NUM_THREADS": "1"}
-        first = subprocess.Popen([sys.executable, str(script), str(dagster_home), str(steps)], cwd=tmp_path, env=env)
+        # The killed run checkpoints and logs every 5 steps (about 30 ms a step): a trainer that outlived its
+        # orchestrator would go on for about 45 s, past the reap and the relaunch. The resume checkpoints every 500
+        # (a field a resume may change), so it finishes its 1,495 steps in seconds instead of another 45 s.
+        first = subprocess.Popen([sys.executable, str(script), str(dagster_home), str(steps), "5"], cwd=tmp_path,
+                                 env=env)
         second = None
         try:
             deadline = time.monotonic() + 300
@@ -139,8 +145,8 @@ def test_a_training_whose_orchestrator_is_killed_leaves_one_trainer_and_the_resu
                 assert time.monotonic() < deadline, "the killed run was never reaped"
                 time.sleep(0.5)
             assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
-            second = subprocess.Popen([sys.executable, str(script), str(dagster_home), str(steps)], cwd=tmp_path,
-                                      env=env)
+            second = subprocess.Popen([sys.executable, str(script), str(dagster_home), str(steps), "500"],
+                                      cwd=tmp_path, env=env)
             deadline = time.monotonic() + 600
             while second.poll() is None:  # the resume trains; the killed run's trainer must be gone
                 assert most[0] <= 1, f"{most[0]} processes trained into the run folder at once"

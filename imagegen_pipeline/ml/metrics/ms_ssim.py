@@ -21,11 +21,19 @@ WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003, finest s
 C1, C2 = 0.01 ** 2, 0.03 ** 2  # stabilisers for a data range of 1
 
 
-def _window(size: int, sigma: float, channels: int) -> torch.Tensor:
+def _window(size: int, sigma: float) -> torch.Tensor:
+    """The normalised 1-D Gaussian: the 2-D window is its outer product, so two 1-D passes apply it."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+    return g / g.sum()
+
+
+def _blur(maps: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The Gaussian window's mean over every valid position of every channel: (N, K, H, W) -> (N, K, h, w), as
+    a row pass then a column pass (2k multiplies per pixel instead of k^2), all K maps in one grouped conv."""
+    k = maps.shape[1]
+    rows = F.conv2d(maps, g.view(1, 1, 1, -1).expand(k, 1, 1, len(g)), groups=k)
+    return F.conv2d(rows, g.view(1, 1, -1, 1).expand(k, 1, len(g), 1), groups=k)
 
 
 def scales_for(side: int, window: int) -> int:
@@ -46,13 +54,15 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, *, window: int = 7, sigma: float =
     scales = scales or scales_for(min(x.shape[-2:]), window)
     weights = torch.tensor(WEIGHTS[:scales], dtype=torch.float64)
     weights = weights / weights.sum()
-    w = _window(window, sigma, channels)
+    g = _window(window, sigma)
     terms = []
     for s in range(scales):
-        mu_x, mu_y = F.conv2d(x, w, groups=channels), F.conv2d(y, w, groups=channels)
-        sxx = (F.conv2d(x * x, w, groups=channels) - mu_x ** 2).clamp(min=0)
-        syy = (F.conv2d(y * y, w, groups=channels) - mu_y ** 2).clamp(min=0)
-        sxy = F.conv2d(x * y, w, groups=channels) - mu_x * mu_y
+        # x, y, x^2, y^2 and xy of every channel, blurred together: (N, 5C, h, w)
+        blurred = _blur(torch.cat([x, y, x * x, y * y, x * y], 1), g)
+        mu_x, mu_y, exx, eyy, exy = blurred.split(channels, 1)
+        sxx = (exx - mu_x ** 2).clamp(min=0)
+        syy = (eyy - mu_y ** 2).clamp(min=0)
+        sxy = exy - mu_x * mu_y
         cs_map = (2 * sxy + C2) / (sxx + syy + C2)  # (N, C, h, w)
         if s == scales - 1:
             luminance = (2 * mu_x * mu_y + C1) / (mu_x ** 2 + mu_y ** 2 + C1)
