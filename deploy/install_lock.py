@@ -2,8 +2,8 @@
 
 `pip install -c requirements.lock -e .[dev]` resolves 170 packages and installs them one at a time: on the 2-core
 box about two minutes, with the CPUs idle almost half of it (docs/measurements.md). The lock pins every package,
-so nothing needs resolving: each pin is installed with --no-deps, in five groups side by side (the CUDA libraries,
-torch + triton, the rest in three), about 70 s there. `pip check` then proves the result consistent.
+so nothing needs resolving: each pin is installed with --no-deps, pip's own toolchain first, then five groups side
+by side (the CUDA libraries, torch + triton, the rest in three), about 75 s there. `pip check` then proves the result consistent.
 
 Any failure (a platform the lock's wheels do not cover, a pin missing from the lock) falls back to the resolver's
 install, so this can only make an install faster, never break one:
@@ -22,6 +22,9 @@ from pathlib import Path
 PIP = [sys.executable, "-m", "pip", "install", "-q"]
 BIG = ("torch", "triton")  # the two largest wheels after the nvidia-* set: one process of their own
 REST_GROUPS = 3
+# What a new venv already has: upgraded first, alone, so that no pip process loses files of the installer's own
+# toolchain while the others run (an upgrade of setuptools beside four pips broke one's byte-compiling)
+FIRST = ("pip", "setuptools", "wheel")
 
 
 def pins(lock: Path) -> list[str]:
@@ -30,13 +33,35 @@ def pins(lock: Path) -> list[str]:
     return [line for line in lines if line]
 
 
+def _name(requirement: str) -> str:
+    return requirement.split("==", 1)[0].strip().lower().replace("_", "-")
+
+
+def first(requirements: list[str]) -> list[str]:
+    """The pins of the installer's own toolchain (FIRST), installed before the parallel groups."""
+    return [r for r in requirements if _name(r) in FIRST]
+
+
+def family(name: str) -> str:
+    """Packages of one family share files: mlflow, mlflow-skinny and mlflow-tracing ship the same 1,300 modules,
+    and two pips writing one file at once broke a byte-compile. A family stays in one group, in the lock's order."""
+    return name.split("-", 1)[0]
+
+
 def groups(requirements: list[str]) -> list[list[str]]:
-    """nvidia-* | torch, triton | the rest round-robin in REST_GROUPS: about equal wall time each."""
-    name = [r.split("==", 1)[0].strip().lower().replace("_", "-") for r in requirements]
-    nvidia = [r for r, n in zip(requirements, name) if n.startswith("nvidia-")]
-    big = [r for r, n in zip(requirements, name) if n in BIG]
-    rest = [r for r, n in zip(requirements, name) if not n.startswith("nvidia-") and n not in BIG]
-    return [g for g in [nvidia, big, *(rest[i::REST_GROUPS] for i in range(REST_GROUPS))] if g]
+    """nvidia-* | torch, triton | the rest in REST_GROUPS, whole families dealt to the emptiest group (about equal
+    wall time each; FIRST apart)."""
+    todo = [(r, _name(r)) for r in requirements if _name(r) not in FIRST]
+    nvidia = [r for r, n in todo if n.startswith("nvidia-")]
+    big = [r for r, n in todo if n in BIG]
+    families: dict[str, list[str]] = {}
+    for r, n in todo:
+        if not n.startswith("nvidia-") and n not in BIG:
+            families.setdefault(family(n), []).append(r)
+    rest: list[list[str]] = [[] for _ in range(REST_GROUPS)]
+    for members in families.values():
+        min(rest, key=len).extend(members)
+    return [g for g in [nvidia, big, *rest] if g]
 
 
 def _install(group: list[str], folder: Path, index: int) -> tuple[int, str]:
@@ -48,9 +73,12 @@ def _install(group: list[str], folder: Path, index: int) -> tuple[int, str]:
 
 def sync(lock: Path, project: list[str]) -> bool:
     """Every pin with --no-deps in parallel groups, then the project itself, then `pip check`; True if all held."""
+    requirements = pins(lock)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor() as pool:
-        todo = groups(pins(lock))
-        results = list(pool.map(_install, todo, [Path(tmp)] * len(todo), range(len(todo))))
+        results = [_install(first(requirements), Path(tmp), -1)] if first(requirements) else []
+        todo = groups(requirements)
+        if all(code == 0 for code, _ in results):
+            results += pool.map(_install, todo, [Path(tmp)] * len(todo), range(len(todo)))
     for code, err in results:
         if code != 0:
             tail = [line for line in err.splitlines() if not line.startswith("WARNING: Location")][-5:]
