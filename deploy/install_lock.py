@@ -3,7 +3,8 @@
 `pip install -c requirements.lock -e .[dev]` resolves 170 packages and installs them one at a time: on the 2-core
 box about two minutes, with the CPUs idle almost half of it (docs/measurements.md). The lock pins every package,
 so nothing needs resolving: each pin is installed with --no-deps, pip's own toolchain first, then five groups side
-by side (the CUDA libraries, torch + triton, the rest in three), about 75 s there. `pip check` then proves the result consistent.
+by side (the CUDA libraries, torch + triton, the rest in three), about 80 s there. `pip check` then proves the
+result consistent.
 
 Any failure (a platform the lock's wheels do not cover, a pin missing from the lock) falls back to the resolver's
 install, so this can only make an install faster, never break one:

@@ -10,7 +10,8 @@ class ExtractorConfig:
     """The defaults are the pipeline's (`cpu-demo`); the feature_extractor asset's Config takes them from here."""
 
     # resize to this side: MobileNetV2 sees 28-32 px digits poorly (96+ on a GPU). On MNIST, 2 CPU cores: 48 px
-    # 34 s of training + 44 s to embed 70,000 images at 99.1% val accuracy; 64 px 47 + 59 s, 99.1%; 32 px 22 + 27 s, 98.1%
+    # 34 s of training + 44 s to embed 70,000 images at 99.1% val accuracy; 64 px 47 + 59 s, 99.1%;
+    # 32 px 22 + 27 s, 98.1%
     input_size: int = 48
     batch_size: int = 64  # training images per optimizer step
     head_epochs: int = 0  # phase 1: a new head trained on the frozen ImageNet backbone (0 = skip)
