@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PIP = [sys.executable, "-m", "pip", "install", "-q"]
 BIG = ("torch", "triton")  # the two largest wheels after the nvidia-* set: one process of their own
 REST_GROUPS = 3
-# What a new venv already has: upgraded first, alone, so that no pip process loses files of the installer's own
-# toolchain while the others run (an upgrade of setuptools beside four pips broke one's byte-compiling)
+# What a new venv already has (setuptools 65.5 there; torch needs >= 77): upgraded first, alone, so that no pip
+# uninstalls the installer's own toolchain while the others run
 FIRST = ("pip", "setuptools", "wheel")
 
 
@@ -65,21 +64,19 @@ def groups(requirements: list[str]) -> list[list[str]]:
     return [g for g in [nvidia, big, *rest] if g]
 
 
-def _install(group: list[str], folder: Path, index: int) -> tuple[int, str]:
-    req = folder / f"group-{index}.txt"
-    req.write_text("\n".join(group) + "\n")
-    proc = subprocess.run([*PIP, "--no-deps", "-r", str(req)], capture_output=True, text=True)
+def _install(group: list[str]) -> tuple[int, str]:
+    proc = subprocess.run([*PIP, "--no-deps", *group], capture_output=True, text=True)
     return proc.returncode, proc.stderr
 
 
 def sync(lock: Path, project: list[str]) -> bool:
-    """Every pin with --no-deps in parallel groups, then the project itself, then `pip check`; True if all held."""
+    """FIRST, then every other pin with --no-deps in parallel groups, then the project itself, then `pip check`;
+    True if all held."""
     requirements = pins(lock)
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor() as pool:
-        results = [_install(first(requirements), Path(tmp), -1)] if first(requirements) else []
-        todo = groups(requirements)
-        if all(code == 0 for code, _ in results):
-            results += pool.map(_install, todo, [Path(tmp)] * len(todo), range(len(todo)))
+    results = [_install(first(requirements))] if first(requirements) else []
+    if all(code == 0 for code, _ in results):
+        with ThreadPoolExecutor() as pool:
+            results += pool.map(_install, groups(requirements))
     for code, err in results:
         if code != 0:
             tail = [line for line in err.splitlines() if not line.startswith("WARNING: Location")][-5:]
