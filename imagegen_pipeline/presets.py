@@ -40,7 +40,7 @@ def _gpu(**dcgan) -> dict:
 
 
 PRESETS: dict[str, dict] = {
-    "cpu-demo": {},  # the defaults of every asset's Config: 2 CPU cores, about 10 minutes for MNIST after the install
+    "cpu-demo": {},  # the defaults of every asset's Config: 2 CPU cores, 10-20 minutes for MNIST after the install
     "gpu-mnist": _gpu(conditioning="class"),
     "gpu-mnist-uncond": _gpu(conditioning="none"),
     "gpu-fashion-mnist": _gpu(conditioning="class", steps=30_000),
