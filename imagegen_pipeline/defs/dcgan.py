@@ -35,7 +35,7 @@ class DcganTrainConfig(dg.Config):
     conditioning: str = Field(default=JOB.conditioning, description="'none', 'class', 'text' or 'auto' (class when "
                                                                     "the dataset has at least 2 classes, else none).")
     steps: int = Field(default=CORE.steps, description="Optimizer steps (the cpu-demo default: FID 18.1 on MNIST "
-                                                       "against 23.1 at 6,000 steps; 8-16 min on 2 cores; see "
+                                                       "against 23.1 at 6,000 steps; 8-14 min on 2 cores; see "
                                                        "`imagegen presets` for GPU sizes).")
     batch_size: int = Field(default=CORE.batch_size, description="Images per step.")
     ngf: int = Field(default=CORE.ngf, description="Generator width (64 is the paper's).")

@@ -20,7 +20,7 @@ ARCHITECTURE = ("resolution", "channels", "z_dim", "ngf", "ndf")
 
 @dataclass
 class DCGANConfig:
-    """The defaults are the pipeline's (the `cpu-demo` preset: 2 CPU cores, 8-16 minutes of training on MNIST);
+    """The defaults are the pipeline's (the `cpu-demo` preset: 2 CPU cores, 8-14 minutes of training on MNIST);
     the `gpu-*` presets set the paper's sizes. The dcgan_checkpoint asset's Config and both CLIs take their
     defaults from here."""
 
